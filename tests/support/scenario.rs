@@ -1,0 +1,149 @@
+//! The oracle scenario driver: change a source tree step by step, back it up with upstream
+//! duplicity after every step, and check that dupmirror reproduces `duplicity restore --time T`
+//! for every T:
+//!
+//! * an "incremental host" syncs after every backup;
+//! * a "late host" syncs once at the end (several pending sets in one run);
+//! * for every backup time T a fresh host runs `sync --time T`.
+
+use super::*;
+
+pub type Change<'a> = Box<dyn Fn(&Fs) + 'a>;
+
+pub struct Step<'a> {
+    pub kind: BackupKind,
+    pub change: Change<'a>,
+}
+
+pub fn full<'a>(f: impl Fn(&Fs) + 'a) -> Step<'a> {
+    Step {
+        kind: BackupKind::Full,
+        change: Box::new(f),
+    }
+}
+
+pub fn inc<'a>(f: impl Fn(&Fs) + 'a) -> Step<'a> {
+    Step {
+        kind: BackupKind::Inc,
+        change: Box::new(f),
+    }
+}
+
+/// The form in which `--time` is passed: all three forms of the contract get used.
+pub fn time_arg(time: i64, k: usize) -> String {
+    match k % 3 {
+        0 => time.to_string(),
+        1 => iso_time(time),
+        _ => compact_time(time),
+    }
+}
+
+pub struct Outcome {
+    pub lab: Lab,
+    /// (backup time, oracle tree at that time), one per step.
+    pub oracles: Vec<(i64, Tree)>,
+    pub sync_opts: Vec<String>,
+    pub what: String,
+}
+
+impl Outcome {
+    /// A fresh host syncs with `--time time`; it must equal `duplicity restore --time time`.
+    pub fn check_time(&self, time: i64, time_text: &str) {
+        let oracle = self.lab.restore(time);
+        let host = self.lab.host("x");
+        let mut opts: Vec<&str> = self.sync_opts.iter().map(String::as_str).collect();
+        opts.extend(["--time", time_text]);
+        let ctx = format!(
+            "{} [{}]: fresh host, sync --time {time_text}",
+            self.what,
+            self.lab.dup.label()
+        );
+        host.sync(&self.lab.repo, &opts).assert_ok(&ctx);
+        oracle.assert_same(&host.tree(), Compare::default(), &ctx);
+        remove_tree(&host.dir);
+    }
+}
+
+/// Run the scenario `steps` against upstream `dup`. `setup` configures the lab (backup and
+/// repository options); `sync_opts` are passed to every `dupmirror sync`.
+pub fn run(
+    dup: Duplicity,
+    what: &str,
+    setup: impl FnOnce(Lab) -> Lab,
+    sync_opts: &[&str],
+    steps: Vec<Step<'_>>,
+) -> Outcome {
+    let mut lab = setup(Lab::new(dup));
+    let label = lab.dup.label();
+    let cmp = Compare::default();
+    let inc_host = lab.host("i");
+    let mut oracles = Vec::new();
+    for (k, step) in steps.iter().enumerate() {
+        let time = t(k as i64);
+        lab.fs.set_now(time - 100 - k as i64);
+        (step.change)(&lab.fs);
+        lab.backup(step.kind, time);
+        let source = Tree::capture(&lab.src);
+        let oracle = lab.restore(time);
+        source.assert_same(
+            &oracle,
+            cmp,
+            &format!(
+                "{what} [{label}] step {k}: harness check failed: duplicity restore does not \
+                 reproduce the source tree (expected = source, actual = restore)"
+            ),
+        );
+        // Alternate between a file:// URL and a plain path as SOURCE.
+        let source_arg = if k % 2 == 0 {
+            OsString::from(lab.url())
+        } else {
+            lab.repo.clone().into_os_string()
+        };
+        let ctx = format!("{what} [{label}]: incremental host, sync after step {k} (time {time})");
+        inc_host.sync(&source_arg, sync_opts).assert_ok(&ctx);
+        oracle.assert_same(&inc_host.tree(), cmp, &ctx);
+        assert_eq!(
+            inc_host.strays(),
+            Vec::<String>::new(),
+            "{ctx}: files appeared beside DEST"
+        );
+        oracles.push((time, oracle));
+    }
+
+    // Nothing new: exit 0 and DEST untouched.
+    let ctx = format!("{what} [{label}]: incremental host, second sync with nothing new");
+    let before = inc_host.tree();
+    inc_host.sync(lab.url(), sync_opts).assert_ok(&ctx);
+    before.assert_same(&inc_host.tree(), cmp, &ctx);
+
+    // Late host: every set in one run.
+    let (last_time, last) = oracles.last().expect("at least one step");
+    let late = lab.host("l");
+    let ctx = format!("{what} [{label}]: late host, one sync at the end (time {last_time})");
+    late.sync(&lab.repo, sync_opts).assert_ok(&ctx);
+    last.assert_same(&late.tree(), cmp, &ctx);
+    assert_eq!(
+        late.strays(),
+        Vec::<String>::new(),
+        "{ctx}: files appeared beside DEST"
+    );
+
+    // Time travel: a fresh host per backup time.
+    for (k, (time, oracle)) in oracles.iter().enumerate() {
+        let host = lab.host("t");
+        let targ = time_arg(*time, k);
+        let mut opts = sync_opts.to_vec();
+        opts.extend(["--time", targ.as_str()]);
+        let ctx = format!("{what} [{label}]: fresh host, sync --time {targ} (step {k})");
+        host.sync(&lab.repo, &opts).assert_ok(&ctx);
+        oracle.assert_same(&host.tree(), cmp, &ctx);
+        remove_tree(&host.dir);
+    }
+
+    Outcome {
+        lab,
+        oracles,
+        sync_opts: sync_opts.iter().map(|s| s.to_string()).collect(),
+        what: what.to_string(),
+    }
+}
