@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install what dupmirror's build and test suite need on a fresh Debian bookworm machine that has
+# only Rust. Idempotent: a rerun on a prepared machine skips apt and pip and takes a second.
+# Runs as root (or with sudo available).
+#
+#   apt: duplicity (upstream 0.8.22, the oracle; brings python3 and rsync), libgpgme-dev (for
+#        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
+#        tests), pigz
+#   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
+set -euo pipefail
+
+VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
+DUP3_VERSION=3.2.1
+APT_PACKAGES=(duplicity libgpgme-dev gnupg rsync nginx-light python3-pyftpdlib pigz)
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+trap 'die "failed at line $LINENO: $BASH_COMMAND"' ERR
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "must run as root (or have sudo)"
+    SUDO=(sudo)
+fi
+
+# --- Debian packages -------------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    log "apt: all of ${APT_PACKAGES[*]} already installed"
+else
+    log "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+dup08=$(command -v duplicity) || die "duplicity not on PATH after apt install"
+log "upstream 0.8: $("$dup08" --version) at $dup08"
+
+# --- duplicity 3.x in a venv -----------------------------------------------------------------
+have_dup3() {
+    [ -x "$VENV/bin/duplicity" ] && "$VENV/bin/duplicity" --version 2>/dev/null | grep -q "^duplicity $DUP3_VERSION"
+}
+if have_dup3; then
+    log "venv: duplicity $DUP3_VERSION already at $VENV"
+else
+    # Any CPython 3 with a working venv module will do: the wheel bundles its own librsync.
+    py=""
+    for cand in python3 /usr/bin/python3; do
+        c=$(command -v "$cand" || true)
+        [ -n "$c" ] || continue
+        if "$c" -c 'import venv, ensurepip' 2>/dev/null; then py=$c; break; fi
+    done
+    if [ -z "$py" ]; then
+        log "apt: no python3 with venv/ensurepip; installing python3-venv"
+        "${SUDO[@]}" apt-get update -q
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+        py=/usr/bin/python3
+    fi
+    log "venv: creating $VENV with $py ($("$py" --version 2>&1))"
+    "${SUDO[@]}" rm -rf "$VENV"
+    "${SUDO[@]}" "$py" -m venv "$VENV"
+    log "venv: pip install --no-deps duplicity==$DUP3_VERSION fasteners>=0.19"
+    "${SUDO[@]}" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+        "duplicity==$DUP3_VERSION" 'fasteners>=0.19'
+    have_dup3 || die "duplicity $DUP3_VERSION does not run from $VENV"
+fi
+log "upstream 3.x: $("$VENV/bin/duplicity" --version) at $VENV/bin/duplicity"
+log "done"
