@@ -1,0 +1,256 @@
+//! File system primitives for writing DEST safely.
+//!
+//! Everything that touches DEST goes through here, so the rules live in one place:
+//! a path is only written when every ancestor below DEST is a real directory (never a
+//! symlink, so nothing escapes DEST through one), removal never follows symlinks, and
+//! attributes are set without following symlinks. Owners are set only when running as
+//! root, mapping user and group names to local ids as duplicity does (§4.4).
+
+use crate::error::Error;
+use crate::index::PathIndex;
+use crate::meta::{FileType, Metadata};
+use anyhow::{Context, Result};
+use nix::sys::stat::{utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+use std::collections::HashMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What an ancestor of a path is in DEST.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ancestors {
+    /// Every ancestor is a real directory.
+    AllDirs,
+    /// Some ancestor does not exist (so neither does the path).
+    Missing,
+}
+
+/// Checks the ancestors of `index` below `root`: real directories or missing. A symlink
+/// or another non-directory on the way is refused with an [`Error::UnsafePath`].
+pub fn check_ancestors(root: &Path, index: &PathIndex) -> Result<Ancestors> {
+    let mut p = root.to_path_buf();
+    let comps = index.components();
+    for c in comps.iter().take(comps.len().saturating_sub(1)) {
+        p.push(std::ffi::OsStr::from_bytes(c));
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                };
+                return Err(Error::UnsafePath {
+                    path: index.to_string(),
+                    reason: format!("its parent {} in DEST is {what}", p.display()),
+                }
+                .into());
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Ancestors::Missing),
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", p.display())),
+        }
+    }
+    Ok(Ancestors::AllDirs)
+}
+
+/// Creates the missing ancestors of `index` as plain directories.
+pub fn create_ancestors(root: &Path, index: &PathIndex) -> Result<()> {
+    if let Some(parent) = index.parent() {
+        let p = root.join(parent.to_path());
+        fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes whatever is at `path` (a whole tree for a directory), never following symlinks.
+/// A missing path is not an error.
+pub fn remove_any(path: &Path) -> Result<()> {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates a non-regular, non-directory object (symlink, fifo, device) at `path`.
+pub fn create_special(path: &Path, meta: &Metadata) -> Result<()> {
+    let ctx = || format!("cannot create {} {}", meta.file_type.name(), path.display());
+    match &meta.file_type {
+        FileType::Symlink(target) => {
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), path).with_context(ctx)
+        }
+        FileType::Fifo => nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600))
+            .map_err(std::io::Error::from)
+            .with_context(ctx),
+        FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
+            let kind = if matches!(meta.file_type, FileType::CharDevice { .. }) {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            let dev = nix::sys::stat::makedev(u64::from(*major), u64::from(*minor));
+            nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(0o600), dev)
+                .map_err(std::io::Error::from)
+                .with_context(ctx)
+        }
+        FileType::Regular | FileType::Dir => {
+            unreachable!("create_special called for {:?}", meta.file_type)
+        }
+    }
+}
+
+/// Maps stored owners to local ids: names first, numbers when a name is unknown here.
+pub struct OwnerMap {
+    apply: bool,
+    users: HashMap<Vec<u8>, Option<u32>>,
+    groups: HashMap<Vec<u8>, Option<u32>>,
+}
+
+impl OwnerMap {
+    /// Owners are applied only when running as root (as duplicity does in effect: its
+    /// chown attempts fail silently otherwise).
+    pub fn new() -> Self {
+        OwnerMap {
+            apply: nix::unistd::geteuid().is_root(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    pub fn applies(&self) -> bool {
+        self.apply
+    }
+
+    /// The local (uid, gid) for stored metadata.
+    pub fn resolve(&mut self, meta: &Metadata) -> (u32, u32) {
+        let uid = if meta.uname.is_empty() {
+            None
+        } else {
+            *self.users.entry(meta.uname.clone()).or_insert_with(|| {
+                let name = String::from_utf8_lossy(&meta.uname).into_owned();
+                nix::unistd::User::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw())
+            })
+        };
+        let gid = if meta.gname.is_empty() {
+            None
+        } else {
+            *self.groups.entry(meta.gname.clone()).or_insert_with(|| {
+                let name = String::from_utf8_lossy(&meta.gname).into_owned();
+                nix::unistd::Group::from_name(&name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+            })
+        };
+        (uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid))
+    }
+}
+
+impl Default for OwnerMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The attributes to give an object once it is in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attrs {
+    pub mode: u32,
+    /// Local ids, or `None` when owners are not applied.
+    pub owner: Option<(u32, u32)>,
+    pub mtime: i64,
+    pub symlink: bool,
+}
+
+impl Attrs {
+    pub fn of(meta: &Metadata, owners: &mut OwnerMap) -> Attrs {
+        Attrs {
+            mode: meta.mode,
+            owner: owners.applies().then(|| owners.resolve(meta)),
+            mtime: meta.mtime,
+            symlink: matches!(meta.file_type, FileType::Symlink(_)),
+        }
+    }
+
+    /// chown, then chmod (chown clears setuid bits), then the mtime; symlinks get owner
+    /// and mtime only (their mode means nothing on Linux).
+    pub fn apply(&self, path: &Path) -> Result<()> {
+        let ctx = || format!("cannot set attributes of {}", path.display());
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::fchownat(
+                None,
+                path,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)
+            .with_context(ctx)?;
+        }
+        if !self.symlink {
+            fs::set_permissions(path, fs::Permissions::from_mode(self.mode)).with_context(ctx)?;
+        }
+        set_mtime(path, self.mtime)
+    }
+}
+
+/// Sets the mtime of `path` (not following a symlink), leaving the atime alone.
+pub fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
+    utimensat(
+        None,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::new(mtime, 0),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("cannot set the mtime of {}", path.display()))
+}
+
+/// The mtime of a directory in DEST, if it is one.
+pub fn dir_mtime(path: &Path) -> Result<Option<i64>> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(Some(m.mtime())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+}
+
+/// The type of what is at `path`, without following a symlink; `None` when nothing is.
+pub fn lstat_type(path: &Path) -> Result<Option<fs::FileType>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m.file_type())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+}
+
+/// Whether `t` is a regular file (used for delta bases).
+pub fn is_regular(t: &fs::FileType) -> bool {
+    t.is_file() && !t.is_symlink() && !t.is_fifo()
+}
+
+/// `root` joined with an index.
+pub fn dest_path(root: &Path, index: &PathIndex) -> PathBuf {
+    if index.is_root() {
+        root.to_path_buf()
+    } else {
+        root.join(index.to_path())
+    }
+}

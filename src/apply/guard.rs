@@ -1,0 +1,115 @@
+//! Refuses a set whose records would not form a tree inside DEST.
+//!
+//! Records arrive in index order (a directory before its contents), so the ancestors of the
+//! current record form a stack. For each record the guard knows, for every ancestor, what it
+//! will be once the set is applied: a directory that exists in DEST, a directory this set
+//! creates, or something that is not a directory. A record below a symlink, a file or a
+//! deleted path is refused before anything is committed. DEST is consulted (lstat) only for
+//! ancestors the set does not mention, and each one once per run of siblings.
+
+use super::fsops;
+use crate::archive::{Record, RecordKind};
+use crate::error::Error;
+use crate::index::PathIndex;
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Node {
+    /// A real directory in DEST, kept by this set.
+    ExistingDir,
+    /// A directory that will be new (made by this set or as a missing parent).
+    NewDir,
+    /// Removed by this set: only further removals may lie below it.
+    Deleted,
+    /// Anything else: nothing may lie below it.
+    NotDir(&'static str),
+}
+
+pub struct PathGuard {
+    dest: PathBuf,
+    stack: Vec<(PathIndex, Node)>,
+    /// DEST is known to be empty (a first sync): no need to look at it.
+    fresh: bool,
+}
+
+impl PathGuard {
+    pub fn new(dest: &Path, fresh: bool) -> Self {
+        PathGuard {
+            dest: dest.to_path_buf(),
+            stack: Vec::new(),
+            fresh,
+        }
+    }
+
+    /// What DEST has at `index` now.
+    fn dest_node(&self, index: &PathIndex) -> Result<Node> {
+        if self.fresh {
+            return Ok(Node::NewDir);
+        }
+        let p = fsops::dest_path(&self.dest, index);
+        Ok(match fsops::lstat_type(&p)? {
+            None => Node::NewDir,
+            Some(t) if t.is_dir() => Node::ExistingDir,
+            Some(t) if t.is_symlink() => Node::NotDir("symlink"),
+            Some(_) => Node::NotDir("file"),
+        })
+    }
+
+    /// Checks one record; afterwards the record counts as an ancestor candidate.
+    pub fn check(&mut self, record: &Record) -> Result<()> {
+        let index = &record.index;
+        let n = index.len();
+        while let Some((top, _)) = self.stack.last() {
+            if top.len() < n && index.starts_with(top) {
+                break;
+            }
+            self.stack.pop();
+        }
+        // Fill in the ancestors this set does not mention, from DEST.
+        while self.stack.len() < n {
+            let depth = self.stack.len();
+            let node = match self.stack.last().map(|(_, node)| node) {
+                None if self.fresh => Node::NewDir,
+                None => Node::ExistingDir,
+                Some(Node::ExistingDir) => self.dest_node(&index.truncated(depth))?,
+                Some(Node::NewDir) => Node::NewDir,
+                Some(_) => break, // refused just below
+            };
+            self.stack.push((index.truncated(depth), node));
+        }
+        if let Some((parent, node)) = self.stack.last() {
+            let reason = match node {
+                Node::ExistingDir | Node::NewDir => None,
+                // Removing what lies below a non-directory removes nothing: duplicity lists
+                // the children of a directory that became a file or vanished.
+                _ if record.kind == RecordKind::Deleted => None,
+                Node::Deleted => Some(format!(
+                    "it lies below {parent}, which the same set deletes"
+                )),
+                Node::NotDir(what) => Some(format!("it lies below {parent}, which is a {what}")),
+            };
+            if let Some(reason) = reason {
+                return Err(Error::UnsafePath {
+                    path: index.to_string(),
+                    reason,
+                }
+                .into());
+            }
+        }
+        let node = match record.kind {
+            RecordKind::Deleted => Node::Deleted,
+            _ if record.meta.is_dir() => match self.stack.last() {
+                None | Some((_, Node::ExistingDir)) => match self.dest_node(index)? {
+                    Node::ExistingDir => Node::ExistingDir,
+                    // A symlink or file here is replaced by the new directory.
+                    _ => Node::NewDir,
+                },
+                _ => Node::NewDir,
+            },
+            _ => Node::NotDir(record.meta.file_type.name()),
+        };
+        self.stack.push((index.clone(), node));
+        Ok(())
+    }
+}

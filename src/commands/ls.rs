@@ -1,0 +1,29 @@
+//! `dupmirror ls SOURCE [--time T]`: the paths of the backup at T, from the signature
+//! chain (like `duplicity list-current-files`), without reading any volume.
+
+use super::{open_repository, resolve_time};
+use crate::repo::RepoOptions;
+use crate::signatures::{merge_chain, SigEntry};
+use anyhow::{bail, Result};
+
+/// Calls `out` for every path that exists at `time`, in index order.
+pub fn list(
+    source: &str,
+    time: Option<&str>,
+    options: &RepoOptions,
+    mut out: impl FnMut(&SigEntry) -> Result<()>,
+) -> Result<()> {
+    let repo = open_repository(source, options)?;
+    let t = resolve_time(time)?;
+    let Some(chain) = repo.collection.select(t)? else {
+        bail!("the source holds no complete duplicity backup");
+    };
+    let sets = chain.sets_until(t);
+    merge_chain(&repo, &sets, false, |e| {
+        if e.exists() {
+            out(&e)
+        } else {
+            Ok(())
+        }
+    })
+}

@@ -1,0 +1,24 @@
+//! The commands: each composes the library's pieces for one job and returns a report that
+//! `main` prints as text or JSON.
+
+pub mod ls;
+pub mod status;
+pub mod sync;
+
+use crate::backend;
+use crate::repo::{RepoOptions, Repository};
+use anyhow::Result;
+
+/// Opens SOURCE and reads its listing.
+pub fn open_repository(source: &str, options: &RepoOptions) -> Result<Repository> {
+    Repository::open(backend::open_source(source)?, options)
+}
+
+/// The time a command works at: `--time`, or now.
+pub fn resolve_time(time: Option<&str>) -> Result<crate::timefmt::Epoch> {
+    let now = chrono::Utc::now().timestamp();
+    match time {
+        None => Ok(now),
+        Some(t) => crate::timefmt::parse_user_time(t, now).map_err(anyhow::Error::msg),
+    }
+}

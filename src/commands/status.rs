@@ -1,0 +1,133 @@
+//! `dupmirror status SOURCE [--json]`: what the repository holds (like
+//! `duplicity collection-status`), and with `--dest`, what that DEST would need.
+
+use super::open_repository;
+use crate::collection::BackupSet;
+use crate::naming::SetKind;
+use crate::repo::RepoOptions;
+use crate::state::{absolute_dest, default_state_dir};
+use crate::timefmt::format_iso;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Serialize)]
+pub struct SetStatus {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub start_time: Option<String>,
+    pub end_time: String,
+    pub volumes: usize,
+    pub bytes: u64,
+    pub complete: bool,
+    pub signatures: bool,
+}
+
+impl SetStatus {
+    fn of(set: &BackupSet) -> Self {
+        SetStatus {
+            kind: match set.kind {
+                SetKind::Full => "full",
+                SetKind::Inc => "inc",
+            },
+            start_time: set.start_time.map(format_iso),
+            end_time: format_iso(set.end_time),
+            volumes: set.volumes.len(),
+            bytes: set.volume_bytes(),
+            complete: set.is_complete(),
+            signatures: set.signatures.is_some(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ChainStatus {
+    pub start_time: String,
+    pub end_time: String,
+    pub sets: Vec<SetStatus>,
+}
+
+#[derive(Serialize)]
+pub struct DestStatus {
+    pub dest: PathBuf,
+    /// The end time of the state DEST holds, if it was ever synced.
+    pub holds: Option<String>,
+    /// Sets a sync would apply to reach the latest backup.
+    pub pending_sets: usize,
+    pub pending_bytes: u64,
+    /// A sync would start over from a full set (new chain, or DEST off the chain).
+    pub needs_full: bool,
+}
+
+#[derive(Serialize)]
+pub struct StatusReport {
+    pub source: String,
+    pub prefix: Option<String>,
+    pub chains: Vec<ChainStatus>,
+    pub orphans: Vec<SetStatus>,
+    pub incomplete: Vec<SetStatus>,
+    pub partial_files: Vec<String>,
+    pub latest: Option<String>,
+    pub dest: Option<DestStatus>,
+}
+
+pub fn status(
+    source: &str,
+    dest: Option<&std::path::Path>,
+    state_dir: Option<&std::path::Path>,
+    options: &RepoOptions,
+) -> Result<StatusReport> {
+    let repo = open_repository(source, options)?;
+    let c = &repo.collection;
+    let dest = match dest {
+        None => None,
+        Some(d) => {
+            let d = absolute_dest(d)?;
+            let root = match state_dir {
+                Some(s) => s.to_path_buf(),
+                None => default_state_dir(&d)?,
+            };
+            // Read-only look: no lock, no recovery.
+            let state: Option<crate::state::MirrorState> = std::fs::read(root.join("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let latest = c.chains.last();
+            let (pending, needs_full) = match (latest, &state) {
+                (None, _) => (Vec::new(), false),
+                (Some(ch), Some(st)) if st.chain_start == ch.start_time() => (
+                    ch.incs
+                        .iter()
+                        .filter(|s| s.end_time > st.end_time)
+                        .collect(),
+                    false,
+                ),
+                (Some(ch), _) => (ch.sets().collect::<Vec<_>>(), true),
+            };
+            Some(DestStatus {
+                dest: d,
+                holds: state.map(|s| format_iso(s.end_time)),
+                pending_sets: pending.len(),
+                pending_bytes: pending.iter().map(|s| s.volume_bytes()).sum(),
+                needs_full,
+            })
+        }
+    };
+    Ok(StatusReport {
+        source: repo.display(),
+        prefix: c.prefix.clone(),
+        chains: c
+            .chains
+            .iter()
+            .map(|ch| ChainStatus {
+                start_time: format_iso(ch.start_time()),
+                end_time: format_iso(ch.end_time()),
+                sets: ch.sets().map(SetStatus::of).collect(),
+            })
+            .collect(),
+        orphans: c.orphans.iter().map(SetStatus::of).collect(),
+        incomplete: c.incomplete.iter().map(SetStatus::of).collect(),
+        partial_files: c.partial_files.clone(),
+        latest: c.latest_time().map(format_iso),
+        dest,
+    })
+}

@@ -1,0 +1,166 @@
+//! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
+//!
+//! Order of work: lock the state directory, finish or roll back an interrupted commit,
+//! list the source, plan, then stage and commit one set at a time. A failure leaves DEST as
+//! the last committed set left it and cleans the staging area.
+
+use super::{open_repository, resolve_time};
+use crate::apply::journal;
+use crate::apply::{fsops, ApplyMode, ApplyStats, SetApplier};
+use crate::plan::Plan;
+use crate::repo::RepoOptions;
+use crate::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::timefmt::format_iso;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct SyncOptions {
+    pub source: String,
+    pub dest: PathBuf,
+    pub time: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub dry_run: bool,
+    /// Allow a first sync into a non-empty DEST (it becomes the backup; extra files go).
+    pub adopt: bool,
+    /// Wait for another sync's lock instead of failing.
+    pub wait: bool,
+    /// Sync the file system before each commit (power-cut safety).
+    pub durable: bool,
+    pub repo: RepoOptions,
+}
+
+#[derive(Serialize)]
+pub struct SetReport {
+    pub set: String,
+    pub mode: ApplyMode,
+    pub volumes: usize,
+    pub bytes: u64,
+    pub applied: Option<ApplyStats>,
+}
+
+#[derive(Serialize)]
+pub struct SyncReport {
+    pub source: String,
+    pub dest: PathBuf,
+    pub dry_run: bool,
+    /// The state before this run (None: never synced).
+    pub from: Option<String>,
+    /// The state after this run (for a dry run: the state it would reach).
+    pub to: String,
+    pub up_to_date: bool,
+    /// An interrupted commit that this run completed first.
+    pub recovered: Option<String>,
+    pub restart_reason: Option<String>,
+    pub sets: Vec<SetReport>,
+    pub bytes_read: u64,
+    pub seconds: f64,
+}
+
+fn is_empty_or_missing(dest: &Path) -> Result<bool> {
+    match std::fs::read_dir(dest) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", dest.display())),
+    }
+}
+
+pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
+    let started = Instant::now();
+    let dest = absolute_dest(&opts.dest)?;
+    let state_root = match &opts.state_dir {
+        Some(s) => std::path::absolute(s)?,
+        None => default_state_dir(&dest)?,
+    };
+    if state_root.starts_with(&dest) {
+        bail!(
+            "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
+            state_root.display()
+        );
+    }
+    let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
+    let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
+    let mut state = state_dir.load()?;
+    if let Some(st) = &state {
+        if st.dest != dest {
+            bail!(
+                "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
+                state_root.display(),
+                st.dest.display(),
+                dest.display()
+            );
+        }
+        if !dest.exists() {
+            // DEST was removed: rebuild it from scratch.
+            state = None;
+        }
+    }
+    let repo = open_repository(&opts.source, &opts.repo)?;
+    let time = resolve_time(opts.time.as_deref())?;
+    let dest_empty = is_empty_or_missing(&dest)?;
+    if state.is_none() && !dest_empty && !opts.adopt {
+        bail!(
+            "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \
+             folder, or pass --adopt to make it the backup (files not in the backup are removed)",
+            dest.display()
+        );
+    }
+    let plan = Plan::build(&repo, state.as_ref(), dest_empty, time)?;
+    let mut report = SyncReport {
+        source: repo.display(),
+        dest: dest.clone(),
+        dry_run: opts.dry_run,
+        from: state.as_ref().map(|s| format_iso(s.end_time)),
+        to: format_iso(plan.end_time),
+        up_to_date: plan.steps.is_empty(),
+        recovered,
+        restart_reason: plan.restart_reason.clone(),
+        sets: plan
+            .steps
+            .iter()
+            .map(|s| SetReport {
+                set: s.set.label(),
+                mode: s.mode,
+                volumes: s.volumes.len(),
+                bytes: s.bytes,
+                applied: None,
+            })
+            .collect(),
+        bytes_read: 0,
+        seconds: 0.0,
+    };
+    if opts.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
+        let target = MirrorState::new(
+            repo.display(),
+            plan.chain_start,
+            step.set.end_time,
+            dest.clone(),
+        );
+        let staged = (|| -> Result<SetApplier> {
+            let mut applier = SetApplier::new(step.mode, &dest, &state_dir, &target, opts.durable)?;
+            repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
+            Ok(applier)
+        })();
+        let applier = match staged {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing was committed: DEST is as the previous set left it.
+                let _ = fsops::remove_any(state_dir.staging());
+                return Err(e.context(format!(
+                    "set {} was not applied; DEST is unchanged by it",
+                    step.set.label()
+                )));
+            }
+        };
+        set_report.applied = Some(applier.commit(&state_dir)?);
+        report.bytes_read += step.bytes;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}

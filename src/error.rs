@@ -1,0 +1,37 @@
+//! Typed errors for the conditions a caller has to tell apart.
+//!
+//! Most of the library reports failures through `anyhow` with context, because the caller
+//! only prints them. The variants here are the ones a caller branches on: a repository that
+//! is corrupt or hostile (refuse the set, keep DEST), a volume whose hash does not match
+//! (maybe re-fetch it), a lock held by another process.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository holds data that does not follow the duplicity format.
+    #[error("{0}")]
+    Corrupt(String),
+
+    /// A volume's bytes do not hash to what its manifest says.
+    #[error("volume {name}: SHA1 mismatch (manifest says {expected}, file has {actual}); the file is damaged or was replaced")]
+    HashMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+
+    /// An entry would write outside DEST or through a symlink.
+    #[error("refusing unsafe entry {path:?}: {reason}")]
+    UnsafePath { path: String, reason: String },
+
+    /// Another process holds the state directory's lock.
+    #[error("another dupmirror sync holds the lock on {0} (use --wait to wait for it)")]
+    Locked(PathBuf),
+}
+
+impl Error {
+    pub fn corrupt(msg: impl Into<String>) -> Self {
+        Error::Corrupt(msg.into())
+    }
+}

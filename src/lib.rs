@@ -1,0 +1,28 @@
+//! dupmirror: keep a local tree equal to the latest state of a duplicity repository by
+//! replaying only the sets that are new since the last run.
+//!
+//! Data flows one way (see DESIGN.md):
+//! `backend` (bytes) → `volume` (hash check, decrypt, decompress) → `archive` (tar entries →
+//! duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled writes
+//! into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
+//! and `signatures` read the repository's metadata; `commands` compose all of it.
+
+pub mod apply;
+pub mod archive;
+pub mod backend;
+pub mod collection;
+pub mod commands;
+pub mod delta;
+pub mod error;
+pub mod index;
+pub mod manifest;
+pub mod meta;
+pub mod naming;
+pub mod plan;
+pub mod repo;
+pub mod signatures;
+pub mod state;
+pub mod timefmt;
+pub mod volume;
+
+pub use error::Error;

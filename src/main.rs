@@ -1,0 +1,335 @@
+//! The `dupmirror` command line: parses arguments, runs a command, prints its report.
+//! Exit status 0 on success (also when nothing was new), 1 with one line on stderr on
+//! failure, 2 for a usage error.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use dupmirror::commands::{ls, status, sync};
+use dupmirror::naming::Prefixes;
+use dupmirror::repo::RepoOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dupmirror",
+    version,
+    about = "Keep a tree in exact sync with a duplicity repository by replaying only its new sets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the repository's files are named (duplicity's options of the same names).
+#[derive(Args, Clone)]
+struct NameOptions {
+    /// Prefix of every file name (duplicity --file-prefix)
+    #[arg(long, global = true, value_name = "PREFIX")]
+    file_prefix: Option<String>,
+    /// Prefix of volume names, after --file-prefix
+    #[arg(long, global = true, value_name = "PREFIX")]
+    file_prefix_archive: Option<String>,
+    /// Prefix of manifest names, after --file-prefix
+    #[arg(long, global = true, value_name = "PREFIX")]
+    file_prefix_manifest: Option<String>,
+    /// Prefix of signature names, after --file-prefix
+    #[arg(long, global = true, value_name = "PREFIX")]
+    file_prefix_signature: Option<String>,
+    /// Prefix of jsonstat names, after --file-prefix
+    #[arg(long, global = true, value_name = "PREFIX")]
+    file_prefix_jsonstat: Option<String>,
+    /// Clock separator of old-style (W3) times in file names
+    #[arg(long, global = true, value_name = "CHAR")]
+    time_separator: Option<char>,
+}
+
+impl NameOptions {
+    fn repo_options(&self) -> RepoOptions {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        RepoOptions {
+            prefixes: Prefixes {
+                global: s(&self.file_prefix),
+                archive: s(&self.file_prefix_archive),
+                manifest: s(&self.file_prefix_manifest),
+                signature: s(&self.file_prefix_signature),
+                jsonstat: s(&self.file_prefix_jsonstat),
+            },
+            time_separator: self.time_separator,
+            decryptor: None,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring DEST to the backup at --time (default: the latest), applying only new sets
+    Sync {
+        /// The duplicity repository: a path or file:// URL
+        source: String,
+        /// The tree to keep in sync (holds exactly the backed-up files)
+        dest: PathBuf,
+        /// Backup time to sync to: 2026-01-02T03:04:05Z, 20260102T030405Z, epoch seconds, ...
+        #[arg(long, short = 't')]
+        time: Option<String>,
+        /// Where dupmirror keeps its state (default: .<DEST name>.dupmirror beside DEST)
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the plan (sets, volumes, bytes) and change nothing
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// First sync into a non-empty DEST: make it the backup, removing what it lacks
+        #[arg(long)]
+        adopt: bool,
+        /// Wait for another sync of the same DEST instead of failing
+        #[arg(long)]
+        wait: bool,
+        /// Skip the file system sync before each commit (faster; unsafe on power loss)
+        #[arg(long)]
+        no_fsync: bool,
+        /// Print one JSON summary on stdout
+        #[arg(long)]
+        json: bool,
+        /// Print nothing but errors
+        #[arg(long, short = 'q')]
+        quiet: bool,
+        #[command(flatten)]
+        names: NameOptions,
+    },
+    /// Show the repository's chains and sets (like duplicity collection-status)
+    Status {
+        source: String,
+        /// Also show what this DEST would need
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        /// The state directory of --dest, when not the default
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        names: NameOptions,
+    },
+    /// List the files of the backup at --time (like duplicity list-current-files)
+    Ls {
+        source: String,
+        #[arg(long, short = 't')]
+        time: Option<String>,
+        #[command(flatten)]
+        names: NameOptions,
+    },
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_sync(r: &sync::SyncReport) {
+    if let Some(t) = &r.recovered {
+        println!("completed an interrupted commit: DEST was brought to {t}");
+    }
+    if r.up_to_date {
+        println!(
+            "{} is up to date at {} (nothing new in {})",
+            r.dest.display(),
+            r.to,
+            r.source
+        );
+        return;
+    }
+    if let Some(why) = &r.restart_reason {
+        println!("starting from a full set: {why}");
+    }
+    let verb = if r.dry_run { "would apply" } else { "applied" };
+    for s in &r.sets {
+        print!(
+            "{verb} {} ({:?}): {} volume(s), {}",
+            s.set,
+            s.mode,
+            s.volumes,
+            human_bytes(s.bytes)
+        );
+        if let Some(a) = &s.applied {
+            print!(
+                "; {} written, {} patched, {} dirs, {} other, {} removed",
+                a.files_written, a.files_patched, a.dirs, a.specials, a.removed
+            );
+        }
+        println!();
+    }
+    let from = r.from.as_deref().unwrap_or("empty");
+    if r.dry_run {
+        println!(
+            "dry run: {} would go from {from} to {}; nothing was changed",
+            r.dest.display(),
+            r.to
+        );
+    } else {
+        println!(
+            "{} went from {from} to {} in {:.2}s ({} read)",
+            r.dest.display(),
+            r.to,
+            r.seconds,
+            human_bytes(r.bytes_read)
+        );
+    }
+}
+
+fn print_status(r: &status::StatusReport) {
+    println!("source: {}", r.source);
+    if let Some(p) = &r.prefix {
+        println!("file prefix: {p:?}");
+    }
+    for (i, c) in r.chains.iter().enumerate() {
+        println!("chain {} ({} .. {}):", i + 1, c.start_time, c.end_time);
+        for s in &c.sets {
+            println!(
+                "  {:4} {}  {:>4} volume(s) {:>10}{}",
+                s.kind,
+                s.end_time,
+                s.volumes,
+                human_bytes(s.bytes),
+                if s.signatures {
+                    ""
+                } else {
+                    "  (no signature file)"
+                }
+            );
+        }
+    }
+    if r.chains.is_empty() {
+        println!("no complete backup chain");
+    }
+    for s in &r.orphans {
+        println!(
+            "orphaned incremental {} -> {} (links to no chain)",
+            s.start_time.as_deref().unwrap_or("?"),
+            s.end_time
+        );
+    }
+    for s in &r.incomplete {
+        println!(
+            "incomplete set {} {} (no manifest: in progress or interrupted; ignored)",
+            s.kind, s.end_time
+        );
+    }
+    for f in &r.partial_files {
+        println!("partial file {f} (ignored)");
+    }
+    if let Some(d) = &r.dest {
+        match &d.holds {
+            Some(t) => println!("DEST {} holds {t}", d.dest.display()),
+            None => println!("DEST {} was never synced", d.dest.display()),
+        }
+        println!(
+            "a sync would apply {} set(s), {}{}",
+            d.pending_sets,
+            human_bytes(d.pending_bytes),
+            if d.needs_full {
+                ", starting from a full set"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sync {
+            source,
+            dest,
+            time,
+            state_dir,
+            dry_run,
+            adopt,
+            wait,
+            no_fsync,
+            json,
+            quiet,
+            names,
+        } => {
+            let report = sync::sync(&sync::SyncOptions {
+                source,
+                dest,
+                time,
+                state_dir,
+                dry_run,
+                adopt,
+                wait,
+                durable: !no_fsync,
+                repo: names.repo_options(),
+            })?;
+            if json {
+                print_json(&report)?;
+            } else if !quiet {
+                print_sync(&report);
+            }
+        }
+        Command::Status {
+            source,
+            dest,
+            state_dir,
+            json,
+            names,
+        } => {
+            let report = status::status(
+                &source,
+                dest.as_deref(),
+                state_dir.as_deref(),
+                &names.repo_options(),
+            )?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_status(&report);
+            }
+        }
+        Command::Ls {
+            source,
+            time,
+            names,
+        } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            ls::list(&source, time.as_deref(), &names.repo_options(), |e| {
+                out.write_all(&e.index.to_bytes())?;
+                out.write_all(b"\n")?;
+                Ok(())
+            })?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, outermost first.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("dupmirror: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

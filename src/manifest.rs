@@ -1,0 +1,256 @@
+//! Manifests: the index of one backup set (format reference §3).
+//!
+//! A manifest lists the set's volumes with the path range each one covers and the SHA1 of
+//! the stored volume file, then (normally at the end) a Filelist of changed regular files.
+//! It is read as bytes: paths are raw and only double-quoted strings are unquoted.
+//! Upstream's parsing rules are kept where they matter: keywords are case-insensitive,
+//! a repeated `Volume n:` block wins over the earlier one, and volumes numbered above the
+//! last-listed block are dropped (a restarted backup appends `Volume 2:` after `Volume 3:`).
+
+use crate::error::Error;
+use crate::index::{unquote, PathIndex};
+use std::collections::BTreeMap;
+
+/// One volume's entry in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub number: u32,
+    pub start: PathIndex,
+    /// Multivol chunk number of the first entry, when it is a non-final chunk.
+    pub start_block: Option<u64>,
+    pub end: PathIndex,
+    pub end_block: Option<u64>,
+    /// `(type, lowercase hex)`, SHA1 preferred when several are given.
+    pub hash: Option<(String, String)>,
+}
+
+impl VolumeInfo {
+    /// Whether this volume may hold entries at or below `prefix`: upstream's rule
+    /// `start[:len(p)] <= p <= end[:len(p)]`, comparing indexes as tuples.
+    pub fn may_contain(&self, prefix: &PathIndex) -> bool {
+        let n = prefix.len();
+        self.start.truncated(n) <= *prefix && *prefix <= self.end.truncated(n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    New,
+    Changed,
+    Deleted,
+}
+
+/// A parsed manifest.
+#[derive(Clone, Debug, Default)]
+pub struct Manifest {
+    pub hostname: Option<String>,
+    pub localdir: Option<Vec<u8>>,
+    pub volumes: BTreeMap<u32, VolumeInfo>,
+    pub filelist: Vec<(Change, Vec<u8>)>,
+}
+
+fn split_ws(line: &[u8]) -> Vec<&[u8]> {
+    line.split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn keyword_is(token: &[u8], kw: &str) -> bool {
+    token.eq_ignore_ascii_case(kw.as_bytes())
+}
+
+impl Manifest {
+    pub fn parse(data: &[u8]) -> Result<Manifest, Error> {
+        let bad = |line_no: usize, what: &str| {
+            Error::corrupt(format!("manifest line {}: {what}", line_no + 1))
+        };
+        let mut m = Manifest::default();
+        let mut current: Option<VolumeInfo> = None;
+        let mut last_listed: Option<u32> = None;
+        let mut in_filelist = false;
+        let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+        for (no, raw) in lines.iter().enumerate() {
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let tokens = split_ws(line);
+            let Some(first) = tokens.first() else {
+                continue;
+            };
+            let indented = line.first().is_some_and(|b| b.is_ascii_whitespace());
+            if !indented {
+                in_filelist = false;
+            }
+            if !indented && keyword_is(first, "hostname") {
+                if m.hostname.is_none() {
+                    m.hostname = Some(
+                        String::from_utf8_lossy(&line[first.len()..])
+                            .trim()
+                            .to_string(),
+                    );
+                }
+            } else if !indented && keyword_is(first, "localdir") {
+                if m.localdir.is_none() {
+                    let value = line[first.len()..].trim_ascii();
+                    m.localdir = Some(unquote(value).map_err(|e| bad(no, &e))?);
+                }
+            } else if !indented && keyword_is(first, "volume") {
+                if let Some(v) = current.take() {
+                    m.volumes.insert(v.number, v);
+                }
+                let num = tokens
+                    .get(1)
+                    .and_then(|t| t.strip_suffix(b":"))
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| t.parse::<u32>().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad(no, "expected `Volume <number>:`"))?;
+                last_listed = Some(num);
+                current = Some(VolumeInfo {
+                    number: num,
+                    start: PathIndex::root(),
+                    start_block: None,
+                    end: PathIndex::root(),
+                    end_block: None,
+                    hash: None,
+                });
+            } else if !indented && keyword_is(first, "filelist") {
+                if let Some(v) = current.take() {
+                    m.volumes.insert(v.number, v);
+                }
+                in_filelist = true;
+            } else if in_filelist && indented {
+                let change = match first.to_ascii_lowercase().as_slice() {
+                    b"new" => Change::New,
+                    b"changed" => Change::Changed,
+                    b"deleted" => Change::Deleted,
+                    _ => return Err(bad(no, "unknown change type in Filelist")),
+                };
+                let path: Vec<u8> = tokens[1..].concat();
+                m.filelist.push((change, unquote(&path).unwrap_or(path)));
+            } else if let (Some(v), true) = (current.as_mut(), indented) {
+                if keyword_is(first, "startingpath") || keyword_is(first, "endingpath") {
+                    let path = tokens.get(1).ok_or_else(|| bad(no, "path missing"))?;
+                    let index = PathIndex::from_bytes(&unquote(path).map_err(|e| bad(no, &e))?);
+                    let block = match tokens.get(2) {
+                        None => None,
+                        Some(t) => Some(
+                            std::str::from_utf8(t)
+                                .ok()
+                                .and_then(|t| t.parse::<u64>().ok())
+                                .ok_or_else(|| bad(no, "block number is not a number"))?,
+                        ),
+                    };
+                    if keyword_is(first, "startingpath") {
+                        (v.start, v.start_block) = (index, block);
+                    } else {
+                        (v.end, v.end_block) = (index, block);
+                    }
+                } else if keyword_is(first, "hash") {
+                    let (Some(kind), Some(value)) = (tokens.get(1), tokens.get(2)) else {
+                        return Err(bad(no, "expected `Hash <type> <hex>`"));
+                    };
+                    let kind = String::from_utf8_lossy(kind).to_ascii_uppercase();
+                    let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+                    if !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(bad(no, "hash value is not hexadecimal"));
+                    }
+                    let prefer = |k: &str| match k {
+                        "SHA1" => 0,
+                        "MD5" => 1,
+                        _ => 2,
+                    };
+                    if v.hash
+                        .as_ref()
+                        .is_none_or(|(k, _)| prefer(&kind) <= prefer(k))
+                    {
+                        v.hash = Some((kind, value));
+                    }
+                }
+                // Unknown keywords inside a block are ignored, as upstream does.
+            } else if !indented {
+                return Err(bad(
+                    no,
+                    &format!("unexpected line {:?}", String::from_utf8_lossy(line)),
+                ));
+            }
+        }
+        if let Some(v) = current.take() {
+            m.volumes.insert(v.number, v);
+        }
+        if let Some(last) = last_listed {
+            m.volumes.retain(|&n, _| n <= last);
+        }
+        Ok(m)
+    }
+
+    /// The SHA1 a volume must have, if the manifest gives one.
+    pub fn sha1_of(&self, volume: u32) -> Option<&str> {
+        self.volumes
+            .get(&volume)
+            .and_then(|v| v.hash.as_ref())
+            .filter(|(k, _)| k == "SHA1")
+            .map(|(_, h)| h.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: &[u8] = b"Hostname vm\nLocaldir src\nVolume 1:\n    StartingPath   .  \n    EndingPath     huge.bin 14\n    Hash SHA1 14c28b82a61a5783643a5b920bf8c6873ab104f5\nVolume 2:\n    StartingPath   huge.bin 15\n    EndingPath     \"with\\x20space.txt\"  \n    Hash SHA1 322b203c3c01d6143eb45fbde8ffe3f1e5bcd372\nFilelist 3\n    new      bad\xff\xfename\n    changed  small.txt\n    deleted  sub/deeper/file\n";
+
+    #[test]
+    fn parses_real_layout() {
+        let m = Manifest::parse(REAL).unwrap();
+        assert_eq!(m.hostname.as_deref(), Some("vm"));
+        assert_eq!(m.localdir.as_deref(), Some(&b"src"[..]));
+        assert_eq!(m.volumes.len(), 2);
+        let v1 = &m.volumes[&1];
+        assert!(v1.start.is_root());
+        assert_eq!(v1.start_block, None);
+        assert_eq!(v1.end, PathIndex::from_bytes(b"huge.bin"));
+        assert_eq!(v1.end_block, Some(14));
+        assert_eq!(m.volumes[&2].end, PathIndex::from_bytes(b"with space.txt"));
+        assert_eq!(
+            m.sha1_of(2),
+            Some("322b203c3c01d6143eb45fbde8ffe3f1e5bcd372")
+        );
+        assert_eq!(m.filelist.len(), 3);
+        assert_eq!(m.filelist[0], (Change::New, b"bad\xff\xfename".to_vec()));
+    }
+
+    #[test]
+    fn filelist_first_and_repeated_volumes() {
+        let data = b"Filelist 1\n    new      a\nVolume 1:\n    StartingPath   .  \n    EndingPath     b  \n    Hash SHA1 aa\nVolume 2:\n    StartingPath   b  \n    EndingPath     c  \n    Hash SHA1 bb\nVolume 3:\n    StartingPath   c  \n    EndingPath     d  \n    Hash SHA1 cc\nVolume 2:\n    StartingPath   b  \n    EndingPath     z  \n    Hash SHA1 dd\n";
+        let m = Manifest::parse(data).unwrap();
+        assert_eq!(m.filelist.len(), 1);
+        assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(m.sha1_of(2), Some("dd"));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Manifest::parse(b"Volume x:\n").is_err());
+        assert!(Manifest::parse(b"Volume 1:\n    Hash SHA1 nothex!\n").is_err());
+        assert!(Manifest::parse(b"\x00\x01garbage line\n").is_err());
+        assert!(Manifest::parse(b"Volume 1:\n    StartingPath   a  x\n").is_err());
+    }
+
+    #[test]
+    fn may_contain_uses_prefix_tuples() {
+        let v = VolumeInfo {
+            number: 1,
+            start: PathIndex::from_bytes(b"b/x"),
+            start_block: None,
+            end: PathIndex::from_bytes(b"d/y"),
+            end_block: None,
+            hash: None,
+        };
+        assert!(v.may_contain(&PathIndex::from_bytes(b"b")));
+        assert!(v.may_contain(&PathIndex::from_bytes(b"c/q")));
+        assert!(v.may_contain(&PathIndex::from_bytes(b"d")));
+        assert!(!v.may_contain(&PathIndex::from_bytes(b"a")));
+        assert!(!v.may_contain(&PathIndex::from_bytes(b"e")));
+        assert!(v.may_contain(&PathIndex::root()));
+    }
+}

@@ -1,0 +1,418 @@
+//! Duplicity file names: which file of which backup set a name denotes.
+//!
+//! A repository is a flat folder and duplicity knows its files only by name (format reference
+//! §2). This module turns a name into a [`RemoteFile`]: its set (full or incremental, and the
+//! times that identify it), what it is (volume N, manifest, signatures, jsonstat), how it is
+//! encoded (plain, gzip, gpg) and whether it is a `.part` leftover. Long names, short base-36
+//! names and old W3 times are all read; `.par2` side files and anything else that is not
+//! exactly a duplicity name are ignored.
+//!
+//! Prefixes (`--file-prefix*`) are literal strings. Without them, long names are matched
+//! after any prefix and the prefix is reported, so that the collection can accept a prefixed
+//! repository when every file of a kind carries the same prefix (duplicity itself cannot).
+
+use crate::timefmt::{parse_base36, parse_name_time, Epoch};
+use regex::Regex;
+
+/// Full or incremental: the two kinds of backup set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetKind {
+    Full,
+    Inc,
+}
+
+/// What a file holds within its set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Content {
+    Volume(u32),
+    Manifest,
+    Signatures,
+    JsonStat,
+}
+
+/// The outer layer of a file, from its suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Plain,
+    Gzip,
+    Gpg,
+    /// CMS from `gpgsm` (duplicity 3.0.5+ with `--use-gpgsm`); recognised, not decoded.
+    P7m,
+}
+
+/// A repository file, identified by its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub name: String,
+    pub set: SetKind,
+    pub content: Content,
+    /// For incrementals, the end time of the set it builds on.
+    pub start_time: Option<Epoch>,
+    /// The session time: a full's time or an incremental's end time.
+    pub end_time: Epoch,
+    pub encoding: Encoding,
+    pub partial: bool,
+    /// The prefix found before the duplicity part of the name.
+    pub prefix: String,
+    pub size: Option<u64>,
+}
+
+impl RemoteFile {
+    /// The key that groups files into sets: kind plus times.
+    pub fn set_key(&self) -> (SetKind, Option<Epoch>, Epoch) {
+        (self.set, self.start_time, self.end_time)
+    }
+}
+
+/// The prefix options of duplicity, all literal.
+#[derive(Clone, Debug, Default)]
+pub struct Prefixes {
+    pub global: String,
+    pub archive: String,
+    pub manifest: String,
+    pub signature: String,
+    pub jsonstat: String,
+}
+
+impl Prefixes {
+    fn any_given(&self) -> bool {
+        !(self.global.is_empty()
+            && self.archive.is_empty()
+            && self.manifest.is_empty()
+            && self.signature.is_empty()
+            && self.jsonstat.is_empty())
+    }
+}
+
+struct Pattern {
+    regex: Regex,
+    set: SetKind,
+    content: fn(&regex::Captures) -> Option<Content>,
+    short: bool,
+}
+
+/// Parses names under one prefix configuration.
+pub struct NameParser {
+    patterns: Vec<Pattern>,
+    time_separator: char,
+}
+
+const SUFFIX: &str = r"(?P<partial>\.part|\.p)?(?P<enc>\.gz|\.gpg|\.z|\.g|\.p7m)?$";
+const T: &str = r"[^.]+";
+const T36: &str = "[0-9a-z]+";
+
+fn volume(c: &regex::Captures) -> Option<Content> {
+    c.name("vol")?.as_str().parse().ok().map(Content::Volume)
+}
+fn volume36(c: &regex::Captures) -> Option<Content> {
+    u32::from_str_radix(c.name("vol")?.as_str(), 36)
+        .ok()
+        .map(Content::Volume)
+}
+fn manifest(_: &regex::Captures) -> Option<Content> {
+    Some(Content::Manifest)
+}
+fn signatures(_: &regex::Captures) -> Option<Content> {
+    Some(Content::Signatures)
+}
+fn jsonstat(_: &regex::Captures) -> Option<Content> {
+    Some(Content::JsonStat)
+}
+
+impl NameParser {
+    /// A parser for the given prefixes. When none is given, long names are accepted after
+    /// any prefix (reported in [`RemoteFile::prefix`]); short names only without one.
+    pub fn new(prefixes: &Prefixes, time_separator: char) -> Self {
+        let auto = !prefixes.any_given();
+        let pfx = |kind: &str| {
+            if auto {
+                "(?P<prefix>.*?)".to_string()
+            } else {
+                format!(
+                    "(?P<prefix>{}{})",
+                    regex::escape(&prefixes.global),
+                    regex::escape(kind)
+                )
+            }
+        };
+        let fixed = |kind: &str| {
+            format!(
+                "(?P<prefix>{}{})",
+                regex::escape(&prefixes.global),
+                regex::escape(kind)
+            )
+        };
+        let (a, m, s, j) = (
+            &prefixes.archive,
+            &prefixes.manifest,
+            &prefixes.signature,
+            &prefixes.jsonstat,
+        );
+        type ContentFn = fn(&regex::Captures) -> Option<Content>;
+        let long: [(String, SetKind, ContentFn); 7] = [
+            (
+                format!(
+                    r"^{}duplicity-full\.(?P<t>{T})\.vol(?P<vol>[0-9]+)\.difftar",
+                    pfx(a)
+                ),
+                SetKind::Full,
+                volume,
+            ),
+            (
+                format!(
+                    r"^{}duplicity-inc\.(?P<t1>{T})\.to\.(?P<t>{T})\.vol(?P<vol>[0-9]+)\.difftar",
+                    pfx(a)
+                ),
+                SetKind::Inc,
+                volume,
+            ),
+            (
+                format!(r"^{}duplicity-full\.(?P<t>{T})\.manifest", pfx(m)),
+                SetKind::Full,
+                manifest,
+            ),
+            (
+                format!(
+                    r"^{}duplicity-inc\.(?P<t1>{T})\.to\.(?P<t>{T})\.manifest",
+                    pfx(m)
+                ),
+                SetKind::Inc,
+                manifest,
+            ),
+            (
+                format!(r"^{}duplicity-full-signatures\.(?P<t>{T})\.sigtar", pfx(s)),
+                SetKind::Full,
+                signatures,
+            ),
+            (
+                format!(
+                    r"^{}duplicity-new-signatures\.(?P<t1>{T})\.to\.(?P<t>{T})\.sigtar",
+                    pfx(s)
+                ),
+                SetKind::Inc,
+                signatures,
+            ),
+            (
+                format!(
+                    r"^{}duplicity-(?P<jkind>full|inc)\.(?:(?P<t1>{T})\.to\.)?(?P<t>{T})\.jsonstat",
+                    pfx(j)
+                ),
+                SetKind::Full, // corrected from the `jkind` group when parsing
+                jsonstat,
+            ),
+        ];
+        let short: [(String, SetKind, ContentFn); 6] = [
+            (
+                format!(r"^{}df\.(?P<t>{T36})\.(?P<vol>{T36})\.dt", fixed(a)),
+                SetKind::Full,
+                volume36,
+            ),
+            (
+                format!(
+                    r"^{}di\.(?P<t1>{T36})\.(?P<t>{T36})\.(?P<vol>{T36})\.dt",
+                    fixed(a)
+                ),
+                SetKind::Inc,
+                volume36,
+            ),
+            (
+                format!(r"^{}df\.(?P<t>{T36})\.m", fixed(m)),
+                SetKind::Full,
+                manifest,
+            ),
+            (
+                format!(r"^{}di\.(?P<t1>{T36})\.(?P<t>{T36})\.m", fixed(m)),
+                SetKind::Inc,
+                manifest,
+            ),
+            (
+                format!(r"^{}dfs\.(?P<t>{T36})\.st", fixed(s)),
+                SetKind::Full,
+                signatures,
+            ),
+            (
+                format!(r"^{}dns\.(?P<t1>{T36})\.(?P<t>{T36})\.st", fixed(s)),
+                SetKind::Inc,
+                signatures,
+            ),
+        ];
+        let mut patterns = Vec::new();
+        for (is_short, list) in [(true, short.to_vec()), (false, long.to_vec())] {
+            for (re, set, content) in list {
+                patterns.push(Pattern {
+                    regex: Regex::new(&format!("{re}{SUFFIX}")).expect("built-in pattern"),
+                    set,
+                    content,
+                    short: is_short,
+                });
+            }
+        }
+        NameParser {
+            patterns,
+            time_separator,
+        }
+    }
+
+    /// The file a name denotes, or `None` for a name that is not a duplicity file.
+    pub fn parse(&self, name: &str, size: Option<u64>) -> Option<RemoteFile> {
+        if name.ends_with(".par2") {
+            return None;
+        }
+        for p in &self.patterns {
+            let Some(c) = p.regex.captures(name) else {
+                continue;
+            };
+            let time = |g: &str| -> Option<Option<Epoch>> {
+                match c.name(g) {
+                    None => Some(None),
+                    Some(m) if p.short => parse_base36(m.as_str()).map(Some),
+                    Some(m) => parse_name_time(m.as_str(), self.time_separator).map(Some),
+                }
+            };
+            let end_time = time("t")??;
+            let start_time = time("t1")?;
+            let set = match c.name("jkind").map(|m| m.as_str()) {
+                Some("inc") => SetKind::Inc,
+                Some(_) => SetKind::Full,
+                None => p.set,
+            };
+            // An incremental needs both times, a full exactly one.
+            if (set == SetKind::Inc) != start_time.is_some() {
+                return None;
+            }
+            let partial = c.name("partial").map(|m| m.as_str());
+            let enc = c.name("enc").map(|m| m.as_str());
+            // Short names use `.p`, `.z`, `.g`; long names `.part`, `.gz`, `.gpg`.
+            let encoding = match enc {
+                None => Encoding::Plain,
+                Some(".gz") | Some(".z") => Encoding::Gzip,
+                Some(".gpg") | Some(".g") => Encoding::Gpg,
+                Some(_) => Encoding::P7m,
+            };
+            return Some(RemoteFile {
+                name: name.to_string(),
+                set,
+                content: (p.content)(&c)?,
+                start_time,
+                end_time,
+                encoding,
+                partial: partial.is_some(),
+                prefix: c.name("prefix").map_or("", |m| m.as_str()).to_string(),
+                size,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str) -> Option<RemoteFile> {
+        NameParser::new(&Prefixes::default(), ':').parse(name, None)
+    }
+
+    #[test]
+    fn long_names() {
+        let f = parse("duplicity-full.20261126T164229Z.vol12.difftar.gz").unwrap();
+        assert_eq!(
+            (f.set, f.content, f.encoding),
+            (SetKind::Full, Content::Volume(12), Encoding::Gzip)
+        );
+        assert_eq!(f.end_time, 1795711349);
+        let f =
+            parse("duplicity-inc.20261126T164229Z.to.20261126T164230Z.vol1.difftar.gpg").unwrap();
+        assert_eq!(f.set, SetKind::Inc);
+        assert_eq!(f.start_time, Some(1795711349));
+        assert_eq!(f.end_time, 1795711350);
+        assert_eq!(f.encoding, Encoding::Gpg);
+        let f = parse("duplicity-inc.20261126T164229Z.to.20261126T164230Z.manifest").unwrap();
+        assert_eq!(
+            (f.content, f.encoding),
+            (Content::Manifest, Encoding::Plain)
+        );
+        let f = parse("duplicity-new-signatures.20261126T164229Z.to.20261126T164230Z.sigtar.gz")
+            .unwrap();
+        assert_eq!((f.set, f.content), (SetKind::Inc, Content::Signatures));
+        let f = parse("duplicity-full-signatures.20261126T164229Z.sigtar").unwrap();
+        assert_eq!((f.set, f.content), (SetKind::Full, Content::Signatures));
+        let f = parse("duplicity-inc.20261126T164229Z.to.20261126T164230Z.jsonstat.gz").unwrap();
+        assert_eq!((f.set, f.content), (SetKind::Inc, Content::JsonStat));
+        let f = parse("duplicity-full.20261126T164229Z.manifest.part").unwrap();
+        assert!(f.partial);
+    }
+
+    #[test]
+    fn old_w3_and_short_names() {
+        let f = parse("duplicity-full.2002-08-17T16:17:01-07:00.vol1.difftar.gpg").unwrap();
+        assert_eq!(f.end_time, 1029626221);
+        let f = parse("dns.h112bi.h14rg0.st.g").unwrap();
+        assert_eq!(
+            (f.set, f.content, f.encoding),
+            (SetKind::Inc, Content::Signatures, Encoding::Gpg)
+        );
+        assert_eq!((f.start_time, f.end_time), (Some(1029654270), 1029826800));
+        let f = parse("dfs.h5dixs.st.g").unwrap();
+        assert_eq!(f.end_time, 1036954144);
+        let f = parse("df.tp4bup.1.dt.z").unwrap();
+        assert_eq!(
+            (f.content, f.encoding),
+            (Content::Volume(1), Encoding::Gzip)
+        );
+        let f = parse("di.tp4bup.tp4bus.a.dt.z").unwrap();
+        assert_eq!(f.content, Content::Volume(10));
+        assert!(parse("df.tp4bus.m.p").unwrap().partial);
+    }
+
+    #[test]
+    fn ignores_strangers() {
+        for name in [
+            "duplicity-full.20261126T164229Z.vol1.difftar.gpg.par2",
+            "duplicity-full.20261126T164229Z.vol1.difftar.gz.vol00+01.par2",
+            "duplicity-full.20261126T164229Z.vol1.difftar.gz.tmp",
+            "duplicity-full.garbage.vol1.difftar.gz",
+            "duplicity-full.29991126T164229Z.vol1.difftar.gz",
+            "lockfile",
+            "README",
+        ] {
+            assert!(parse(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn prefixes_given_and_detected() {
+        let p = Prefixes {
+            global: "P_".into(),
+            archive: "A_".into(),
+            manifest: "M_".into(),
+            signature: "S_".into(),
+            jsonstat: String::new(),
+        };
+        let parser = NameParser::new(&p, ':');
+        let f = parser
+            .parse("P_A_duplicity-full.20261126T164229Z.vol1.difftar.gz", None)
+            .unwrap();
+        assert_eq!(f.prefix, "P_A_");
+        assert!(parser
+            .parse("P_M_duplicity-full.20261126T164229Z.vol1.difftar.gz", None)
+            .is_none());
+        assert!(parser
+            .parse("duplicity-full.20261126T164229Z.vol1.difftar.gz", None)
+            .is_none());
+        // A dot in a prefix is literal, not "any byte".
+        let dotted = NameParser::new(
+            &Prefixes {
+                global: "a.".into(),
+                ..Default::default()
+            },
+            ':',
+        );
+        assert!(dotted
+            .parse("abduplicity-full.20261126T164229Z.manifest", None)
+            .is_none());
+        let f = parse("P_S_duplicity-full-signatures.20261126T164229Z.sigtar.gz").unwrap();
+        assert_eq!(f.prefix, "P_S_");
+    }
+}
