@@ -8,7 +8,7 @@
 //! "skipped: upstream duplicity X not installed" and returns, unless
 //! `DUPMIRROR_REQUIRE_ORACLE=1`, which turns the skip into a failure (`scripts/test.sh` and CI
 //! set it).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod json;
 pub mod scenario;
@@ -203,13 +203,21 @@ fn timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
+/// The dupmirror binary under test: cargo's build, or `$DUPMIRROR_TEST_BIN` (to run the suite
+/// against another build, e.g. a release binary).
+pub fn dupmirror_bin() -> PathBuf {
+    std::env::var_os("DUPMIRROR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dupmirror")))
+}
+
 /// Run the dupmirror binary under test.
 pub fn dupmirror<I, S>(args: I) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dupmirror"));
+    let mut cmd = Command::new(dupmirror_bin());
     cmd.args(args);
     run_with_timeout(cmd, timeout())
 }
