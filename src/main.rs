@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use dupmirror::commands::{ls, status, sync};
+use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::naming::Prefixes;
 use dupmirror::repo::RepoOptions;
 use std::io::Write;
@@ -76,6 +76,9 @@ enum Command {
         /// Where dupmirror keeps its state (default: .<DEST name>.dupmirror beside DEST)
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Mirror only this subtree (repeatable); fetches only the volumes that hold it
+        #[arg(long = "path", value_name = "P")]
+        paths: Vec<String>,
         /// Print the plan (sets, volumes, bytes) and change nothing
         #[arg(long, short = 'n')]
         dry_run: bool,
@@ -94,6 +97,23 @@ enum Command {
         /// Print nothing but errors
         #[arg(long, short = 'q')]
         quiet: bool,
+        #[command(flatten)]
+        names: NameOptions,
+    },
+    /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
+    Verify {
+        source: String,
+        dest: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Restore the paths that differ, reading only the volumes that hold them
+        #[arg(long)]
+        repair: bool,
+        /// Skip the file system sync before the repair's commit
+        #[arg(long)]
+        no_fsync: bool,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         names: NameOptions,
     },
@@ -136,6 +156,9 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// How many differing paths a human report lists.
+const LISTED_PATHS: usize = 20;
+
 fn print_sync(r: &sync::SyncReport) {
     if let Some(t) = &r.recovered {
         println!("completed an interrupted commit: DEST was brought to {t}");
@@ -154,17 +177,33 @@ fn print_sync(r: &sync::SyncReport) {
     }
     let verb = if r.dry_run { "would apply" } else { "applied" };
     for s in &r.sets {
+        for d in s.differences.iter().take(LISTED_PATHS) {
+            println!("  {}: {}", d.path, d.what);
+        }
+        if s.differences.len() > LISTED_PATHS {
+            println!(
+                "  ... and {} more (--json lists all)",
+                s.differences.len() - LISTED_PATHS
+            );
+        }
         print!(
-            "{verb} {} ({:?}): {} volume(s), {}",
+            "{verb} {} ({:?}): {} of {} volume(s), {}",
             s.set,
             s.mode,
             s.volumes,
+            s.volumes_in_set,
             human_bytes(s.bytes)
         );
         if let Some(a) = &s.applied {
             print!(
-                "; {} written, {} patched, {} dirs, {} other, {} removed",
-                a.files_written, a.files_patched, a.dirs, a.specials, a.removed
+                "; {} written, {} patched, {} dirs, {} other, {} removed, {} attributes fixed",
+                a.files_written, a.files_patched, a.dirs, a.specials, a.removed, a.attrs_fixed
+            );
+        }
+        if let Some(r) = &s.repaired {
+            print!(
+                "; repaired {} drifted path(s) from {} volume(s)",
+                r.paths, r.volumes_read
             );
         }
         println!();
@@ -246,6 +285,33 @@ fn print_status(r: &status::StatusReport) {
     }
 }
 
+fn print_verify(r: &verify::VerifyReport) {
+    for d in &r.differences {
+        println!("{}: {}", d.path, d.what);
+    }
+    println!(
+        "checked {} paths ({} files, {} hashed) against the backup at {} in {:.2}s: {} difference(s)",
+        r.compare.paths_checked,
+        r.compare.files_hashed,
+        human_bytes(r.compare.bytes_hashed),
+        r.state,
+        r.seconds,
+        r.differences.len()
+    );
+    if let Some(rep) = &r.repaired {
+        println!(
+            "repaired: read {} volume(s), {}",
+            rep.volumes_read,
+            human_bytes(rep.bytes_read)
+        );
+    }
+    if let Some(rem) = &r.remaining {
+        for d in rem {
+            println!("still different: {}: {}", d.path, d.what);
+        }
+    }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -260,6 +326,7 @@ fn run(cli: Cli) -> Result<()> {
             dest,
             time,
             state_dir,
+            paths,
             dry_run,
             adopt,
             wait,
@@ -273,6 +340,7 @@ fn run(cli: Cli) -> Result<()> {
                 dest,
                 time,
                 state_dir,
+                paths,
                 dry_run,
                 adopt,
                 wait,
@@ -283,6 +351,40 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&report)?;
             } else if !quiet {
                 print_sync(&report);
+            }
+        }
+        Command::Verify {
+            source,
+            dest,
+            state_dir,
+            repair,
+            no_fsync,
+            json,
+            names,
+        } => {
+            let report = verify::verify(&verify::VerifyOptions {
+                source,
+                dest,
+                state_dir,
+                repair,
+                durable: !no_fsync,
+                repo: names.repo_options(),
+            })?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_verify(&report);
+            }
+            if !report.clean() {
+                let n = report
+                    .remaining
+                    .as_ref()
+                    .unwrap_or(&report.differences)
+                    .len();
+                anyhow::bail!(
+                    "DEST differs from the backup at {} in {n} path(s)",
+                    report.state
+                );
             }
         }
         Command::Status {

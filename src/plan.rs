@@ -1,34 +1,48 @@
 //! Deciding what a sync does, before it does anything.
 //!
 //! ```text
-//! plan(repository, state of DEST, time T):
+//! plan(repository, state of DEST, time T, paths):
 //!     chain = the chain duplicity would restore T from (§6.4)
-//!     if DEST has no state:       full (Fresh if DEST is empty) + incrementals ≤ T
-//!     elif DEST is on that chain and at a set boundary ≤ T:
-//!                                 the incrementals after DEST's end, ≤ T (maybe none)
-//!     else (new full chain, T in the past, DEST's set gone from the source):
-//!                                 full (Replace) + incrementals ≤ T
-//!     for each set: read its manifest; list the volumes and bytes to read
+//!     if DEST has no state and is empty:   full (Fresh) + incrementals ≤ T
+//!     elif DEST is on that chain, at a set ≤ T, with the same paths:
+//!                                          the incrementals after DEST's end, ≤ T (maybe none)
+//!     else (a new full chain, T in the past, other paths, a DEST being adopted):
+//!         compare DEST with the full's signatures (compare.rs)
+//!         full (Replace): fetch only volumes whose ranges hold a path that differs in
+//!                         content or type; extra paths and wrong attributes are fixed
+//!                         from the signatures alone
+//!         + incrementals ≤ T
+//!     every set: only the volumes whose manifest ranges overlap the mirrored paths
 //! ```
 //!
-//! `--dry-run` prints this and stops. Limits: a Replace re-reads the whole full set; the
-//! plan does not yet use signatures to skip volumes whose files DEST already has.
+//! `--dry-run` prints this and stops. Limits: a Replace compares against the full and then
+//! replays the chain's incrementals, even when DEST already held a later state of the
+//! same chain (a change of `--path`).
 
 use crate::apply::ApplyMode;
 use crate::collection::BackupSet;
+use crate::compare::{compare, CompareStats, Difference};
+use crate::filter::PathFilter;
 use crate::manifest::Manifest;
 use crate::repo::Repository;
 use crate::state::MirrorState;
 use crate::timefmt::{format_compact, Epoch};
 use anyhow::{bail, Result};
+use std::path::Path;
 
 /// One set to apply.
 pub struct Step {
     pub set: BackupSet,
     pub mode: ApplyMode,
     pub manifest: Manifest,
+    /// The volumes to read, ascending.
     pub volumes: Vec<u32>,
     pub bytes: u64,
+    /// The records to apply.
+    pub filter: PathFilter,
+    /// Replace: what differs from the full, found without reading volumes.
+    pub differences: Vec<Difference>,
+    pub compare: Option<CompareStats>,
 }
 
 pub struct Plan {
@@ -39,14 +53,18 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Why the plan starts over from a full, when it does.
     pub restart_reason: Option<String>,
+    /// The chain's sets up to `end_time` (for repairs).
+    pub chain_sets: Vec<BackupSet>,
 }
 
 impl Plan {
     pub fn build(
         repo: &Repository,
         state: Option<&MirrorState>,
+        dest: &Path,
         dest_is_empty: bool,
         time: Epoch,
+        filter: &PathFilter,
     ) -> Result<Plan> {
         let coll = &repo.collection;
         let Some(chain) = coll.select(time)? else {
@@ -61,29 +79,19 @@ impl Plan {
         };
         let wanted = chain.sets_until(time);
         let end_time = wanted.last().map_or(chain.start_time(), |s| s.end_time);
+        let paths = filter.to_strings();
         let mut restart_reason = None;
-        let sets: Vec<(&BackupSet, ApplyMode)> = match state {
+        let first_mode = match state {
+            None if dest_is_empty => ApplyMode::Fresh,
             None => {
-                let mode = if dest_is_empty {
-                    ApplyMode::Fresh
-                } else {
-                    ApplyMode::Replace
-                };
-                wanted
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (*s, if i == 0 { mode } else { ApplyMode::Update }))
-                    .collect()
+                restart_reason = Some("adopting a DEST that dupmirror never synced".to_string());
+                ApplyMode::Replace
             }
             Some(st) => {
                 let on_chain = st.chain_start == chain.start_time()
                     && wanted.iter().any(|s| s.end_time == st.end_time);
-                if on_chain {
-                    wanted
-                        .iter()
-                        .filter(|s| s.end_time > st.end_time)
-                        .map(|s| (*s, ApplyMode::Update))
-                        .collect()
+                if on_chain && st.paths == paths {
+                    ApplyMode::Update
                 } else {
                     restart_reason = Some(if st.chain_start != chain.start_time() {
                         format!(
@@ -91,34 +99,64 @@ impl Plan {
                             format_compact(st.chain_start),
                             format_compact(chain.start_time())
                         )
-                    } else {
+                    } else if !on_chain {
                         format!(
-                            "DEST is at {}, which is not a set of the wanted state {}",
+                            "DEST is at {}, which is not a set on the way to {}",
                             format_compact(st.end_time),
                             format_compact(end_time)
                         )
+                    } else {
+                        format!(
+                            "the mirrored paths changed from {:?} to {:?}",
+                            st.paths, paths
+                        )
                     });
-                    wanted
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            (
-                                *s,
-                                if i == 0 {
-                                    ApplyMode::Replace
-                                } else {
-                                    ApplyMode::Update
-                                },
-                            )
-                        })
-                        .collect()
+                    ApplyMode::Replace
                 }
             }
+        };
+        let sets: Vec<(&BackupSet, ApplyMode)> = match (first_mode, state) {
+            (ApplyMode::Update, Some(st)) => wanted
+                .iter()
+                .filter(|s| s.end_time > st.end_time)
+                .map(|s| (*s, ApplyMode::Update))
+                .collect(),
+            _ => wanted
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        *s,
+                        if i == 0 {
+                            first_mode
+                        } else {
+                            ApplyMode::Update
+                        },
+                    )
+                })
+                .collect(),
         };
         let mut steps = Vec::new();
         for (set, mode) in sets {
             let manifest = repo.manifest(set)?;
-            let volumes: Vec<u32> = manifest.volumes.keys().copied().collect();
+            let (step_filter, differences, compare_stats) = if mode == ApplyMode::Replace {
+                let (diffs, stats) = compare(repo, &[set], dest, filter)?;
+                let need = PathFilter::subtrees(
+                    diffs
+                        .iter()
+                        .filter(|d| d.needs_data())
+                        .map(|d| d.index.clone()),
+                );
+                (need, diffs, Some(stats))
+            } else {
+                (filter.clone(), Vec::new(), None)
+            };
+            let volumes: Vec<u32> = manifest
+                .volumes
+                .values()
+                .filter(|v| step_filter.needs_volume(v))
+                .map(|v| v.number)
+                .collect();
             let bytes = volumes
                 .iter()
                 .filter_map(|n| set.volumes.get(n).and_then(|f| f.size))
@@ -129,6 +167,9 @@ impl Plan {
                 manifest,
                 volumes,
                 bytes,
+                filter: step_filter,
+                differences,
+                compare: compare_stats,
             });
         }
         Ok(Plan {
@@ -136,6 +177,7 @@ impl Plan {
             end_time,
             steps,
             restart_reason,
+            chain_sets: wanted.into_iter().cloned().collect(),
         })
     }
 }

@@ -130,3 +130,22 @@ pub fn merge_chain(
     }
     Ok(())
 }
+
+/// The content signatures a set's signature file gives for regular files (for an
+/// incremental: the files it changed). Empty when the set has no signature file.
+pub fn set_signatures(
+    repo: &Repository,
+    set: &BackupSet,
+) -> Result<std::collections::BTreeMap<PathIndex, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    if set.signatures.is_none() {
+        return Ok(out);
+    }
+    merge_chain(repo, &[set], true, |e| {
+        if let Some(sig) = e.signature {
+            out.insert(e.index, sig);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

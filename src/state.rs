@@ -38,16 +38,26 @@ pub struct MirrorState {
     pub end_time: Epoch,
     /// The absolute path of DEST, so one state directory never serves two trees.
     pub dest: PathBuf,
+    /// The subtrees DEST mirrors (`--path`); empty for the whole tree.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 impl MirrorState {
-    pub fn new(source: String, chain_start: Epoch, end_time: Epoch, dest: PathBuf) -> Self {
+    pub fn new(
+        source: String,
+        chain_start: Epoch,
+        end_time: Epoch,
+        dest: PathBuf,
+        paths: Vec<String>,
+    ) -> Self {
         MirrorState {
             format: STATE_FORMAT,
             source,
             chain_start,
             end_time,
             dest,
+            paths,
         }
     }
 }

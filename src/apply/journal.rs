@@ -32,8 +32,8 @@ pub enum Op {
     Dir { index: PathIndex },
     /// Remove the path and everything below it.
     Remove { index: PathIndex },
-    /// Set a directory's attributes (written after everything inside it).
-    DirAttrs { index: PathIndex, attrs: Attrs },
+    /// Set an object's attributes (for a directory: after everything inside it).
+    Attrs { index: PathIndex, attrs: Attrs },
     /// Restore a directory's mtime after its contents changed (a directory the set has no
     /// record of keeps the mtime the master gave it).
     Mtime { index: PathIndex, mtime: i64 },
@@ -67,12 +67,13 @@ fn encode(op: &Op) -> Vec<u8> {
             line.extend(b"R ");
             path(&mut line, index);
         }
-        Op::DirAttrs { index, attrs } => {
+        Op::Attrs { index, attrs } => {
             let owner = match attrs.owner {
                 Some((u, g)) => format!("{u} {g}"),
                 None => "- -".into(),
             };
-            line.extend(format!("A {:o} {owner} {} ", attrs.mode, attrs.mtime).as_bytes());
+            let link = if attrs.symlink { "l" } else { "-" };
+            line.extend(format!("A {:o} {owner} {} {link} ", attrs.mode, attrs.mtime).as_bytes());
             path(&mut line, index);
         }
         Op::Mtime { index, mtime } => {
@@ -111,14 +112,14 @@ fn decode(line: &[u8]) -> Result<Op> {
                 ("-", "-") => None,
                 (u, g) => Some((u.parse()?, g.parse()?)),
             };
-            Op::DirAttrs {
+            Op::Attrs {
                 attrs: Attrs {
                     mode: u32::from_str_radix(text(1)?, 8)?,
                     owner,
                     mtime: text(4)?.parse()?,
-                    symlink: false,
+                    symlink: text(5)? == "l",
                 },
-                index: index(5)?,
+                index: index(6)?,
             }
         }
         b"T" => Op::Mtime {
@@ -274,11 +275,11 @@ pub fn execute(op: &Op, staging: &Path, dest: &Path) -> Result<()> {
                 _ => Ok(()),
             }
         }
-        Op::DirAttrs { index, attrs } => {
+        Op::Attrs { index, attrs } => {
             fsops::check_ancestors(dest, index)?;
             let target = fsops::dest_path(dest, index);
             match fsops::lstat_type(&target)? {
-                Some(t) if t.is_dir() => attrs.apply(&target),
+                Some(t) if t.is_symlink() == attrs.symlink => attrs.apply(&target),
                 _ => Ok(()),
             }
         }
@@ -339,7 +340,7 @@ mod tests {
             Op::Remove {
                 index: PathIndex::from_bytes(b"gone"),
             },
-            Op::DirAttrs {
+            Op::Attrs {
                 index: PathIndex::from_bytes(b"d"),
                 attrs: Attrs {
                     mode: 0o2755,
@@ -348,13 +349,13 @@ mod tests {
                     symlink: false,
                 },
             },
-            Op::DirAttrs {
+            Op::Attrs {
                 index: PathIndex::from_bytes(b"e"),
                 attrs: Attrs {
-                    mode: 0o700,
+                    mode: 0o777,
                     owner: None,
                     mtime: 0,
-                    symlink: false,
+                    symlink: true,
                 },
             },
             Op::Mtime {

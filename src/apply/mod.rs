@@ -5,15 +5,18 @@
 //!
 //! ```text
 //! stage(set):
-//!     for record in set, in index order:
+//!     for record in set, in index order, that the path filter wants:
 //!         guard.check(record)              # refuses paths below symlinks, files, deletions
 //!         snapshot dir   -> journal Dir(path); remember its attributes for later
 //!         snapshot other -> write staging/obj/N (content, mode, owner, mtime); Place(path, N)
-//!         diff           -> patch DEST/path into staging/obj/N; Place(path, N)
+//!         diff           -> patch DEST/path into staging/obj/N; check the result against the
+//!                           set's new signature; Place(path, N) -- or, on a mismatch (DEST
+//!                           drifted), leave the path to the caller's repair
 //!         deleted        -> journal Remove(path)
-//!     a full set over an existing DEST also walks DEST alongside and journals Remove for
-//!     everything the full does not have
-//!     journal DirAttrs for every directory, deepest first (children change parents' mtimes)
+//!     fixes found by comparing DEST with signatures (extra paths, wrong attributes) are
+//!     journaled too (Remove, Attrs)
+//!     journal Attrs/Mtime for directories, deepest first (children change parents' mtimes);
+//!     a directory the set changes without a record of its own keeps its mtime
 //! commit(set):
 //!     syncfs(staging); rename staging/journal.tmp -> state/journal    # the commit point
 //!     carry out the journal (idempotent), save state.json, remove journal and staging
@@ -23,10 +26,9 @@
 //! and commits one `MoveTree`: no per-file rename and no DEST lookups.
 //!
 //! Every volume of the set is read, and its SHA1 checked, before the commit: a damaged
-//! volume leaves DEST untouched. Limits: an incremental walks no part of DEST beyond the
-//! paths it names; it trusts that the file it patches is what the previous set left (a
-//! person's local edit is caught by `verify`). Directories are made writable by root only:
-//! a non-root sync into a read-only directory of the backup fails with a clear error.
+//! volume leaves DEST untouched. Limits: an incremental looks at no part of DEST beyond the
+//! paths it names. Directories are made writable by root only: a non-root sync into a
+//! read-only directory of the backup fails with a clear error.
 
 pub mod fsops;
 mod guard;
@@ -34,8 +36,10 @@ pub mod journal;
 pub mod walk;
 
 use crate::archive::{Record, RecordKind, RecordSink};
+use crate::compare::{content_matches, DiffKind, Difference};
 use crate::delta::{self, Spool};
 use crate::error::Error;
+use crate::filter::PathFilter;
 use crate::index::PathIndex;
 use crate::meta::FileType;
 use crate::state::{MirrorState, StateDir};
@@ -43,11 +47,10 @@ use anyhow::{bail, Context, Result};
 use fsops::{Attrs, OwnerMap};
 use guard::PathGuard;
 use journal::{JournalWriter, Op};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use walk::DestWalker;
 
 /// How a set meets DEST.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -57,7 +60,8 @@ pub enum ApplyMode {
     Fresh,
     /// An incremental set over DEST.
     Update,
-    /// A full set over an existing DEST: also remove what the full does not have.
+    /// A full set over an existing DEST: only the paths that differ (found by comparing
+    /// DEST with the full's signatures) are fetched and written.
     Replace,
 }
 
@@ -70,7 +74,10 @@ pub struct ApplyStats {
     pub dirs: u64,
     pub specials: u64,
     pub removed: u64,
+    pub attrs_fixed: u64,
     pub bytes_written: u64,
+    /// Paths whose patch did not produce the new signature (DEST had drifted).
+    pub drifted: u64,
 }
 
 enum Current {
@@ -90,21 +97,25 @@ enum Current {
 
 /// Stages one set's records and commits them into DEST.
 pub struct SetApplier {
-    mode: ApplyMode,
+    fresh: bool,
     dest: PathBuf,
     staging: PathBuf,
     journal: JournalWriter,
     guard: PathGuard,
     owners: OwnerMap,
+    filter: PathFilter,
     next_object: u64,
     /// Fresh mode: directories on the current path, whose attributes wait for their contents.
     open_dirs: Vec<(PathIndex, Attrs)>,
-    /// Other modes: every directory's attributes, journaled deepest-first at the end.
-    dir_attrs: Vec<(PathIndex, Attrs)>,
+    /// Attributes of directories (and fixes), journaled deepest-first at the end.
+    late_attrs: BTreeMap<PathIndex, Attrs>,
     /// Directories the set changes the contents of without a record of their own, with
     /// the mtime to give back to them afterwards.
     kept_mtimes: BTreeMap<PathIndex, i64>,
-    walker: Option<DestWalker>,
+    /// The new signatures of this set's changed files, to check patched results against.
+    new_signatures: BTreeMap<PathIndex, Vec<u8>>,
+    /// Paths whose patch could not be applied or checked out right.
+    drifted: BTreeSet<PathIndex>,
     current: Current,
     durable: bool,
     pub stats: ApplyStats,
@@ -114,45 +125,79 @@ const COPY_BUF: usize = 256 * 1024;
 
 impl SetApplier {
     /// Prepares an empty staging area for a set that will bring DEST to `target`.
+    /// Records outside `filter` are skipped.
     pub fn new(
         mode: ApplyMode,
         dest: &Path,
         state_dir: &StateDir,
         target: &MirrorState,
+        filter: PathFilter,
         durable: bool,
     ) -> Result<Self> {
         let staging = state_dir.staging().to_path_buf();
+        let fresh = mode == ApplyMode::Fresh;
         fsops::remove_any(&staging)?;
         fs::create_dir_all(staging.join("obj"))
             .with_context(|| format!("cannot create staging folder {}", staging.display()))?;
-        if mode == ApplyMode::Fresh {
+        if fresh {
             fs::create_dir(journal::staged_tree(&staging))?;
         }
-        let walker = match mode {
-            ApplyMode::Replace => Some(DestWalker::new(dest)?),
-            _ => None,
-        };
         Ok(SetApplier {
-            mode,
+            fresh,
             dest: dest.to_path_buf(),
             journal: JournalWriter::create(&staging, target)?,
             staging,
-            guard: PathGuard::new(dest, mode == ApplyMode::Fresh),
+            guard: PathGuard::new(dest, fresh),
             owners: OwnerMap::new(),
+            filter,
             next_object: 0,
             open_dirs: Vec::new(),
-            dir_attrs: Vec::new(),
+            late_attrs: BTreeMap::new(),
             kept_mtimes: BTreeMap::new(),
-            walker,
+            new_signatures: BTreeMap::new(),
+            drifted: BTreeSet::new(),
             current: Current::Idle,
             durable,
             stats: ApplyStats::default(),
         })
     }
 
+    /// Gives the applier the set's new signatures: every patched file is checked against
+    /// them, and a mismatch marks the path as drifted instead of writing a wrong file.
+    pub fn check_patches_against(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+        self.new_signatures = signatures;
+    }
+
+    /// Takes the paths that need a repair before this set can be committed; the caller
+    /// restores them (see `repair`) and feeds the results back in as records.
+    pub fn take_drifted(&mut self) -> BTreeSet<PathIndex> {
+        std::mem::take(&mut self.drifted)
+    }
+
+    /// Journals the fix for a difference that needs no data: removing an extra path, or
+    /// giving a path the attributes the backup records.
+    pub fn add_fix(&mut self, diff: &Difference) -> Result<()> {
+        match (&diff.kind, &diff.expected) {
+            (DiffKind::Extra, _) => {
+                self.keep_parent_mtime(&diff.index)?;
+                self.journal.push(&Op::Remove {
+                    index: diff.index.clone(),
+                })?;
+                self.stats.removed += 1;
+            }
+            (DiffKind::Changed(_), Some(meta)) if !diff.needs_data() => {
+                let attrs = Attrs::of(meta, &mut self.owners);
+                self.late_attrs.insert(diff.index.clone(), attrs);
+                self.stats.attrs_fixed += 1;
+            }
+            _ => bail!("{}: this difference needs data from a volume", diff.index),
+        }
+        Ok(())
+    }
+
     /// Where a new object for `index` is written before the commit.
     fn stage_path(&mut self, index: &PathIndex) -> (PathBuf, Option<Op>) {
-        if self.mode == ApplyMode::Fresh {
+        if self.fresh {
             (
                 fsops::dest_path(&journal::staged_tree(&self.staging), index),
                 None,
@@ -170,7 +215,8 @@ impl SetApplier {
         }
     }
 
-    /// Fresh mode: gives finished directories their attributes.
+    /// Fresh mode: gives finished directories their attributes, and makes sure the parent
+    /// of `index` exists (a filtered sync may not have read the record of every ancestor).
     fn close_dirs_not_above(&mut self, index: Option<&PathIndex>) -> Result<()> {
         let tree = journal::staged_tree(&self.staging);
         while let Some((dir, attrs)) = self.open_dirs.last() {
@@ -179,37 +225,15 @@ impl SetApplier {
             }
             if dir.is_root() {
                 // DEST's own attributes are set after the move.
-                self.dir_attrs.push((dir.clone(), attrs.clone()));
+                self.late_attrs.insert(dir.clone(), attrs.clone());
             } else {
                 attrs.apply(&fsops::dest_path(&tree, dir))?;
             }
             self.open_dirs.pop();
         }
-        Ok(())
-    }
-
-    /// Replace mode: removes what DEST has before `index` (or everything left, at the end).
-    fn remove_unlisted(&mut self, index: Option<&PathIndex>, record_is_dir: bool) -> Result<()> {
-        let Some(walker) = self.walker.as_mut() else {
-            return Ok(());
-        };
-        while let Some(found) = walker.peek().cloned() {
-            match index {
-                Some(i) if found.index == *i => {
-                    return walker.advance(found.is_dir && record_is_dir);
-                }
-                Some(i) if found.index > *i => return Ok(()),
-                Some(i) if i.starts_with(&found.index) => {
-                    // An ancestor the full does not list: keep it and look inside.
-                    walker.advance(true)?;
-                }
-                _ => {
-                    self.journal.push(&Op::Remove {
-                        index: found.index.clone(),
-                    })?;
-                    self.stats.removed += 1;
-                    walker.advance(false)?;
-                }
+        if let Some(parent) = index.and_then(|i| i.parent()) {
+            if self.open_dirs.last().is_none_or(|(d, _)| *d != parent) {
+                fsops::create_ancestors(&tree, index.unwrap_or(&parent))?;
             }
         }
         Ok(())
@@ -219,18 +243,13 @@ impl SetApplier {
     /// but has no record of the parent itself (records come parent first, so the parent's
     /// own record, if any, has been seen).
     fn keep_parent_mtime(&mut self, index: &PathIndex) -> Result<()> {
-        if self.mode == ApplyMode::Fresh {
+        if self.fresh {
             return Ok(());
         }
         let Some(parent) = index.parent() else {
             return Ok(());
         };
-        // `dir_attrs` is in index order, as records are.
-        let listed = self
-            .dir_attrs
-            .binary_search_by(|(d, _)| d.cmp(&parent))
-            .is_ok();
-        if listed || self.kept_mtimes.contains_key(&parent) {
+        if self.late_attrs.contains_key(&parent) || self.kept_mtimes.contains_key(&parent) {
             return Ok(());
         }
         // Below a symlink or file there is no directory of DEST's to keep.
@@ -247,23 +266,26 @@ impl SetApplier {
         if !matches!(self.current, Current::Idle) {
             bail!("the set ended in the middle of a record");
         }
+        if let Some(p) = self.drifted.iter().next() {
+            bail!(
+                "{p} differs from what the previous backup left there; it must be repaired first"
+            );
+        }
         self.close_dirs_not_above(None)?;
-        self.remove_unlisted(None, false)?;
-        if self.mode == ApplyMode::Fresh {
+        if self.fresh {
             self.journal.push(&Op::MoveTree)?;
         }
-        // Deepest first: setting a directory's mtime must come after every change inside.
-        let mut fixes: Vec<Op> = std::mem::take(&mut self.dir_attrs)
+        // Deepest first: a directory's mtime is set after every change inside it. A
+        // directory with attributes of its own needs no kept mtime.
+        let mut late: BTreeMap<PathIndex, Op> = std::mem::take(&mut self.late_attrs)
             .into_iter()
-            .map(|(index, attrs)| Op::DirAttrs { index, attrs })
-            .chain(
-                std::mem::take(&mut self.kept_mtimes)
-                    .into_iter()
-                    .map(|(index, mtime)| Op::Mtime { index, mtime }),
-            )
+            .map(|(index, attrs)| (index.clone(), Op::Attrs { index, attrs }))
             .collect();
-        fixes.sort_by(|a, b| op_index(b).cmp(op_index(a)));
-        for op in &fixes {
+        for (index, mtime) in std::mem::take(&mut self.kept_mtimes) {
+            late.entry(index.clone())
+                .or_insert(Op::Mtime { index, mtime });
+        }
+        for op in late.values().rev() {
             self.journal.push(op)?;
         }
         if self.durable {
@@ -272,13 +294,6 @@ impl SetApplier {
         self.journal.commit(state_dir)?;
         journal::recover(state_dir, &self.dest)?;
         Ok(self.stats)
-    }
-}
-
-fn op_index(op: &Op) -> &PathIndex {
-    match op {
-        Op::DirAttrs { index, .. } | Op::Mtime { index, .. } => index,
-        _ => unreachable!("only directory fixes are sorted"),
     }
 }
 
@@ -292,6 +307,9 @@ fn sync_filesystem(path: &Path) -> Result<()> {
 impl RecordSink for SetApplier {
     fn begin(&mut self, record: &Record) -> Result<()> {
         let index = &record.index;
+        if !self.filter.wants(index) {
+            return Ok(()); // `current` stays Idle: the data is skipped
+        }
         if record.headless {
             return Err(Error::corrupt(format!(
                 "{index}: the set holds later chunks of this file but not its first one"
@@ -300,15 +318,15 @@ impl RecordSink for SetApplier {
         }
         self.guard.check(record)?;
         self.stats.records += 1;
-        if self.mode == ApplyMode::Fresh {
+        if self.fresh {
             self.close_dirs_not_above(Some(index))?;
+        } else {
+            self.keep_parent_mtime(index)?;
         }
-        self.remove_unlisted(Some(index), record.meta.is_dir())?;
-        self.keep_parent_mtime(index)?;
         let attrs = Attrs::of(&record.meta, &mut self.owners);
         match (record.kind, &record.meta.file_type) {
             (RecordKind::Deleted, _) => {
-                if self.mode != ApplyMode::Fresh {
+                if !self.fresh {
                     self.journal.push(&Op::Remove {
                         index: index.clone(),
                     })?;
@@ -317,7 +335,7 @@ impl RecordSink for SetApplier {
             }
             (RecordKind::Snapshot, FileType::Dir) => {
                 self.stats.dirs += 1;
-                if self.mode == ApplyMode::Fresh {
+                if self.fresh {
                     let path = fsops::dest_path(&journal::staged_tree(&self.staging), index);
                     if !index.is_root() {
                         fs::create_dir(&path)
@@ -328,12 +346,12 @@ impl RecordSink for SetApplier {
                     self.journal.push(&Op::Dir {
                         index: index.clone(),
                     })?;
-                    self.dir_attrs.push((index.clone(), attrs));
+                    self.late_attrs.insert(index.clone(), attrs);
                 }
             }
             (RecordKind::Snapshot, FileType::Regular) => {
                 let (path, place) = self.stage_path(index);
-                if index.is_root() && self.mode == ApplyMode::Fresh {
+                if index.is_root() && self.fresh {
                     fs::remove_dir(&path)?; // a single-file backup: the tree is that file
                 }
                 let file = File::create(&path)
@@ -355,7 +373,7 @@ impl RecordSink for SetApplier {
                 }
             }
             (RecordKind::Diff, _) => {
-                if self.mode != ApplyMode::Update {
+                if self.fresh {
                     return Err(Error::corrupt(format!("{index}: a full set holds a delta")).into());
                 }
                 let spool = Spool::new(self.staging.join("spool"));
@@ -418,35 +436,49 @@ impl RecordSink for SetApplier {
                 index,
                 mut spool,
                 attrs,
-            } => {
-                let basis_path = fsops::dest_path(&self.dest, &index);
-                match fsops::lstat_type(&basis_path)? {
-                    Some(t) if fsops::is_regular(&t) => {}
-                    found => bail!(
-                        "cannot apply the change to {index}: DEST has {} there, not the file the \
-                         previous backup left (run `dupmirror verify --repair`)",
-                        found.map_or("nothing", |t| if t.is_symlink() {
-                            "a symlink"
-                        } else {
-                            "another kind of object"
-                        })
-                    ),
-                }
-                let (path, place) = self.stage_path(&index);
-                let mut out = File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                let basis = delta::open_basis(&basis_path)?;
-                let n = delta::patch(basis, &mut spool.reader()?, &mut out)
-                    .with_context(|| format!("cannot apply the change to {index}"))?;
-                drop(out);
-                attrs.apply(&path)?;
-                self.stats.files_patched += 1;
-                self.stats.bytes_written += n;
-                if let Some(op) = place {
-                    self.journal.push(&op)?;
-                }
-                Ok(())
-            }
+            } => self.patch(index, &mut spool, attrs),
         }
+    }
+}
+
+impl SetApplier {
+    /// Applies a delta to DEST's copy of the file into staging. A basis that is not a
+    /// regular file, or a result that does not match the set's new signature, means DEST
+    /// is not what the previous backup left: the path is marked drifted, not written.
+    fn patch(&mut self, index: PathIndex, spool: &mut Spool, attrs: Attrs) -> Result<()> {
+        let basis_path = fsops::dest_path(&self.dest, &index);
+        let basis_ok = fsops::lstat_type(&basis_path)?.is_some_and(|t| fsops::is_regular(&t));
+        if !basis_ok {
+            self.stats.drifted += 1;
+            self.drifted.insert(index);
+            return Ok(());
+        }
+        let (path, place) = self.stage_path(&index);
+        let mut out =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let basis = delta::open_basis(&basis_path)?;
+        let patched = delta::patch(basis, &mut spool.reader()?, &mut out);
+        drop(out);
+        let matches = match (&patched, self.new_signatures.get(&index)) {
+            (Err(_), _) => false,
+            (Ok(n), Some(sig)) => content_matches(&path, *n, sig)?,
+            (Ok(_), None) => true,
+        };
+        if !matches {
+            // A wrong basis shows as a delta that does not fit, or a result whose
+            // signature is not the one the master recorded.
+            fs::remove_file(&path).ok();
+            self.stats.drifted += 1;
+            self.drifted.insert(index);
+            return Ok(());
+        }
+        let n = patched?;
+        attrs.apply(&path)?;
+        self.stats.files_patched += 1;
+        self.stats.bytes_written += n;
+        if let Some(op) = place {
+            self.journal.push(&op)?;
+        }
+        Ok(())
     }
 }

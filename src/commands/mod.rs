@@ -4,6 +4,7 @@
 pub mod ls;
 pub mod status;
 pub mod sync;
+pub mod verify;
 
 use crate::backend;
 use crate::repo::{RepoOptions, Repository};

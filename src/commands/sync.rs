@@ -7,8 +7,11 @@
 use super::{open_repository, resolve_time};
 use crate::apply::journal;
 use crate::apply::{fsops, ApplyMode, ApplyStats, SetApplier};
-use crate::plan::Plan;
-use crate::repo::RepoOptions;
+use crate::filter::PathFilter;
+use crate::plan::{Plan, Step};
+use crate::repair::{self, RepairStats};
+use crate::repo::{RepoOptions, Repository};
+use crate::signatures::set_signatures;
 use crate::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
 use crate::timefmt::format_iso;
 use anyhow::{bail, Context, Result};
@@ -21,6 +24,8 @@ pub struct SyncOptions {
     pub dest: PathBuf,
     pub time: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// The subtrees to mirror (`--path`); empty for the whole tree.
+    pub paths: Vec<String>,
     pub dry_run: bool,
     /// Allow a first sync into a non-empty DEST (it becomes the backup; extra files go).
     pub adopt: bool,
@@ -35,9 +40,21 @@ pub struct SyncOptions {
 pub struct SetReport {
     pub set: String,
     pub mode: ApplyMode,
+    /// Volumes to read of the set's total.
     pub volumes: usize,
+    pub volumes_in_set: usize,
     pub bytes: u64,
+    /// Replace: the paths that differ from the full, and how.
+    pub differences: Vec<PathReport>,
     pub applied: Option<ApplyStats>,
+    /// Paths found drifted while patching, restored from the chain.
+    pub repaired: Option<RepairStats>,
+}
+
+#[derive(Serialize)]
+pub struct PathReport {
+    pub path: String,
+    pub what: String,
 }
 
 #[derive(Serialize)]
@@ -107,7 +124,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             dest.display()
         );
     }
-    let plan = Plan::build(&repo, state.as_ref(), dest_empty, time)?;
+    let filter = PathFilter::from_args(&opts.paths);
+    let plan = Plan::build(&repo, state.as_ref(), &dest, dest_empty, time, &filter)?;
     let mut report = SyncReport {
         source: repo.display(),
         dest: dest.clone(),
@@ -124,8 +142,18 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 set: s.set.label(),
                 mode: s.mode,
                 volumes: s.volumes.len(),
+                volumes_in_set: s.manifest.volumes.len(),
                 bytes: s.bytes,
+                differences: s
+                    .differences
+                    .iter()
+                    .map(|d| PathReport {
+                        path: d.index.to_string(),
+                        what: d.describe(),
+                    })
+                    .collect(),
                 applied: None,
+                repaired: None,
             })
             .collect(),
         bytes_read: 0,
@@ -141,13 +169,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             plan.chain_start,
             step.set.end_time,
             dest.clone(),
+            filter.to_strings(),
         );
-        let staged = (|| -> Result<SetApplier> {
-            let mut applier = SetApplier::new(step.mode, &dest, &state_dir, &target, opts.durable)?;
-            repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
-            Ok(applier)
-        })();
-        let applier = match staged {
+        let staged = stage_step(&repo, &plan, step, &dest, &state_dir, &target, opts.durable);
+        let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
                 // Nothing was committed: DEST is as the previous set left it.
@@ -159,8 +184,52 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             }
         };
         set_report.applied = Some(applier.commit(&state_dir)?);
-        report.bytes_read += step.bytes;
+        report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
+        set_report.repaired = repaired;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Stages one set: its fixes, its records, and the repair of any path found drifted.
+fn stage_step(
+    repo: &Repository,
+    plan: &Plan,
+    step: &Step,
+    dest: &Path,
+    state_dir: &StateDir,
+    target: &MirrorState,
+    durable: bool,
+) -> Result<(SetApplier, Option<RepairStats>)> {
+    let mut applier = SetApplier::new(
+        step.mode,
+        dest,
+        state_dir,
+        target,
+        step.filter.clone(),
+        durable,
+    )?;
+    for diff in step.differences.iter().filter(|d| !d.needs_data()) {
+        applier.add_fix(diff)?;
+    }
+    if step.mode == ApplyMode::Update {
+        applier.check_patches_against(set_signatures(repo, &step.set)?);
+    }
+    repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
+    let drifted = applier.take_drifted();
+    if drifted.is_empty() {
+        return Ok((applier, None));
+    }
+    // DEST did not hold what the previous set left: restore those paths as this set
+    // leaves them, from the chain, and commit them with the set.
+    let sets: Vec<&crate::collection::BackupSet> = plan
+        .chain_sets
+        .iter()
+        .filter(|s| s.end_time <= step.set.end_time)
+        .collect();
+    let paths = PathFilter::subtrees(drifted);
+    let scratch_root = state_dir.staging().with_extension("repair");
+    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
+    repair::graft(&scratch.tree, &paths, &mut applier)?;
+    Ok((applier, Some(stats)))
 }

@@ -1,0 +1,364 @@
+//! Comparing DEST with what a signature chain says it should hold, without any volume.
+//!
+//! ```text
+//! compare(sets, DEST, filter):
+//!     merge the sets' signature files by index (signatures::merge_chain)
+//!     walk DEST in the same order (apply::walk), like a merge join:
+//!         only in the backup -> Missing     only in DEST -> Extra
+//!         in both -> compare type, symlink target, device, mode, mtime, owner (as root);
+//!                    regular files: queue a content check
+//!     content checks run on worker threads: the librsync signature of the local file,
+//!     computed with the block length of the stored one, must equal the stored bytes
+//! ```
+//!
+//! Used by `verify`, by a sync that meets a new full chain (only the differing paths are
+//! fetched), and by repairs. Limits: content equality is signature equality (MD4 blocks,
+//! 8-byte strong sums: a deliberate collision is conceivable, an accidental one is not);
+//! symlinks' mode and mtime are not compared (duplicity does not restore them); owners are
+//! compared only when running as root, as only root can set them.
+
+use crate::apply::fsops::OwnerMap;
+use crate::apply::walk::DestWalker;
+use crate::archive::RecordKind;
+use crate::collection::BackupSet;
+use crate::filter::PathFilter;
+use crate::index::PathIndex;
+use crate::meta::{FileType, Metadata};
+use crate::repo::Repository;
+use crate::signatures::merge_chain;
+use anyhow::{Context, Result};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// One way DEST differs from the backup.
+#[derive(Clone, Debug)]
+pub struct Difference {
+    pub index: PathIndex,
+    pub kind: DiffKind,
+    /// What the backup has at this path (None for an extra path).
+    pub expected: Option<Metadata>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiffKind {
+    /// In the backup, not in DEST.
+    Missing,
+    /// In DEST, not in the backup.
+    Extra,
+    /// In both, different: the list says what differs (`content`, `type`, `target`,
+    /// `device`, `mode`, `mtime`, `owner`).
+    Changed(Vec<&'static str>),
+}
+
+impl Difference {
+    /// Whether fixing this needs the object's data from a volume (otherwise the fix is a
+    /// removal or new attributes, known from the signature file alone).
+    pub fn needs_data(&self) -> bool {
+        match &self.kind {
+            DiffKind::Missing => true,
+            DiffKind::Extra => false,
+            DiffKind::Changed(what) => what
+                .iter()
+                .any(|w| matches!(*w, "content" | "type" | "target" | "device")),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            DiffKind::Missing => "missing".into(),
+            DiffKind::Extra => "extra".into(),
+            DiffKind::Changed(what) => format!("changed ({})", what.join(", ")),
+        }
+    }
+}
+
+/// Counts of one comparison.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CompareStats {
+    pub paths_checked: u64,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+}
+
+struct HashJob {
+    index: PathIndex,
+    path: PathBuf,
+    size: u64,
+    signature: Vec<u8>,
+    expected: Metadata,
+    /// Metadata differences already found.
+    what: Vec<&'static str>,
+}
+
+/// Compares DEST with the state at the end of `sets` (a full and its incrementals, in
+/// order), within `filter`. Returns the differences in index order.
+pub fn compare(
+    repo: &Repository,
+    sets: &[&BackupSet],
+    dest: &Path,
+    filter: &PathFilter,
+) -> Result<(Vec<Difference>, CompareStats)> {
+    let mut diffs = Vec::new();
+    let mut stats = CompareStats::default();
+    let mut owners = OwnerMap::new();
+    let mut walker = DestWalker::new(dest)?;
+    let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(64);
+    let (res_tx, res_rx) = mpsc::channel::<(Result<bool>, HashJob)>();
+    let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+    let workers: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .map(|_| {
+            let rx = job_rx.clone();
+            let tx = res_tx.clone();
+            std::thread::spawn(move || loop {
+                let job = match rx.lock() {
+                    Ok(guard) => guard.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = job else { return };
+                let same = content_matches(&job.path, job.size, &job.signature);
+                if tx.send((same, job)).is_err() {
+                    return;
+                }
+            })
+        })
+        .collect();
+    drop(res_tx);
+
+    let merged = merge_chain(repo, sets, true, |entry| {
+        if !entry.exists() || !filter.wants(&entry.index) {
+            return Ok(());
+        }
+        stats.paths_checked += 1;
+        // Everything DEST has before this path, and is not on the way to it, is extra.
+        let mut found_here = None;
+        while let Some(found) = walker.peek().cloned() {
+            if found.index == entry.index {
+                found_here = Some(found);
+                break;
+            }
+            if found.index > entry.index {
+                break;
+            }
+            if entry.index.starts_with(&found.index) {
+                walker.advance(true)?;
+            } else {
+                diffs.push(Difference {
+                    index: found.index.clone(),
+                    kind: DiffKind::Extra,
+                    expected: None,
+                });
+                walker.advance(false)?;
+            }
+        }
+        let Some(found) = found_here else {
+            diffs.push(Difference {
+                index: entry.index.clone(),
+                kind: DiffKind::Missing,
+                expected: Some(entry.meta),
+            });
+            return Ok(());
+        };
+        let path = crate::apply::fsops::dest_path(dest, &entry.index);
+        let local = fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot inspect {}", path.display()))?;
+        let what = metadata_differences(&entry.meta, &local, &path, &mut owners)?;
+        let both_dirs = entry.meta.is_dir() && local.is_dir();
+        walker.advance(both_dirs && found.is_dir)?;
+        // Regular files get their content checked even when metadata differs, so that a
+        // repair knows whether it needs the data.
+        if entry.kind == RecordKind::Signature && what != ["type"] {
+            if let Some(signature) = entry.signature {
+                stats.files_hashed += 1;
+                stats.bytes_hashed += local.len();
+                job_tx
+                    .send(HashJob {
+                        index: entry.index,
+                        path,
+                        size: local.len(),
+                        signature,
+                        expected: entry.meta,
+                        what,
+                    })
+                    .context("content checker stopped")?;
+                return Ok(());
+            }
+        }
+        if !what.is_empty() {
+            diffs.push(Difference {
+                index: entry.index,
+                kind: DiffKind::Changed(what),
+                expected: Some(entry.meta),
+            });
+        }
+        Ok(())
+    });
+    drop(job_tx);
+    let mut errors = Vec::new();
+    for (same, mut job) in res_rx {
+        match same {
+            Ok(same) => {
+                if !same {
+                    job.what.insert(0, "content");
+                }
+                if !job.what.is_empty() {
+                    diffs.push(Difference {
+                        index: job.index,
+                        kind: DiffKind::Changed(job.what),
+                        expected: Some(job.expected),
+                    });
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    merged?;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    while let Some(found) = walker.peek().cloned() {
+        diffs.push(Difference {
+            index: found.index,
+            kind: DiffKind::Extra,
+            expected: None,
+        });
+        walker.advance(false)?;
+    }
+    diffs.sort_by(|a, b| a.index.cmp(&b.index));
+    Ok((diffs, stats))
+}
+
+fn metadata_differences(
+    expected: &Metadata,
+    local: &fs::Metadata,
+    path: &Path,
+    owners: &mut OwnerMap,
+) -> Result<Vec<&'static str>> {
+    let ft = local.file_type();
+    let same_type = match &expected.file_type {
+        FileType::Regular => ft.is_file(),
+        FileType::Dir => ft.is_dir(),
+        FileType::Symlink(_) => ft.is_symlink(),
+        FileType::Fifo => ft.is_fifo(),
+        FileType::CharDevice { .. } => ft.is_char_device(),
+        FileType::BlockDevice { .. } => ft.is_block_device(),
+    };
+    if !same_type {
+        return Ok(vec!["type"]);
+    }
+    let mut what = Vec::new();
+    match &expected.file_type {
+        FileType::Symlink(target) => {
+            let local_target = fs::read_link(path)
+                .with_context(|| format!("cannot read symlink {}", path.display()))?;
+            if std::os::unix::ffi::OsStrExt::as_bytes(local_target.as_os_str()) != &target[..] {
+                what.push("target");
+            }
+        }
+        FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
+            let rdev = local.rdev();
+            if (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
+                != (u64::from(*major), u64::from(*minor))
+            {
+                what.push("device");
+            }
+        }
+        _ => {}
+    }
+    let is_symlink = matches!(expected.file_type, FileType::Symlink(_));
+    if !is_symlink {
+        if local.mode() & 0o7777 != expected.mode {
+            what.push("mode");
+        }
+        if local.mtime() != expected.mtime {
+            what.push("mtime");
+        }
+    }
+    if owners.applies() && owners.resolve(expected) != (local.uid(), local.gid()) {
+        what.push("owner");
+    }
+    Ok(what)
+}
+
+/// Reads a librsync signature header: (magic, block length, strong sum length).
+fn signature_header(sig: &[u8]) -> Option<(u32, usize, usize)> {
+    let word =
+        |i: usize| -> Option<u32> { Some(u32::from_be_bytes(sig.get(i..i + 4)?.try_into().ok()?)) };
+    Some((word(0)?, word(4)? as usize, word(8)? as usize))
+}
+
+/// Whether the file's content has the given librsync signature.
+pub fn content_matches(path: &Path, size: u64, signature: &[u8]) -> Result<bool> {
+    let Some((magic, block_len, strong_len)) = signature_header(signature) else {
+        return Ok(false);
+    };
+    let kind = match magic {
+        0x7273_0136 => librsync::SignatureType::MD4,
+        0x7273_0137 => librsync::SignatureType::Blake2,
+        _ => return Ok(false),
+    };
+    if block_len == 0 || strong_len == 0 || strong_len > 32 {
+        return Ok(false);
+    }
+    // The number of blocks pins the size down to one block: a cheap first test.
+    let blocks = (signature.len() - 12) / (4 + strong_len);
+    if size.div_ceil(block_len as u64) != blocks as u64 {
+        return Ok(false);
+    }
+    let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut job = librsync::Signature::with_options(file, block_len, strong_len, kind)
+        .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
+    // Compare as the signature streams out, stopping at the first difference.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = 0;
+    loop {
+        let n = std::io::Read::read(&mut job, &mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(pos == signature.len());
+        }
+        if signature.get(pos..pos + n) != Some(&buf[..n]) {
+            return Ok(false);
+        }
+        pos += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_check_uses_the_stored_block_length() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&p, &data).unwrap();
+        let mut sig = Vec::new();
+        std::io::Read::read_to_end(
+            &mut librsync::Signature::with_options(
+                &data[..],
+                1024,
+                8,
+                librsync::SignatureType::MD4,
+            )
+            .unwrap(),
+            &mut sig,
+        )
+        .unwrap();
+        assert!(content_matches(&p, 5000, &sig).unwrap());
+        let mut edited = data.clone();
+        edited[4000] ^= 1;
+        fs::write(&p, &edited).unwrap();
+        assert!(!content_matches(&p, 5000, &sig).unwrap());
+        assert!(
+            !content_matches(&p, 9000, &sig).unwrap(),
+            "size outside the block count"
+        );
+        assert!(!content_matches(&p, 5000, b"junk").unwrap());
+    }
+}
