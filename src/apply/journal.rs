@@ -276,7 +276,11 @@ pub fn execute(op: &Op, staging: &Path, dest: &Path) -> Result<()> {
             }
         }
         Op::Attrs { index, attrs } => {
-            fsops::check_ancestors(dest, index)?;
+            // An earlier operation may have replaced an ancestor by a symlink or a file:
+            // then the object is gone and there is nothing to set.
+            if !matches!(fsops::check_ancestors(dest, index), Ok(Ancestors::AllDirs)) {
+                return Ok(());
+            }
             let target = fsops::dest_path(dest, index);
             match fsops::lstat_type(&target)? {
                 Some(t) if t.is_symlink() == attrs.symlink => attrs.apply(&target),
@@ -284,7 +288,9 @@ pub fn execute(op: &Op, staging: &Path, dest: &Path) -> Result<()> {
             }
         }
         Op::Mtime { index, mtime } => {
-            fsops::check_ancestors(dest, index)?;
+            if !matches!(fsops::check_ancestors(dest, index), Ok(Ancestors::AllDirs)) {
+                return Ok(());
+            }
             let target = fsops::dest_path(dest, index);
             match fsops::lstat_type(&target)? {
                 Some(t) if t.is_dir() => fsops::set_mtime(&target, *mtime),
