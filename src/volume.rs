@@ -180,7 +180,16 @@ fn decode(
             }
         };
         pump(&mut plain, tx).map_err(|e| match src.encoding {
-            Encoding::Gzip => anyhow!("gzip data is corrupt: {e}"),
+            Encoding::Gzip => {
+                let io_kind = e.downcast_ref::<io::Error>().map(|e| e.kind());
+                if io_kind == Some(io::ErrorKind::UnexpectedEof)
+                    || e.to_string().contains("incomplete")
+                {
+                    anyhow!("the gzip stream is truncated (the file ends early)")
+                } else {
+                    anyhow!("gzip data is corrupt: {e}")
+                }
+            }
             _ => e,
         })
         // `plain` drops here, and with it the hashing reader, which sends its report.

@@ -22,8 +22,10 @@ enum Node {
     NewDir,
     /// Removed by this set: only further removals may lie below it.
     Deleted,
-    /// Anything else: nothing may lie below it.
-    NotDir(&'static str),
+    /// Anything else: nothing may lie below it. `in_set` when this set made it so (then
+    /// duplicity lists the removal of what used to lie below; from an earlier state,
+    /// nothing can legitimately lie below it at all).
+    NotDir { what: &'static str, in_set: bool },
 }
 
 pub struct PathGuard {
@@ -51,8 +53,14 @@ impl PathGuard {
         Ok(match fsops::lstat_type(&p)? {
             None => Node::NewDir,
             Some(t) if t.is_dir() => Node::ExistingDir,
-            Some(t) if t.is_symlink() => Node::NotDir("symlink"),
-            Some(_) => Node::NotDir("file"),
+            Some(t) if t.is_symlink() => Node::NotDir {
+                what: "symlink",
+                in_set: false,
+            },
+            Some(_) => Node::NotDir {
+                what: "file",
+                in_set: false,
+            },
         })
     }
 
@@ -79,15 +87,18 @@ impl PathGuard {
             self.stack.push((index.truncated(depth), node));
         }
         if let Some((parent, node)) = self.stack.last() {
+            let deletion = record.kind == RecordKind::Deleted;
             let reason = match node {
                 Node::ExistingDir | Node::NewDir => None,
-                // Removing what lies below a non-directory removes nothing: duplicity lists
-                // the children of a directory that became a file or vanished.
-                _ if record.kind == RecordKind::Deleted => None,
+                // Removing what lies below a path this set deleted or turned into a
+                // non-directory removes nothing: duplicity lists those children.
+                Node::Deleted | Node::NotDir { in_set: true, .. } if deletion => None,
                 Node::Deleted => Some(format!(
                     "it lies below {parent}, which the same set deletes"
                 )),
-                Node::NotDir(what) => Some(format!("it lies below {parent}, which is a {what}")),
+                Node::NotDir { what, .. } => {
+                    Some(format!("it lies below {parent}, which is a {what}"))
+                }
             };
             if let Some(reason) = reason {
                 return Err(Error::UnsafePath {
@@ -107,7 +118,10 @@ impl PathGuard {
                 },
                 _ => Node::NewDir,
             },
-            _ => Node::NotDir(record.meta.file_type.name()),
+            _ => Node::NotDir {
+                what: record.meta.file_type.name(),
+                in_set: true,
+            },
         };
         self.stack.push((index.clone(), node));
         Ok(())
