@@ -309,6 +309,9 @@ fn print_verify(r: &verify::VerifyReport) {
         for d in rem {
             println!("still different: {}: {}", d.path, d.what);
         }
+        if rem.is_empty() {
+            println!("DEST now matches the backup at {}", r.state);
+        }
     }
 }
 
