@@ -97,14 +97,6 @@ pub fn format_compact(t: Epoch) -> String {
     }
 }
 
-/// Human form for reports: `2026-01-02 03:04:05 UTC`.
-pub fn format_human(t: Epoch) -> String {
-    match Utc.timestamp_opt(t, 0).single() {
-        Some(dt) => dt.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        None => t.to_string(),
-    }
-}
-
 /// ISO 8601 for `--json`: `2026-01-02T03:04:05Z`.
 pub fn format_iso(t: Epoch) -> String {
     match Utc.timestamp_opt(t, 0).single() {
