@@ -12,8 +12,8 @@ export DUPMIRROR_REQUIRE_ORACLE=1
 export DUPMIRROR_DUPLICITY3="${DUPMIRROR_DUP3_VENV:-/opt/dup3}/bin/duplicity"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
-echo "test.sh: cargo test --all-targets" >&2
+echo "test.sh: cargo test --all-targets --no-fail-fast" >&2
 status=0
-cargo test --all-targets "$@" || status=$?
+cargo test --all-targets --no-fail-fast "$@" || status=$?
 echo "test.sh: finished in $(( $(date +%s) - start ))s with status $status" >&2
 exit "$status"
