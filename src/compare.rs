@@ -92,6 +92,16 @@ struct HashJob {
     what: Vec<&'static str>,
 }
 
+/// How closely to look at regular files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentCheck {
+    /// Hash every file and compare its librsync signature: finds any edit.
+    Signatures,
+    /// Metadata only, like rsync's quick check: the size must fit the signature's block
+    /// count, mode and mtime must match. An edit that keeps size and mtime goes unseen.
+    Quick,
+}
+
 /// Compares DEST with the state at the end of `sets` (a full and its incrementals, in
 /// order), within `filter`. Returns the differences in index order.
 pub fn compare(
@@ -99,6 +109,7 @@ pub fn compare(
     sets: &[&BackupSet],
     dest: &Path,
     filter: &PathFilter,
+    check: ContentCheck,
 ) -> Result<(Vec<Difference>, CompareStats)> {
     let mut diffs = Vec::new();
     let mut stats = CompareStats::default();
@@ -169,6 +180,20 @@ pub fn compare(
         // Regular files get their content checked even when metadata differs, so that a
         // repair knows whether it needs the data.
         if entry.kind == RecordKind::Signature && what != ["type"] {
+            if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
+                let mut what = what;
+                if !size_fits(local.len(), signature) {
+                    what.insert(0, "content");
+                }
+                if !what.is_empty() {
+                    diffs.push(Difference {
+                        index: entry.index,
+                        kind: DiffKind::Changed(what),
+                        expected: Some(entry.meta),
+                    });
+                }
+                return Ok(());
+            }
             if let Some(signature) = entry.signature {
                 stats.files_hashed += 1;
                 stats.bytes_hashed += local.len();
@@ -291,6 +316,19 @@ fn signature_header(sig: &[u8]) -> Option<(u32, usize, usize)> {
     Some((word(0)?, word(4)? as usize, word(8)? as usize))
 }
 
+/// Whether a file of `size` bytes has as many blocks as the signature: the number of
+/// blocks pins the size down to one block, a cheap first test.
+fn size_fits(size: u64, signature: &[u8]) -> bool {
+    let Some((_, block_len, strong_len)) = signature_header(signature) else {
+        return false;
+    };
+    if block_len == 0 || strong_len == 0 || strong_len > 32 {
+        return false;
+    }
+    let blocks = (signature.len() - 12) / (4 + strong_len);
+    size.div_ceil(block_len as u64) == blocks as u64
+}
+
 /// Whether the file's content has the given librsync signature.
 pub fn content_matches(path: &Path, size: u64, signature: &[u8]) -> Result<bool> {
     let Some((magic, block_len, strong_len)) = signature_header(signature) else {
@@ -301,12 +339,7 @@ pub fn content_matches(path: &Path, size: u64, signature: &[u8]) -> Result<bool>
         0x7273_0137 => librsync::SignatureType::Blake2,
         _ => return Ok(false),
     };
-    if block_len == 0 || strong_len == 0 || strong_len > 32 {
-        return Ok(false);
-    }
-    // The number of blocks pins the size down to one block: a cheap first test.
-    let blocks = (signature.len() - 12) / (4 + strong_len);
-    if size.div_ceil(block_len as u64) != blocks as u64 {
+    if !size_fits(size, signature) {
         return Ok(false);
     }
     let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -29,3 +29,6 @@ pub mod timefmt;
 pub mod volume;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod testdata_tests;

@@ -109,6 +109,10 @@ enum Command {
         /// Restore the paths that differ, reading only the volumes that hold them
         #[arg(long)]
         repair: bool,
+        /// Compare metadata only (size, mode, mtime, type), no content hashing: as fast as
+        /// rsync's quick check, blind to edits that keep size and mtime
+        #[arg(long)]
+        quick: bool,
         /// Skip the file system sync before the repair's commit
         #[arg(long)]
         no_fsync: bool,
@@ -361,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             dest,
             state_dir,
             repair,
+            quick,
             no_fsync,
             json,
             names,
@@ -370,6 +375,7 @@ fn run(cli: Cli) -> Result<()> {
                 dest,
                 state_dir,
                 repair,
+                quick,
                 durable: !no_fsync,
                 repo: names.repo_options(),
             })?;

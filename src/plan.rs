@@ -21,7 +21,7 @@
 
 use crate::apply::ApplyMode;
 use crate::collection::BackupSet;
-use crate::compare::{compare, CompareStats, Difference};
+use crate::compare::{compare, CompareStats, ContentCheck, Difference};
 use crate::filter::PathFilter;
 use crate::manifest::Manifest;
 use crate::repo::Repository;
@@ -140,7 +140,7 @@ impl Plan {
         for (set, mode) in sets {
             let manifest = repo.manifest(set)?;
             let (step_filter, differences, compare_stats) = if mode == ApplyMode::Replace {
-                let (diffs, stats) = compare(repo, &[set], dest, filter)?;
+                let (diffs, stats) = compare(repo, &[set], dest, filter, ContentCheck::Signatures)?;
                 let need = PathFilter::subtrees(
                     diffs
                         .iter()

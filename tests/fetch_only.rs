@@ -304,6 +304,31 @@ fn verify_and_repair(dup: Duplicity) {
         assert!(listed.contains(p), "verify must report {p}: {listed:?}");
     }
 
+    // The quick check sees everything but the edit that kept size and mtime.
+    let run = verify(&["--quick"]);
+    assert!(!run.success(), "verify --quick must fail on a damaged tree");
+    let quick = json::parse(&run.stdout_text()).expect("JSON");
+    let quick_listed: BTreeSet<String> = match quick.get("differences") {
+        Some(Json::Arr(v)) => v
+            .iter()
+            .map(|d| match d.get("path") {
+                Some(Json::Str(s)) => s.clone(),
+                _ => panic!(),
+            })
+            .collect(),
+        other => panic!("no differences: {other:?}"),
+    };
+    for p in ["d1/f21", "d2/f45", "d3/f66", "d3/extra", "link"] {
+        assert!(
+            quick_listed.contains(p),
+            "verify --quick must report {p}: {quick_listed:?}"
+        );
+    }
+    assert!(
+        !quick_listed.contains("d0/f05"),
+        "the quick check does not hash content"
+    );
+
     let run = verify(&["--repair"]);
     run.assert_ok("verify --repair");
     let report = json::parse(&run.stdout_text()).expect("JSON");

@@ -5,7 +5,7 @@
 use super::open_repository;
 use crate::apply::{journal, ApplyMode, SetApplier};
 use crate::collection::BackupSet;
-use crate::compare::{compare, CompareStats, Difference};
+use crate::compare::{compare, CompareStats, ContentCheck, Difference};
 use crate::filter::PathFilter;
 use crate::repair::{self, RepairStats};
 use crate::repo::RepoOptions;
@@ -21,6 +21,8 @@ pub struct VerifyOptions {
     pub dest: PathBuf,
     pub state_dir: Option<PathBuf>,
     pub repair: bool,
+    /// Metadata only (no hashing), like rsync's quick check.
+    pub quick: bool,
     pub durable: bool,
     pub repo: RepoOptions,
 }
@@ -102,7 +104,12 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
     } else {
         PathFilter::from_args(&state.paths)
     };
-    let (diffs, stats) = compare(&repo, &sets, &dest, &filter)?;
+    let check = if opts.quick {
+        ContentCheck::Quick
+    } else {
+        ContentCheck::Signatures
+    };
+    let (diffs, stats) = compare(&repo, &sets, &dest, &filter, check)?;
     let mut report = VerifyReport {
         dest: dest.clone(),
         state: format_iso(state.end_time),
@@ -139,7 +146,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         }
         applier.commit(&state_dir)?;
         report.repaired = Some(repair_stats);
-        let (after, _) = compare(&repo, &sets, &dest, &filter)?;
+        let (after, _) = compare(&repo, &sets, &dest, &filter, check)?;
         report.remaining = Some(after.iter().map(DiffReport::of).collect());
     }
     report.seconds = started.elapsed().as_secs_f64();
