@@ -290,16 +290,7 @@ fn verify_and_repair(dup: Duplicity) {
     let run = verify(&[]);
     assert!(!run.success(), "verify must fail on a damaged tree");
     let report = json::parse(&run.stdout_text()).expect("JSON");
-    let listed: BTreeSet<String> = match report.get("differences") {
-        Some(Json::Arr(v)) => v
-            .iter()
-            .map(|d| match d.get("path") {
-                Some(Json::Str(s)) => s.clone(),
-                _ => panic!(),
-            })
-            .collect(),
-        other => panic!("no differences: {other:?}"),
-    };
+    let listed = listed_paths(&report);
     for p in ["d0/f05", "d1/f21", "d2/f45", "d3/f66", "d3/extra", "link"] {
         assert!(listed.contains(p), "verify must report {p}: {listed:?}");
     }
@@ -308,16 +299,7 @@ fn verify_and_repair(dup: Duplicity) {
     let run = verify(&["--quick"]);
     assert!(!run.success(), "verify --quick must fail on a damaged tree");
     let quick = json::parse(&run.stdout_text()).expect("JSON");
-    let quick_listed: BTreeSet<String> = match quick.get("differences") {
-        Some(Json::Arr(v)) => v
-            .iter()
-            .map(|d| match d.get("path") {
-                Some(Json::Str(s)) => s.clone(),
-                _ => panic!(),
-            })
-            .collect(),
-        other => panic!("no differences: {other:?}"),
-    };
+    let quick_listed = listed_paths(&quick);
     for p in ["d1/f21", "d2/f45", "d3/f66", "d3/extra", "link"] {
         assert!(
             quick_listed.contains(p),
@@ -379,6 +361,19 @@ fn drifted_file_is_repaired_during_sync() {
     );
     lab.restore(t(1))
         .assert_same(&host.tree(), Compare::default(), "after drift repair");
+}
+
+/// The paths a `verify --json` report lists as different.
+fn listed_paths(report: &Json) -> BTreeSet<String> {
+    let Some(Json::Arr(v)) = report.get("differences") else {
+        panic!("no differences array: {report:?}");
+    };
+    v.iter()
+        .map(|d| match d.get("path") {
+            Some(Json::Str(s)) => s.clone(),
+            other => panic!("a difference without a path: {other:?}"),
+        })
+        .collect()
 }
 
 fn filetime_of(m: &std::fs::Metadata) -> i64 {

@@ -134,30 +134,34 @@ impl OwnerMap {
 
     /// The local (uid, gid) for stored metadata.
     pub fn resolve(&mut self, meta: &Metadata) -> (u32, u32) {
-        let uid = if meta.uname.is_empty() {
-            None
-        } else {
-            *self.users.entry(meta.uname.clone()).or_insert_with(|| {
-                let name = String::from_utf8_lossy(&meta.uname).into_owned();
-                nix::unistd::User::from_name(&name)
-                    .ok()
-                    .flatten()
-                    .map(|u| u.uid.as_raw())
-            })
-        };
-        let gid = if meta.gname.is_empty() {
-            None
-        } else {
-            *self.groups.entry(meta.gname.clone()).or_insert_with(|| {
-                let name = String::from_utf8_lossy(&meta.gname).into_owned();
-                nix::unistd::Group::from_name(&name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw())
-            })
-        };
+        let uid = lookup(&mut self.users, &meta.uname, |n| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        });
+        let gid = lookup(&mut self.groups, &meta.gname, |n| {
+            nix::unistd::Group::from_name(n)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        });
         (uid.unwrap_or(meta.uid), gid.unwrap_or(meta.gid))
     }
+}
+
+/// A name's local id, looked up once per name; `None` for no name or an unknown one.
+fn lookup(
+    cache: &mut HashMap<Vec<u8>, Option<u32>>,
+    name: &[u8],
+    find: impl FnOnce(&str) -> Option<u32>,
+) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
+    *cache
+        .entry(name.to_vec())
+        .or_insert_with(|| find(&String::from_utf8_lossy(name)))
 }
 
 impl Default for OwnerMap {
