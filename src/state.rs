@@ -9,6 +9,7 @@
 //! state.json   the chain DEST belongs to and the end time of the last set applied
 //! journal      present only while a set is being committed (see apply::journal)
 //! staging/     new content of the set being applied (same file system as DEST)
+//! staging.repair/  a scratch mirror of the paths being repaired
 //! ```
 //!
 //! Limits: the state says what dupmirror last wrote, not what DEST holds now; a person
@@ -159,6 +160,12 @@ impl StateDir {
 
     pub fn staging(&self) -> &Path {
         &self.staging
+    }
+
+    /// Where a repair restores paths before grafting them (beside the staging folder, so
+    /// on DEST's file system too).
+    pub fn repair_scratch(&self) -> PathBuf {
+        self.staging.with_extension("repair")
     }
 
     pub fn journal_path(&self) -> PathBuf {

@@ -176,6 +176,7 @@ impl JournalWriter {
 /// Without a journal, removes leftover staging. Returns the state the journal recorded.
 pub fn recover(state_dir: &StateDir, dest: &Path) -> Result<Option<MirrorState>> {
     let journal = state_dir.journal_path();
+    fsops::remove_any(&state_dir.repair_scratch())?;
     if !journal.exists() {
         fsops::remove_any(state_dir.staging())?;
         return Ok(None);

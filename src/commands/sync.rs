@@ -228,7 +228,7 @@ fn stage_step(
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
     let paths = PathFilter::subtrees(drifted);
-    let scratch_root = state_dir.staging().with_extension("repair");
+    let scratch_root = state_dir.repair_scratch();
     let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
     repair::graft(&scratch.tree, &paths, &mut applier)?;
     Ok((applier, Some(stats)))

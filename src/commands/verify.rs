@@ -139,7 +139,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         }
         let mut repair_stats = RepairStats::default();
         if !need.roots().is_empty() {
-            let scratch_root = state_dir.staging().with_extension("repair");
+            let scratch_root = state_dir.repair_scratch();
             let (scratch, stats) = repair::restore_paths(&repo, &sets, &need, &scratch_root)?;
             repair::graft(&scratch.tree, &need, &mut applier)?;
             repair_stats = stats;
