@@ -46,6 +46,11 @@ both_versions!(
     write_through_relative_symlink,
     delete_through_symlink,
     write_through_symlink_from_same_set,
+    dotdot_snapshot_volume_only,
+    dotdot_deleted_volume_only,
+    dotdot_diff_volume_only,
+    write_through_symlink_from_earlier_set_volume_only,
+    delete_through_symlink_volume_only,
 );
 
 const ROOT_MTIME: i64 = T0 - 1_000_000;
@@ -382,10 +387,23 @@ fn truncated_plain_volume(dup: Duplicity) {
 // ---------------------------------------------------------------------------------------------
 // Hostile entry names.
 
-/// Rename entries of the set ending at `end` (volume 1 and the sigtar), fix the manifest.
-fn rename_in_set(lab: &Lab, end: i64, renames: &[(&str, &str)]) {
+/// Where the hostile names go: the volume alone exercises the volume reader's checks, the
+/// volume and the new-signatures file together make a consistent hostile set.
+#[derive(Clone, Copy, Debug)]
+enum Rename {
+    VolumeAndSigtar,
+    VolumeOnly,
+}
+
+/// Rename entries of the set ending at `end` (volume 1, and the sigtar unless `mode` is
+/// VolumeOnly), fix the manifest.
+fn rename_in_set(lab: &Lab, end: i64, renames: &[(&str, &str)], mode: Rename) {
     let set = inc_set(lab, end);
-    for file in [&set.volumes[0], &set.sigtar] {
+    let files = match mode {
+        Rename::VolumeAndSigtar => vec![&set.volumes[0], &set.sigtar],
+        Rename::VolumeOnly => vec![&set.volumes[0]],
+    };
+    for file in files {
         let mut a: Vec<std::ffi::OsString> = vec!["rename".into(), file.clone().into()];
         for (o, n) in renames {
             a.push((*o).into());
@@ -411,6 +429,7 @@ fn rename_in_set(lab: &Lab, end: i64, renames: &[(&str, &str)]) {
 /// host must both refuse it, write nothing outside DEST, and `check` must hold afterwards.
 fn hostile(
     dup: Duplicity,
+    mode: Rename,
     what: &str,
     base: impl Fn(&Lab),
     change: impl Fn(&Fs),
@@ -427,7 +446,8 @@ fn hostile(
     lab.fs.set_now(T0);
     change(&lab.fs);
     backup(&mut lab, 1);
-    rename_in_set(&lab, t(1), renames);
+    rename_in_set(&lab, t(1), renames, mode);
+    let what = &format!("{what} ({mode:?})");
 
     let outside = lab.root.join("outside");
     let outside_before = Tree::capture_opt(&outside);
@@ -458,6 +478,58 @@ fn hostile(
     o0.assert_same(&o0_again.tree(), Compare::default(), &ctx);
 }
 
+fn dotdot_snapshot(dup: Duplicity) {
+    dotdot_snapshot_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn dotdot_nested(dup: Duplicity) {
+    dotdot_nested_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn dotdot_deleted(dup: Duplicity) {
+    dotdot_deleted_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn dotdot_diff(dup: Duplicity) {
+    dotdot_diff_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn write_through_symlink_from_earlier_set(dup: Duplicity) {
+    write_through_symlink_from_earlier_set_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn write_through_relative_symlink(dup: Duplicity) {
+    write_through_relative_symlink_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn delete_through_symlink(dup: Duplicity) {
+    delete_through_symlink_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn write_through_symlink_from_same_set(dup: Duplicity) {
+    write_through_symlink_from_same_set_in(dup, Rename::VolumeAndSigtar)
+}
+
+fn dotdot_snapshot_volume_only(dup: Duplicity) {
+    dotdot_snapshot_in(dup, Rename::VolumeOnly)
+}
+
+fn dotdot_deleted_volume_only(dup: Duplicity) {
+    dotdot_deleted_in(dup, Rename::VolumeOnly)
+}
+
+fn dotdot_diff_volume_only(dup: Duplicity) {
+    dotdot_diff_in(dup, Rename::VolumeOnly)
+}
+
+fn write_through_symlink_from_earlier_set_volume_only(dup: Duplicity) {
+    write_through_symlink_from_earlier_set_in(dup, Rename::VolumeOnly)
+}
+
+fn delete_through_symlink_volume_only(dup: Duplicity) {
+    delete_through_symlink_in(dup, Rename::VolumeOnly)
+}
+
 fn no_file(p: &Path, what: &str) {
     assert!(
         fs::symlink_metadata(p).is_err(),
@@ -468,9 +540,10 @@ fn no_file(p: &Path, what: &str) {
 
 fn nothing(_: &Lab) {}
 
-fn dotdot_snapshot(dup: Duplicity) {
+fn dotdot_snapshot_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "snapshot/../escape",
         nothing,
         |fs| fs.write("zz", b"escaped\n"),
@@ -483,9 +556,10 @@ fn dotdot_snapshot(dup: Duplicity) {
     );
 }
 
-fn dotdot_nested(dup: Duplicity) {
+fn dotdot_nested_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "snapshot/dir/../../escape",
         nothing,
         |fs| fs.write("zz", b"escaped\n"),
@@ -498,9 +572,10 @@ fn dotdot_nested(dup: Duplicity) {
     );
 }
 
-fn dotdot_deleted(dup: Duplicity) {
+fn dotdot_deleted_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "deleted/../../victim",
         |lab| {
             // DEST/../../victim is <lab>/victim for DEST = <lab>/hN/d.
@@ -520,9 +595,10 @@ fn dotdot_deleted(dup: Duplicity) {
     );
 }
 
-fn dotdot_diff(dup: Duplicity) {
+fn dotdot_diff_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "diff/../../outside/victim",
         |lab| {
             outside_dir(lab);
@@ -543,9 +619,10 @@ fn outside_dir(lab: &Lab) -> PathBuf {
     o
 }
 
-fn write_through_symlink_from_earlier_set(dup: Duplicity) {
+fn write_through_symlink_from_earlier_set_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "snapshot/link/pwned with link -> /abs/outside from the full",
         |lab| {
             let o = outside_dir(lab);
@@ -558,9 +635,10 @@ fn write_through_symlink_from_earlier_set(dup: Duplicity) {
     );
 }
 
-fn write_through_relative_symlink(dup: Duplicity) {
+fn write_through_relative_symlink_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "snapshot/rel/pwned with rel -> ../../outside from the full",
         |lab| {
             outside_dir(lab);
@@ -574,9 +652,10 @@ fn write_through_relative_symlink(dup: Duplicity) {
     );
 }
 
-fn delete_through_symlink(dup: Duplicity) {
+fn delete_through_symlink_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "deleted/link/victim with link -> /abs/outside from the full",
         |lab| {
             let o = outside_dir(lab);
@@ -598,9 +677,10 @@ fn delete_through_symlink(dup: Duplicity) {
     );
 }
 
-fn write_through_symlink_from_same_set(dup: Duplicity) {
+fn write_through_symlink_from_same_set_in(dup: Duplicity, mode: Rename) {
     hostile(
         dup,
+        mode,
         "snapshot/link2 -> /abs/outside and snapshot/link2/pwned in one set",
         |lab| {
             outside_dir(lab);
@@ -636,7 +716,7 @@ fn craft_rename_keeps_the_set_readable_by_upstream() {
     lab.fs.set_now(T0);
     lab.fs.write("zz", b"renamed\n");
     backup(&mut lab, 1);
-    rename_in_set(&lab, t(1), &[("zz", "zy")]);
+    rename_in_set(&lab, t(1), &[("zz", "zy")], Rename::VolumeAndSigtar);
     let restored = lab.restore(t(1));
     let n = restored.get(b"zy").expect("renamed entry restored");
     assert_eq!(n.size, Some(8));

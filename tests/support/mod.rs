@@ -117,6 +117,7 @@ impl Run {
                 self.describe()
             );
         }
+        eprintln!("{context}: refused as expected: {line}");
         self
     }
 }
