@@ -427,6 +427,7 @@ fn rename_in_set(lab: &Lab, end: i64, renames: &[(&str, &str)], mode: Rename) {
 /// A hostile incremental at t1 on top of a full at t0 (`base` adds to the full's tree,
 /// `change` makes the real set that `renames` then turns hostile). A host at t0 and a fresh
 /// host must both refuse it, write nothing outside DEST, and `check` must hold afterwards.
+#[allow(clippy::too_many_arguments)] // each argument is one part of the case's description
 fn hostile(
     dup: Duplicity,
     mode: Rename,
