@@ -8,6 +8,9 @@
 //! "skipped: upstream duplicity X not installed" and returns, unless
 //! `DUPMIRROR_REQUIRE_ORACLE=1`, which turns the skip into a failure (`scripts/test.sh` and CI
 //! set it).
+//!
+//! Other knobs: `DUPMIRROR_TEST_BIN` runs the suite against another dupmirror binary (e.g. a
+//! release build); `DUPMIRROR_TEST_TIMEOUT` (seconds, default 300) bounds each dupmirror run.
 #![allow(dead_code, unused_imports)]
 
 pub mod json;
