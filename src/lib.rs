@@ -2,9 +2,9 @@
 //! replaying only the sets that are new since the last run.
 //!
 //! Data flows one way (see DESIGN.md):
-//! `backend` (bytes) → `volume` (hash check, decrypt, decompress) → `archive` (tar entries →
-//! duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled writes
-//! into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
+//! `backend` (bytes) → `volume` (hash check, then `crypto` or decompression) → `archive` (tar
+//! entries → duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled
+//! writes into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
 //! and `signatures` read the repository's metadata; `commands` compose all of it.
 
 pub mod apply;
@@ -13,6 +13,7 @@ pub mod backend;
 pub mod collection;
 pub mod commands;
 pub mod compare;
+pub mod crypto;
 pub mod delta;
 pub mod error;
 pub mod filter;

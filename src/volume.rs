@@ -21,7 +21,14 @@ const BUFS_IN_FLIGHT: usize = 4;
 
 /// Turns an encrypted stream into its plaintext stream. Implemented by `crypto`.
 pub trait Decryptor: Send + Sync {
+    /// The plaintext of `input`. Its final read fails if the file does not decrypt or does
+    /// not pass the signature policy, so the plaintext counts only once read to the end.
     fn decrypt(&self, input: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>>;
+    /// Called for each file that is not encrypted: an error refuses it (when signatures are
+    /// required, such a file cannot carry one).
+    fn check_unencrypted(&self) -> Result<()>;
+    /// What the signatures of the files decrypted so far said.
+    fn signatures(&self) -> crate::crypto::SignatureTally;
 }
 
 enum Msg {
@@ -165,6 +172,11 @@ fn decode(
     });
     let name = &src.name;
     let decoded = (|| -> Result<()> {
+        if matches!(src.encoding, Encoding::Plain | Encoding::Gzip) {
+            if let Some(d) = &decryptor {
+                d.check_unencrypted()?;
+            }
+        }
         let mut plain: Box<dyn Read + Send> = match src.encoding {
             Encoding::Plain => raw,
             Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
