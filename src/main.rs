@@ -5,11 +5,14 @@
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use dupmirror::commands::{ls, status, sync, verify};
+use dupmirror::crypto::{GpgDecryptor, Passphrase, SignKey, SignatureTally};
 use dupmirror::naming::Prefixes;
 use dupmirror::repo::RepoOptions;
+use dupmirror::volume::Decryptor;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -45,10 +48,38 @@ struct NameOptions {
     time_separator: Option<char>,
 }
 
+/// How to decrypt and which signatures to require, for the commands that read encrypted
+/// files. The passphrase comes from `PASSPHRASE` unless --passphrase-file is given; keys come
+/// from the gpg keyring (`GNUPGHOME` or ~/.gnupg).
+#[derive(Args, Clone)]
+struct CryptoOptions {
+    /// Read the gpg passphrase (symmetric, or of the secret key) from the first line of FILE
+    /// instead of $PASSPHRASE
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Refuse every file without a good signature by this key (key ID or fingerprint)
+    #[arg(long, value_name = "KEYID")]
+    sign_key: Option<SignKey>,
+}
+
+impl CryptoOptions {
+    fn decryptor(&self) -> Result<Arc<dyn Decryptor>> {
+        let passphrase = match &self.passphrase_file {
+            Some(path) => Some(Passphrase::from_file(path)?),
+            None => Passphrase::from_env(),
+        };
+        Ok(Arc::new(GpgDecryptor::new(
+            passphrase,
+            self.sign_key.clone(),
+        )))
+    }
+}
+
 impl NameOptions {
-    fn repo_options(&self) -> RepoOptions {
+    /// Options for reading the repository; `crypto` for the commands that decrypt files.
+    fn repo_options(&self, crypto: Option<&CryptoOptions>) -> Result<RepoOptions> {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
-        RepoOptions {
+        Ok(RepoOptions {
             prefixes: Prefixes {
                 global: s(&self.file_prefix),
                 archive: s(&self.file_prefix_archive),
@@ -57,8 +88,8 @@ impl NameOptions {
                 jsonstat: s(&self.file_prefix_jsonstat),
             },
             time_separator: self.time_separator,
-            decryptor: None,
-        }
+            decryptor: crypto.map(CryptoOptions::decryptor).transpose()?,
+        })
     }
 }
 
@@ -99,6 +130,8 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         names: NameOptions,
+        #[command(flatten)]
+        crypto: CryptoOptions,
     },
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify {
@@ -120,6 +153,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         names: NameOptions,
+        #[command(flatten)]
+        crypto: CryptoOptions,
     },
     /// Show the repository's chains and sets (like duplicity collection-status)
     Status {
@@ -142,6 +177,8 @@ enum Command {
         time: Option<String>,
         #[command(flatten)]
         names: NameOptions,
+        #[command(flatten)]
+        crypto: CryptoOptions,
     },
 }
 
@@ -162,6 +199,29 @@ fn human_bytes(n: u64) -> String {
 
 /// How many differing paths a human report lists.
 const LISTED_PATHS: usize = 20;
+
+fn print_signatures(t: &SignatureTally) {
+    let mut parts = vec![format!("{} signed", t.signed)];
+    if t.unsigned > 0 {
+        parts.push(format!("{} unsigned", t.unsigned));
+    }
+    if t.unchecked > 0 {
+        parts.push(format!(
+            "{} with a signature gpg could not check",
+            t.unchecked
+        ));
+    }
+    print!(
+        "signatures: {} encrypted file(s) read, {}",
+        t.encrypted_files,
+        parts.join(", ")
+    );
+    if !t.signers.is_empty() {
+        let signers: Vec<&str> = t.signers.iter().map(String::as_str).collect();
+        print!(" (by {})", signers.join(", "));
+    }
+    println!();
+}
 
 fn print_sync(r: &sync::SyncReport) {
     if let Some(t) = &r.recovered {
@@ -227,6 +287,9 @@ fn print_sync(r: &sync::SyncReport) {
             r.seconds,
             human_bytes(r.bytes_read)
         );
+    }
+    if let Some(t) = &r.signatures {
+        print_signatures(t);
     }
 }
 
@@ -341,6 +404,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             quiet,
             names,
+            crypto,
         } => {
             let report = sync::sync(&sync::SyncOptions {
                 source,
@@ -352,7 +416,7 @@ fn run(cli: Cli) -> Result<()> {
                 adopt,
                 wait,
                 durable: !no_fsync,
-                repo: names.repo_options(),
+                repo: names.repo_options(Some(&crypto))?,
             })?;
             if json {
                 print_json(&report)?;
@@ -369,6 +433,7 @@ fn run(cli: Cli) -> Result<()> {
             no_fsync,
             json,
             names,
+            crypto,
         } => {
             let report = verify::verify(&verify::VerifyOptions {
                 source,
@@ -377,7 +442,7 @@ fn run(cli: Cli) -> Result<()> {
                 repair,
                 quick,
                 durable: !no_fsync,
-                repo: names.repo_options(),
+                repo: names.repo_options(Some(&crypto))?,
             })?;
             if json {
                 print_json(&report)?;
@@ -407,7 +472,7 @@ fn run(cli: Cli) -> Result<()> {
                 &source,
                 dest.as_deref(),
                 state_dir.as_deref(),
-                &names.repo_options(),
+                &names.repo_options(None)?,
             )?;
             if json {
                 print_json(&report)?;
@@ -419,9 +484,11 @@ fn run(cli: Cli) -> Result<()> {
             source,
             time,
             names,
+            crypto,
         } => {
+            let repo = names.repo_options(Some(&crypto))?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls::list(&source, time.as_deref(), &names.repo_options(), |e| {
+            ls::list(&source, time.as_deref(), &repo, |e| {
                 out.write_all(&e.index.to_bytes())?;
                 out.write_all(b"\n")?;
                 Ok(())

@@ -7,6 +7,7 @@
 use super::{open_repository, resolve_time};
 use crate::apply::journal;
 use crate::apply::{fsops, ApplyMode, ApplyStats, SetApplier};
+use crate::crypto::SignatureTally;
 use crate::filter::PathFilter;
 use crate::plan::{Plan, Step};
 use crate::repair::{self, RepairStats};
@@ -73,6 +74,8 @@ pub struct SyncReport {
     pub sets: Vec<SetReport>,
     pub bytes_read: u64,
     pub seconds: f64,
+    /// Signatures of the encrypted files this run read (none read: `None`).
+    pub signatures: Option<SignatureTally>,
 }
 
 fn is_empty_or_missing(dest: &Path) -> Result<bool> {
@@ -158,10 +161,20 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .collect(),
         bytes_read: 0,
         seconds: 0.0,
+        signatures: None,
+    };
+    let finish = |mut report: SyncReport| {
+        report.seconds = started.elapsed().as_secs_f64();
+        report.signatures = opts
+            .repo
+            .decryptor
+            .as_ref()
+            .map(|d| d.signatures())
+            .filter(|t| t.encrypted_files > 0);
+        Ok(report)
     };
     if opts.dry_run {
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
+        return finish(report);
     }
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let target = MirrorState::new(
@@ -187,8 +200,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    finish(report)
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.
