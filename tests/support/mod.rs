@@ -13,6 +13,7 @@
 //! release build); `DUPMIRROR_TEST_TIMEOUT` (seconds, default 300) bounds each dupmirror run.
 #![allow(dead_code, unused_imports)]
 
+pub mod gpg;
 pub mod json;
 pub mod scenario;
 pub mod tree;
@@ -221,8 +222,21 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    dupmirror_env(args, &[])
+}
+
+/// Run the dupmirror binary under test with extra environment. gpg's `PASSPHRASE` and
+/// `GNUPGHOME` come only from `env`, never from the environment the tests run in.
+pub fn dupmirror_env<I, S>(args: I, env: &[(OsString, OsString)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(dupmirror_bin());
-    cmd.args(args);
+    cmd.args(args)
+        .env_remove("PASSPHRASE")
+        .env_remove("GNUPGHOME");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     run_with_timeout(cmd, timeout())
 }
 
@@ -396,8 +410,12 @@ pub struct Lab {
     pub backup_opts: Vec<OsString>,
     /// Options for every upstream command on the repository (file prefixes).
     pub repo_opts: Vec<OsString>,
-    /// Extra environment for upstream (TZ for `--old-filenames`).
+    /// Extra environment for upstream (TZ for `--old-filenames`; gpg's home and passphrase).
     pub env: Vec<(OsString, OsString)>,
+    /// Encryption options for every upstream command (default `--no-encryption`).
+    pub crypt_opts: Vec<OsString>,
+    /// Environment for dupmirror in the scenario driver (gpg's home and passphrase).
+    pub dupmirror_env: Vec<(OsString, OsString)>,
     /// Backup times made so far, in order.
     pub times: Vec<i64>,
     pub fs: Fs,
@@ -424,6 +442,8 @@ impl Lab {
             backup_opts: Vec::new(),
             repo_opts: Vec::new(),
             env: Vec::new(),
+            crypt_opts: vec![os("--no-encryption")],
+            dupmirror_env: Vec::new(),
             times: Vec::new(),
             fs: Fs::new(&src),
             seq: Cell::new(0),
@@ -445,6 +465,12 @@ impl Lab {
         self
     }
 
+    /// Encrypt (and decrypt) with these upstream options instead of `--no-encryption`.
+    pub fn encryption(mut self, opts: &[&str]) -> Self {
+        self.crypt_opts = opts.iter().map(os).collect();
+        self
+    }
+
     pub fn url(&self) -> String {
         format!("file://{}", self.repo.display())
     }
@@ -463,8 +489,8 @@ impl Lab {
         })];
         a.extend(self.backup_opts.iter().cloned());
         a.extend(self.repo_opts.iter().cloned());
+        a.extend(self.crypt_opts.iter().cloned());
         a.extend([
-            os("--no-encryption"),
             os("--current-time"),
             os(time.to_string()),
             os("--archive-dir"),
@@ -499,8 +525,8 @@ impl Lab {
         let mut a = vec![os("restore")];
         a.extend(self.repo_opts.iter().cloned());
         a.extend(extra.iter().map(os));
+        a.extend(self.crypt_opts.iter().cloned());
         a.extend([
-            os("--no-encryption"),
             os("--time"),
             os(time.to_string()),
             os("--archive-dir"),
@@ -522,8 +548,8 @@ impl Lab {
         let arch = self.fresh("la");
         let mut a = vec![os("list-current-files")];
         a.extend(self.repo_opts.iter().cloned());
+        a.extend(self.crypt_opts.iter().cloned());
         a.extend([
-            os("--no-encryption"),
             os("--time"),
             os(time.to_string()),
             os("--archive-dir"),
@@ -643,6 +669,16 @@ pub struct Host {
 impl Host {
     /// `dupmirror sync SOURCE DEST --state-dir S EXTRA...`
     pub fn sync(&self, source: impl AsRef<OsStr>, extra: &[&str]) -> Run {
+        self.sync_env(source, extra, &[])
+    }
+
+    /// `sync` with extra environment for dupmirror (see [`dupmirror_env`]).
+    pub fn sync_env(
+        &self,
+        source: impl AsRef<OsStr>,
+        extra: &[&str],
+        env: &[(OsString, OsString)],
+    ) -> Run {
         let mut a = vec![
             os("sync"),
             os(source),
@@ -651,7 +687,7 @@ impl Host {
             os(&self.state),
         ];
         a.extend(extra.iter().map(os));
-        dupmirror(a)
+        dupmirror_env(a, env)
     }
 
     pub fn tree(&self) -> Tree {

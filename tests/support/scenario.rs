@@ -58,7 +58,8 @@ impl Outcome {
             self.what,
             self.lab.dup.label()
         );
-        host.sync(&self.lab.repo, &opts).assert_ok(&ctx);
+        host.sync_env(&self.lab.repo, &opts, &self.lab.dupmirror_env)
+            .assert_ok(&ctx);
         oracle.assert_same(&host.tree(), Compare::default(), &ctx);
         remove_tree(&host.dir);
     }
@@ -118,7 +119,9 @@ pub fn run_sampled(
         };
         let ctx = format!("{what} [{label}]: incremental host, sync after step {k} (time {time})");
         let clock = std::time::Instant::now();
-        inc_host.sync(&source_arg, sync_opts).assert_ok(&ctx);
+        inc_host
+            .sync_env(&source_arg, sync_opts, &lab.dupmirror_env)
+            .assert_ok(&ctx);
         if std::env::var_os("DUPMIRROR_TEST_TIMING").is_some() {
             eprintln!(
                 "timing: {what} [{label}] step {k}: backup {backup_s:.2}s, restore \
@@ -138,14 +141,17 @@ pub fn run_sampled(
     // Nothing new: exit 0 and DEST untouched.
     let ctx = format!("{what} [{label}]: incremental host, second sync with nothing new");
     let before = inc_host.tree();
-    inc_host.sync(lab.url(), sync_opts).assert_ok(&ctx);
+    inc_host
+        .sync_env(lab.url(), sync_opts, &lab.dupmirror_env)
+        .assert_ok(&ctx);
     before.assert_same(&inc_host.tree(), cmp, &ctx);
 
     // Late host: every set in one run.
     let (last_time, last) = oracles.last().expect("at least one step");
     let late = lab.host("l");
     let ctx = format!("{what} [{label}]: late host, one sync at the end (time {last_time})");
-    late.sync(&lab.repo, sync_opts).assert_ok(&ctx);
+    late.sync_env(&lab.repo, sync_opts, &lab.dupmirror_env)
+        .assert_ok(&ctx);
     last.assert_same(&late.tree(), cmp, &ctx);
     assert_eq!(
         late.strays(),
@@ -163,7 +169,8 @@ pub fn run_sampled(
         let mut opts = sync_opts.to_vec();
         opts.extend(["--time", targ.as_str()]);
         let ctx = format!("{what} [{label}]: fresh host, sync --time {targ} (step {k})");
-        host.sync(&lab.repo, &opts).assert_ok(&ctx);
+        host.sync_env(&lab.repo, &opts, &lab.dupmirror_env)
+            .assert_ok(&ctx);
         oracle.assert_same(&host.tree(), cmp, &ctx);
         remove_tree(&host.dir);
     }
