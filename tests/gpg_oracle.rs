@@ -162,11 +162,43 @@ fn signed(v: Version) {
         &["--sign-key", short],
         steps(),
     );
-    let report = sync_json(&out.lab, &["--sign-key", &fpr], &host_home.env(Some(PASS)));
+    let env = host_home.env(Some(PASS));
+    let report = sync_json(&out.lab, &["--sign-key", &fpr], &env);
     let sigs = &report["signatures"];
     assert!(sigs["encrypted_files"].as_u64().unwrap() >= 8, "{sigs}");
     assert_eq!(sigs["signed"], sigs["encrypted_files"], "{sigs}");
     assert_eq!(sigs["signers"], serde_json::json!([fpr]), "{sigs}");
+
+    // verify reads the encrypted signature files, and --repair the volumes, under the same
+    // signature rule.
+    let lab = &out.lab;
+    let host = lab.host("v");
+    host.sync_env(&lab.repo, &["--sign-key", short], &env)
+        .assert_ok("sync before verify");
+    fs::write(host.dest.join("a.txt"), b"edited on the host\n").unwrap();
+    let verify = |extra: &[&str], env: &[(OsString, OsString)]| {
+        let mut a = vec![
+            "verify",
+            gpg::path_str(&lab.repo),
+            gpg::path_str(&host.dest),
+            "--state-dir",
+            gpg::path_str(&host.state),
+            "--sign-key",
+            short,
+        ];
+        a.extend(extra);
+        dupmirror_env(a, env)
+    };
+    verify(&[], &env).assert_refused("verify of an edited file", &["differs"]);
+    verify(&["--repair"], &host_home.env(None))
+        .assert_refused("verify --repair without passphrase", &["passphrase"]);
+    verify(&["--repair"], &env).assert_ok("verify --repair");
+    let (last, oracle) = out.oracles.last().unwrap();
+    oracle.assert_same(
+        &host.tree(),
+        Compare::default(),
+        &format!("after verify --repair, at {last}"),
+    );
 }
 
 #[test]
