@@ -72,6 +72,8 @@ fn encrypted_testdata_syncs_to_every_time() {
         .assert_ok(&ctx);
         tree.assert_same(&host.tree(), compare(), &ctx);
     }
+    // status reads only names: no passphrase needed.
+    dupmirror_env(["status", path_str(&repo)], &home.env(None)).assert_ok("status");
     // One host moving forward, passphrase from PASSPHRASE.
     let host = host_at("m");
     for (time, tree) in expected() {
