@@ -11,6 +11,8 @@
 //!
 //! Other knobs: `DUPMIRROR_TEST_BIN` runs the suite against another dupmirror binary (e.g. a
 //! release build); `DUPMIRROR_TEST_TIMEOUT` (seconds, default 300) bounds each dupmirror run.
+//! dupmirror never inherits `PASSPHRASE` or `GNUPGHOME` from the tests' environment: the
+//! encryption tests give it their own (`gpg`).
 #![allow(dead_code, unused_imports)]
 
 pub mod gpg;
