@@ -11,7 +11,7 @@ set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity libgpgme-dev gnupg rsync nginx-light python3-pyftpdlib pigz)
+APT_PACKAGES=(duplicity libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib pigz)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
