@@ -3,7 +3,8 @@
 # installs the build dependencies it lacks, builds dupmirror, then mirrors the small
 # duplicity repository committed in testdata/repos/gz-08 (a full and three incrementals
 # written by duplicity 0.8.22) the way a mirror host would: an early first sync, a run
-# that catches up, a "nothing new" poll, a verify, and a repair of a damaged file.
+# that catches up, a "nothing new" poll, a verify, and a repair of a damaged file; then an
+# encrypted repository (testdata/encrypted, symmetric gpg, test passphrase in a file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,9 @@ cargo build --release --quiet
 dm=target/release/dupmirror
 repo=testdata/repos/gz-08
 work=$(mktemp -d /tmp/dupmirror-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# A private, short GNUPGHOME (gpg-agent's socket lives in it), stopped on exit.
+export GNUPGHOME=$(mktemp -d /tmp/g.XXXXXX)
+trap 'gpgconf --homedir "$GNUPGHOME" --kill gpg-agent 2>/dev/null; rm -rf "$work" "$GNUPGHOME"' EXIT
 dest=$work/mirror
 
 run() { echo "\$ dupmirror $*" | sed "s|$work|\$WORK|g"; "$dm" "$@" 2>&1 | sed "s|$work|\$WORK|g"; echo; }
@@ -40,3 +43,7 @@ run verify "$repo" "$dest" || true
 run verify "$repo" "$dest" --repair
 echo "== the mirrored tree (dupmirror's state lives beside it, in .mirror.dupmirror)"
 (cd "$dest" && find . | sort)
+echo
+echo "== an encrypted repository: decrypted as a stream through gpg (gpgme)"
+run sync testdata/encrypted/repo "$work/encrypted" --passphrase-file testdata/encrypted/passphrase
+run verify testdata/encrypted/repo "$work/encrypted" --passphrase-file testdata/encrypted/passphrase
