@@ -15,6 +15,7 @@
 //! encryption tests give it their own (`gpg`).
 #![allow(dead_code, unused_imports)]
 
+pub mod forge;
 pub mod gpg;
 pub mod json;
 pub mod scenario;
