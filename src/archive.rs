@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
 use anyhow::{Context, Result};
+use std::borrow::Cow;
 use std::io::Read;
 
 /// What a record says about its path.
@@ -113,19 +114,150 @@ pub fn parse_entry_name(raw: &[u8]) -> Result<EntryName, Error> {
     Ok(EntryName { kind, index, chunk })
 }
 
-fn pax_value<R: Read>(entry: &mut tar::Entry<R>, key: &[u8]) -> Option<Vec<u8>> {
-    let pax = entry.pax_extensions().ok()??;
-    pax.filter_map(|e| e.ok())
-        .find(|e| e.key_bytes() == key)
-        .map(|e| e.value_bytes().to_vec())
+/// Extension headers are read into memory. Duplicity's PAX records and GNU long names are a
+/// few KiB at most; a larger one is refused before it is read, so a hostile volume cannot
+/// make dupmirror buffer gigabytes (a gzip bomb behind a header declaring a huge size).
+pub const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+/// What the extension headers before an entry (PAX `x`, GNU `L`/`K`) said about it.
+#[derive(Debug, Default)]
+pub struct Extensions {
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    fn pax(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn pax_number(&self, key: &[u8]) -> Option<u64> {
+        std::str::from_utf8(self.pax(key)?).ok()?.parse().ok()
+    }
+
+    /// The entry's full name: PAX `path`, else a GNU long name, else the ustar fields (§4.2).
+    pub fn path<'a>(&'a self, header: &'a tar::Header) -> Cow<'a, [u8]> {
+        match (self.pax(b"path"), &self.long_name) {
+            (Some(p), _) => Cow::Borrowed(p),
+            (None, Some(n)) => Cow::Borrowed(n),
+            (None, None) => header.path_bytes(),
+        }
+    }
+
+    /// The symlink target: PAX `linkpath`, else a GNU long link, else the ustar field.
+    pub fn link<'a>(&'a self, header: &'a tar::Header) -> Option<Cow<'a, [u8]>> {
+        match (self.pax(b"linkpath"), &self.long_link) {
+            (Some(p), _) => Some(Cow::Borrowed(p)),
+            (None, Some(n)) => Some(Cow::Borrowed(n)),
+            (None, None) => header.link_name_bytes(),
+        }
+    }
+}
+
+fn read_extension<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<u8>> {
+    let size = entry
+        .header()
+        .entry_size()
+        .context("reading a tar header")?;
+    if size > MAX_EXTENSION_HEADER {
+        return Err(Error::corrupt(format!(
+            "a tar extension header declares {size} bytes (duplicity writes a few KiB at most); \
+             refusing to read it"
+        ))
+        .into());
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut data)
+        .context("reading a tar extension header")?;
+    if (data.len() as u64) < size {
+        return Err(Error::corrupt("the volume ends inside a tar extension header").into());
+    }
+    Ok(data)
+}
+
+/// A GNU long name is NUL-terminated (before 0.6.16 its size excluded the NUL).
+fn cut_at_nul(mut v: Vec<u8>) -> Vec<u8> {
+    if let Some(i) = v.iter().position(|&b| b == 0) {
+        v.truncate(i);
+    }
+    v
+}
+
+/// The next entry of a tar stream read in raw mode, with the extension headers before it
+/// applied. Reading the extensions here, not in the tar crate, bounds their size.
+pub fn next_entry<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+) -> Result<Option<(tar::Entry<'a, R>, Extensions)>> {
+    let mut ext = Extensions::default();
+    let mut seen_pax = false;
+    let mut pending = false;
+    for entry in entries.by_ref() {
+        let mut entry = entry.context("reading a tar header")?;
+        let et = entry.header().entry_type();
+        let twice = |what: &str| Error::corrupt(format!("two {what} headers for one tar entry"));
+        if et.is_pax_local_extensions() {
+            if seen_pax {
+                return Err(twice("PAX").into());
+            }
+            let data = read_extension(&mut entry)?;
+            for rec in tar::PaxExtensions::new(&data) {
+                let rec =
+                    rec.map_err(|e| Error::corrupt(format!("a PAX header is malformed: {e}")))?;
+                ext.pax
+                    .push((rec.key_bytes().to_vec(), rec.value_bytes().to_vec()));
+            }
+            seen_pax = true;
+            pending = true;
+        } else if et.is_gnu_longname() {
+            if ext.long_name.is_some() {
+                return Err(twice("GNU long name").into());
+            }
+            ext.long_name = Some(cut_at_nul(read_extension(&mut entry)?));
+            pending = true;
+        } else if et.is_gnu_longlink() {
+            if ext.long_link.is_some() {
+                return Err(twice("GNU long link").into());
+            }
+            ext.long_link = Some(cut_at_nul(read_extension(&mut entry)?));
+            pending = true;
+        } else if et.is_pax_global_extensions() {
+            // Global headers carry nothing duplicity uses.
+            ext = Extensions::default();
+            (seen_pax, pending) = (false, false);
+        } else {
+            if let Some(size) = ext.pax(b"size") {
+                // Duplicity splits data into 64 KiB chunks, so it never needs a PAX size; the
+                // tar stream is framed by the header's size field in raw mode.
+                let header_size = entry.header().entry_size().ok();
+                if std::str::from_utf8(size).ok().and_then(|s| s.parse().ok()) != header_size {
+                    return Err(Error::corrupt(
+                        "a PAX size record disagrees with its tar header; duplicity never writes one",
+                    )
+                    .into());
+                }
+            }
+            return Ok(Some((entry, ext)));
+        }
+    }
+    if pending {
+        return Err(Error::corrupt("the tar stream ends after an extension header").into());
+    }
+    Ok(None)
 }
 
 /// Reads the metadata of a tar entry.
-pub fn entry_metadata<R: Read>(entry: &mut tar::Entry<R>, kind: RecordKind) -> Result<Metadata> {
-    let uname = pax_value(entry, b"uname");
-    let gname = pax_value(entry, b"gname");
+pub fn entry_metadata<R: Read>(
+    entry: &mut tar::Entry<R>,
+    ext: &Extensions,
+    kind: RecordKind,
+) -> Result<Metadata> {
     let h = entry.header();
-    let what = || format!("entry {:?}", String::from_utf8_lossy(&entry.path_bytes()));
+    let what = || format!("entry {:?}", String::from_utf8_lossy(&ext.path(h)));
     let et = h.entry_type();
     let device = |h: &tar::Header| -> Result<(u32, u32)> {
         Ok((
@@ -140,8 +272,8 @@ pub fn entry_metadata<R: Read>(entry: &mut tar::Entry<R>, kind: RecordKind) -> R
         } else if et.is_dir() {
             FileType::Dir
         } else if et.is_symlink() {
-            let target = entry
-                .link_name_bytes()
+            let target = ext
+                .link(h)
                 .ok_or_else(|| Error::corrupt(format!("{}: symlink without a target", what())))?;
             FileType::Symlink(target.into_owned())
         } else if et.is_fifo() {
@@ -166,16 +298,29 @@ pub fn entry_metadata<R: Read>(entry: &mut tar::Entry<R>, kind: RecordKind) -> R
             ))
             .into());
         };
-    let h = entry.header();
     let num = |r: std::io::Result<u64>| r.with_context(what);
     let id = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let uid = match ext.pax_number(b"uid") {
+        Some(v) => v,
+        None => num(h.uid())?,
+    };
+    let gid = match ext.pax_number(b"gid") {
+        Some(v) => v,
+        None => num(h.gid())?,
+    };
+    let name_field = |key: &[u8], field: Option<&[u8]>| {
+        ext.pax(key)
+            .or(field)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    };
     Ok(Metadata {
         file_type,
         mode: num(h.mode().map(u64::from))? as u32 & 0o7777,
-        uid: id(num(h.uid())?),
-        gid: id(num(h.gid())?),
-        uname: uname.unwrap_or_else(|| h.username_bytes().unwrap_or_default().to_vec()),
-        gname: gname.unwrap_or_else(|| h.groupname_bytes().unwrap_or_default().to_vec()),
+        uid: id(uid),
+        gid: id(gid),
+        uname: name_field(b"uname", h.username_bytes()),
+        gname: name_field(b"gname", h.groupname_bytes()),
         // Negative (base-256) or absurd mtimes cannot come from duplicity, which clamps
         // negative times to 0; treat any unreadable mtime as 0 too.
         mtime: h
@@ -184,6 +329,41 @@ pub fn entry_metadata<R: Read>(entry: &mut tar::Entry<R>, kind: RecordKind) -> R
             .and_then(|t| i64::try_from(t).ok())
             .unwrap_or(0),
     })
+}
+
+/// Counts the bytes a sink reads from an entry, so that an entry the volume cuts short is
+/// caught (the tar crate just stops giving data when its input ends).
+struct Counted<'r> {
+    inner: &'r mut dyn Read,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hands an entry's data to the sink and checks that all of it was there.
+fn pass_data<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    index: &PathIndex,
+    sink: &mut dyn RecordSink,
+) -> Result<()> {
+    let size = entry.size();
+    let mut counted = Counted { inner: entry, n: 0 };
+    sink.data(&mut counted)?;
+    std::io::copy(&mut counted, &mut std::io::sink()).context("reading the volume")?;
+    if counted.n < size {
+        return Err(Error::corrupt(format!(
+            "the volume ends inside the data of {index}: {} of {size} bytes (truncated tar)",
+            counted.n
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Turns the tar entries of a set's volumes, in order, into records.
@@ -208,15 +388,13 @@ impl RecordStream {
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
         let mut archive = tar::Archive::new(tar_stream);
-        let entries = archive.entries().context("reading the tar stream")?;
-        for entry in entries {
-            let mut entry = entry.context("reading a tar header")?;
-            let et = entry.header().entry_type();
-            if et.is_pax_global_extensions() {
-                continue;
-            }
-            let name = parse_entry_name(&entry.path_bytes())?;
-            self.entry(name, &mut entry, sink)?;
+        let mut entries = archive
+            .entries()
+            .context("reading the tar stream")?
+            .raw(true);
+        while let Some((mut entry, ext)) = next_entry(&mut entries)? {
+            let name = parse_entry_name(&ext.path(entry.header()))?;
+            self.entry(name, &mut entry, &ext, sink)?;
         }
         Ok(())
     }
@@ -225,11 +403,12 @@ impl RecordStream {
         &mut self,
         name: EntryName,
         entry: &mut tar::Entry<R>,
+        ext: &Extensions,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
         if let (Some(_), Some((index, kind, _))) = (name.chunk, &self.open) {
             if *index == name.index && *kind == name.kind {
-                return sink.data(entry);
+                return pass_data(entry, &name.index, sink);
             }
         }
         self.close(sink)?;
@@ -247,7 +426,7 @@ impl RecordStream {
             }
         }
         self.last = Some(name.index.clone());
-        let meta = entry_metadata(entry, name.kind)?;
+        let meta = entry_metadata(entry, ext, name.kind)?;
         let record = Record {
             index: name.index.clone(),
             kind: name.kind,
@@ -258,7 +437,7 @@ impl RecordStream {
         let has_data = matches!(name.kind, RecordKind::Diff | RecordKind::Signature)
             || (name.kind == RecordKind::Snapshot && record.meta.is_regular());
         if has_data {
-            sink.data(entry)?;
+            pass_data(entry, &name.index, sink)?;
         }
         if name.chunk.is_some() {
             self.open = Some((name.index, name.kind, true));

@@ -281,6 +281,11 @@ impl NameParser {
             if (set == SetKind::Inc) != start_time.is_some() {
                 return None;
             }
+            // An incremental ends after the set it builds on; one that does not cannot come
+            // from duplicity, and linking it would make a chain run backwards in time.
+            if start_time.is_some_and(|start| end_time <= start) {
+                return None;
+            }
             let partial = c.name("partial").map(|m| m.as_str());
             let enc = c.name("enc").map(|m| m.as_str());
             // Short names use `.p`, `.z`, `.g`; long names `.part`, `.gz`, `.gpg`.
@@ -374,6 +379,13 @@ mod tests {
             "duplicity-full.20261126T164229Z.vol1.difftar.gz.tmp",
             "duplicity-full.garbage.vol1.difftar.gz",
             "duplicity-full.29991126T164229Z.vol1.difftar.gz",
+            // Impossible times: an incremental ending before or when it starts, non-ASCII
+            // where the digits belong (this one used to panic).
+            "duplicity-inc.20261126T164229Z.to.20261126T164228Z.manifest",
+            "duplicity-inc.20261126T164229Z.to.20261126T164229Z.vol1.difftar.gz",
+            "duplicity-full.aaa\u{e9}aaaT123456Z.manifest",
+            "duplicity-full.20231399T120000Z.manifest",
+            "duplicity-full.20231114T250000Z.manifest",
             "lockfile",
             "README",
         ] {

@@ -128,8 +128,12 @@ impl Repository {
             }
             let mut reader = self.reader(file, sha1)?;
             let parsed = stream.read_volume(&mut reader, sink);
-            // The file's own verdict (hash, decoding) explains a parse error best.
-            reader.finish()?;
+            // The file's own verdict (hash, decoding) explains a parse error best. After a
+            // parse error the rest is hashed but not decoded (it may be a gzip bomb).
+            match parsed {
+                Ok(()) => reader.finish()?,
+                Err(_) => reader.abandon()?,
+            }
             parsed.with_context(|| format!("volume {}", file.name))?;
         }
         stream.close(sink)

@@ -7,7 +7,7 @@
 //! `ls` prints, and what `verify` compares DEST with. The merge streams: one tar reader per
 //! file, advanced together, so memory does not grow with the tree.
 
-use crate::archive::{entry_metadata, parse_entry_name, RecordKind};
+use crate::archive::{entry_metadata, next_entry as next_tar_entry, parse_entry_name, RecordKind};
 use crate::collection::BackupSet;
 use crate::index::PathIndex;
 use crate::meta::Metadata;
@@ -38,36 +38,35 @@ fn next_entry(
     with_signatures: bool,
     name: &str,
 ) -> Result<Option<SigEntry>> {
-    for entry in entries.by_ref() {
-        let mut entry = entry.with_context(|| format!("reading {name}"))?;
-        if entry.header().entry_type().is_pax_global_extensions() {
-            continue;
-        }
-        let parsed = parse_entry_name(&entry.path_bytes()).with_context(|| format!("in {name}"))?;
-        if parsed.kind == RecordKind::Diff || parsed.chunk.is_some() {
-            return Err(anyhow!(
-                "{name}: unexpected entry {:?} in a signature file",
-                parsed.index
-            ));
-        }
-        let meta = entry_metadata(&mut entry, parsed.kind)?;
-        let signature = if with_signatures && parsed.kind == RecordKind::Signature {
-            let mut sig = Vec::new();
-            entry
-                .read_to_end(&mut sig)
-                .with_context(|| format!("reading {name}"))?;
-            Some(sig)
-        } else {
-            None
-        };
-        return Ok(Some(SigEntry {
-            index: parsed.index,
-            kind: parsed.kind,
-            meta,
-            signature,
-        }));
+    let Some((mut entry, ext)) =
+        next_tar_entry(entries).with_context(|| format!("reading {name}"))?
+    else {
+        return Ok(None);
+    };
+    let parsed =
+        parse_entry_name(&ext.path(entry.header())).with_context(|| format!("in {name}"))?;
+    if parsed.kind == RecordKind::Diff || parsed.chunk.is_some() {
+        return Err(anyhow!(
+            "{name}: unexpected entry {:?} in a signature file",
+            parsed.index
+        ));
     }
-    Ok(None)
+    let meta = entry_metadata(&mut entry, &ext, parsed.kind)?;
+    let signature = if with_signatures && parsed.kind == RecordKind::Signature {
+        let mut sig = Vec::new();
+        entry
+            .read_to_end(&mut sig)
+            .with_context(|| format!("reading {name}"))?;
+        Some(sig)
+    } else {
+        None
+    };
+    Ok(Some(SigEntry {
+        index: parsed.index,
+        kind: parsed.kind,
+        meta,
+        signature,
+    }))
 }
 
 /// Walks the merged signature chain of `sets` (a full and its incrementals, in order),
@@ -95,7 +94,7 @@ pub fn merge_chain(
         .collect::<Result<_>>()?;
     let mut streams: Vec<tar::Entries<'_, VolumeReader>> = archives
         .iter_mut()
-        .map(|a| a.entries().map_err(Into::into))
+        .map(|a| a.entries().map(|e| e.raw(true)).map_err(Into::into))
         .collect::<Result<_>>()?;
     let mut heads: Vec<Option<SigEntry>> = Vec::new();
     for (s, f) in streams.iter_mut().zip(&files) {

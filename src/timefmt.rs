@@ -31,6 +31,11 @@ fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
 /// (`Z` or `±HH<sep>MM`) whose clock fields are separated by `sep` (`:` unless the user
 /// passed duplicity's `--time-separator`).
 pub fn parse_name_time(s: &str, sep: char) -> Option<Epoch> {
+    // Every valid form is ASCII; checking first keeps the byte slicing below on character
+    // boundaries whatever a hostile file name holds.
+    if !s.is_ascii() {
+        return None;
+    }
     let s = s.to_ascii_uppercase();
     if s.len() == 16 && s.as_bytes()[8] == b'T' && s.ends_with('Z') {
         return fields_to_epoch(
@@ -196,6 +201,20 @@ mod tests {
         assert_eq!(parse_name_time("20121331T120000Z", ':'), None);
         assert_eq!(parse_name_time("garbage", ':'), None);
         assert_eq!(parse_name_time("29991231T120000Z", ':'), None);
+    }
+
+    /// Regression: a name with a multi-byte character where the digits should be made the
+    /// byte slicing panic (found by the faults_input test and the `names` fuzz target).
+    #[test]
+    fn non_ascii_times_are_refused_not_a_panic() {
+        assert_eq!(parse_name_time("aaa\u{e9}aaaT123456Z", ':'), None);
+        assert_eq!(
+            parse_name_time("\u{e9}\u{e9}\u{e9}\u{e9}T12345Z", ':'),
+            None
+        );
+        assert_eq!(parse_name_time("2002-08-18T00:04:30-07:0\u{e9}", ':'), None);
+        assert_eq!(parse_name_time("2002-08-18T00:04:\u{e9}", ':'), None);
+        assert!(parse_user_time("aaa\u{e9}aaaT123456Z", 0).is_err());
     }
 
     #[test]

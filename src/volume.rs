@@ -13,7 +13,9 @@ use crate::naming::Encoding;
 use anyhow::{anyhow, Result};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 const BUF_SIZE: usize = 256 * 1024;
@@ -39,6 +41,8 @@ enum Msg {
 /// Decoded bytes of one repository file, produced on a helper thread.
 pub struct VolumeReader {
     rx: Receiver<Msg>,
+    /// Tells the helper thread to stop decoding (the caller gave up on the content).
+    stop: Arc<AtomicBool>,
     buf: Vec<u8>,
     pos: usize,
     verdict: Option<Result<()>>,
@@ -101,20 +105,31 @@ impl Drop for HashingReader {
 impl VolumeReader {
     pub fn spawn(src: VolumeSource, decryptor: Option<std::sync::Arc<dyn Decryptor>>) -> Self {
         let (tx, rx) = sync_channel(BUFS_IN_FLIGHT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("volume-decode".into())
             .spawn(move || {
-                let verdict = decode(src, decryptor, &tx);
+                let verdict = decode(src, decryptor, &tx, &stop_flag);
                 let _ = tx.send(Msg::Done(verdict));
             })
             .expect("spawning a thread");
         VolumeReader {
             rx,
+            stop,
             buf: Vec::new(),
             pos: 0,
             verdict: None,
             thread: Some(thread),
         }
+    }
+
+    /// Gives up on the content after a parse error: stops decoding at once (a hostile volume
+    /// may inflate to gigabytes), still hashes the rest of the stored file, and returns the
+    /// verdict (a hash mismatch explains a parse error best).
+    pub fn abandon(self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.finish()
     }
 
     /// Reads the rest of the file and returns whether it was whole and hashed right.
@@ -162,6 +177,7 @@ fn decode(
     src: VolumeSource,
     decryptor: Option<std::sync::Arc<dyn Decryptor>>,
     tx: &SyncSender<Msg>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let (report_tx, report_rx) = std::sync::mpsc::channel();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
@@ -191,7 +207,7 @@ fn decode(
                 ))
             }
         };
-        pump(&mut plain, tx).map_err(|e| match src.encoding {
+        pump(&mut plain, tx, stop).map_err(|e| match src.encoding {
             Encoding::Gzip => {
                 let io_kind = e.downcast_ref::<io::Error>().map(|e| e.kind());
                 if io_kind == Some(io::ErrorKind::UnexpectedEof)
@@ -228,8 +244,11 @@ fn decode(
     decoded.map_err(|e| anyhow!("{name}: {e:#}"))
 }
 
-fn pump(r: &mut dyn Read, tx: &SyncSender<Msg>) -> Result<()> {
+fn pump(r: &mut dyn Read, tx: &SyncSender<Msg>, stop: &AtomicBool) -> Result<()> {
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut buf = vec![0u8; BUF_SIZE];
         let mut filled = 0;
         while filled < BUF_SIZE {
