@@ -334,6 +334,48 @@ fn move_tree(tree: &Path, dest: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Regression (oracle tests edge_types and subtree_deleted_and_recreated, and the crash
+    /// harness's dir-to-symlink step): a directory
+    /// that became a symlink left `T`/`A` lines for its old subdirectories, and replaying
+    /// them refused the path below the new symlink, so the committed journal failed on
+    /// every run and DEST stayed half-updated. They must be skipped, and never followed.
+    #[test]
+    fn fixes_below_a_new_symlink_are_skipped_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let (dest, outside) = (d.path().join("dest"), d.path().join("outside"));
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("was_dir")).unwrap();
+        fsops::set_mtime(&outside.join("sub"), 1000).unwrap();
+        let index = PathIndex::from_bytes(b"was_dir/sub");
+        let ops = [
+            Op::Mtime {
+                index: index.clone(),
+                mtime: 5,
+            },
+            Op::Attrs {
+                index,
+                attrs: Attrs {
+                    mode: 0o700,
+                    owner: None,
+                    mtime: 5,
+                    symlink: false,
+                },
+            },
+        ];
+        for op in ops {
+            execute(&op, d.path(), &dest).unwrap();
+        }
+        let m = fs::metadata(outside.join("sub")).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(m.mtime(), 1000, "the mtime was set through the symlink");
+        assert_ne!(
+            m.permissions().mode() & 0o7777,
+            0o700,
+            "chmod through the symlink"
+        );
+    }
+
     #[test]
     fn ops_round_trip() {
         let ops = [
