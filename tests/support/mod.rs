@@ -18,6 +18,7 @@
 pub mod forge;
 pub mod gpg;
 pub mod json;
+pub mod kill;
 pub mod scenario;
 pub mod tree;
 
