@@ -196,7 +196,19 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 )));
             }
         };
-        set_report.applied = Some(applier.commit(&state_dir)?);
+        let stats = match applier.commit(&state_dir) {
+            Ok(stats) => stats,
+            Err(e) => {
+                // Without a journal the commit point was not reached (e.g. the journal could
+                // not be written or renamed): DEST is unchanged, and staging goes as above.
+                // With one, the staging it points to must stay for the next run's replay.
+                if !state_dir.journal_path().exists() {
+                    let _ = fsops::remove_any(state_dir.staging());
+                }
+                return Err(e);
+            }
+        };
+        set_report.applied = Some(stats);
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
