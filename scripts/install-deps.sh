@@ -3,7 +3,8 @@
 # only Rust. Idempotent: a rerun on a prepared machine skips apt and pip and takes a second.
 # Runs as root (or with sudo available).
 #
-#   apt: duplicity (upstream 0.8.22, the oracle; brings python3 and rsync), libgpgme-dev (for
+#   apt: duplicity (upstream 0.8.22, the oracle; brings python3 and rsync), strace (the crash and
+#        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
 #        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
 #        tests), pigz
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
@@ -11,7 +12,7 @@ set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib pigz)
+APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib pigz)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

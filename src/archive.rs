@@ -460,6 +460,111 @@ impl RecordStream {
 mod tests {
     use super::*;
 
+    /// A ustar header block (name, typeflag, size), checksum filled in.
+    fn header(name: &[u8], typeflag: u8, size: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = typeflag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn entry(name: &[u8], typeflag: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = header(name, typeflag, data.len() as u64);
+        v.extend_from_slice(data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    /// Records every begin, with the bytes of each record.
+    #[derive(Default)]
+    struct Collect(Vec<(PathIndex, RecordKind, Vec<u8>, Metadata)>);
+
+    impl RecordSink for Collect {
+        fn begin(&mut self, r: &Record) -> Result<()> {
+            self.0
+                .push((r.index.clone(), r.kind, Vec::new(), r.meta.clone()));
+            Ok(())
+        }
+        fn data(&mut self, bytes: &mut dyn Read) -> Result<()> {
+            if let Some(last) = self.0.last_mut() {
+                bytes.read_to_end(&mut last.2)?;
+            }
+            Ok(())
+        }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn read(tar: &[u8]) -> Result<Collect> {
+        let mut sink = Collect::default();
+        let mut stream = RecordStream::new();
+        stream.read_volume(&mut &tar[..], &mut sink)?;
+        stream.close(&mut sink)?;
+        Ok(sink)
+    }
+
+    #[test]
+    fn extension_headers_name_the_entry() {
+        let mut tar = entry(b"././@PaxHeader", b'x', b"27 path=snapshot/from-pax\xff\n");
+        tar.extend(entry(b"snapshot/lossy?", b'0', b"pax"));
+        tar.extend(entry(b"././@LongLink", b'L', b"snapshot/gnu-long\0"));
+        tar.extend(entry(b"snapshot/cut", b'0', b"gnu"));
+        tar.extend(entry(b"././@LongLink", b'K', b"target\0"));
+        tar.extend(header(b"snapshot/link", b'2', 0));
+        let got = read(&tar).unwrap().0;
+        let names: Vec<Vec<u8>> = got.iter().map(|r| r.0.to_bytes()).collect();
+        assert_eq!(names, [&b"from-pax\xff"[..], b"gnu-long", b"link"]);
+        assert_eq!(got[0].2, b"pax");
+        assert_eq!(got[2].3.file_type, FileType::Symlink(b"target".to_vec()));
+    }
+
+    /// Regression: a PAX header declaring 1 GiB was read into memory whole by the tar crate
+    /// (a gzip bomb made that cheap for an attacker). It is refused before any read.
+    #[test]
+    fn oversized_extension_headers_are_refused_unread() {
+        for typeflag in [b'x', b'L', b'K'] {
+            let tar = header(b"././@PaxHeader", typeflag, 1 << 30);
+            let err = read(&tar).err().expect("refused");
+            assert!(
+                format!("{err:#}").contains("declares 1073741824 bytes"),
+                "{err:#}"
+            );
+        }
+    }
+
+    /// Regression: an entry whose data the volume cuts short was handed on truncated.
+    #[test]
+    fn an_entry_cut_short_is_an_error() {
+        let mut tar = header(b"snapshot/f", b'0', 1000);
+        tar.extend_from_slice(&[7u8; 300]);
+        let err = read(&tar).err().expect("refused");
+        assert!(format!("{err:#}").contains("truncated tar"), "{err:#}");
+        let mut tar = header(b"multivol_snapshot/f/1", b'0', 1 << 32);
+        tar.extend_from_slice(&[7u8; 512]);
+        assert!(read(&tar).is_err());
+    }
+
+    #[test]
+    fn a_stream_ending_after_an_extension_header_is_an_error() {
+        let tar = entry(b"././@PaxHeader", b'x', b"19 path=snapshot/x\n");
+        assert!(read(&tar).is_err());
+        let mut tar = entry(b"././@PaxHeader", b'x', b"19 path=snapshot/x\n");
+        tar.extend(entry(b"././@PaxHeader", b'x', b"19 path=snapshot/y\n"));
+        tar.extend(entry(b"snapshot/z", b'0', b""));
+        assert!(read(&tar).is_err(), "two PAX headers for one entry");
+    }
+
     #[test]
     fn entry_names() {
         let n = parse_entry_name(b"snapshot/./").unwrap();
