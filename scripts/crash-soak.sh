@@ -20,6 +20,12 @@ export DUPMIRROR_TEST_TIMEOUT=600
 start=$(date +%s)
 cargo build --release --quiet
 export DUPMIRROR_TEST_BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/dupmirror
+log=$(mktemp)
+status=0
 cargo test --release --test crash_kill --test faults_fs -- --nocapture --test-threads=1 2>&1 |
-    tee /dev/stderr | grep -E '^(crash_kill|faults_fs):' || true
-echo "crash-soak.sh: finished in $(( $(date +%s) - start ))s" >&2
+    tee "$log" >&2 || status=$?
+echo "--- summary ---"
+grep -E '^(crash_kill|faults_fs):|^test result' "$log" || true
+rm -f "$log"
+echo "crash-soak.sh: finished in $(( $(date +%s) - start ))s with status $status" >&2
+exit "$status"
