@@ -118,19 +118,18 @@ fn start_holder(strace: &Path, args: &[OsString], state: &Path, hold: Duration) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = cmd.spawn().expect("start strace");
+    let mut child = cmd.spawn().expect("start strace");
     let lock = state.join("lock");
     let start = Instant::now();
-    loop {
-        if lock_is_held(&lock) {
-            return child;
+    while !lock_is_held(&lock) {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the first sync never took the lock");
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the first sync never took the lock"
-        );
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
 }
 
 /// Whether another process holds the flock on `path` (a probe that takes and drops it).
