@@ -363,17 +363,21 @@ fn replacing_a_symlink_by_a_directory_stays_inside_dest() {
     );
 }
 
+/// A diff's basis must be the regular file the previous backup left; a symlink there is
+/// refused (reported as DEST drift, which the chain cannot repair either) and never
+/// followed.
 #[test]
 fn a_diff_targeting_a_symlink_is_refused() {
+    let words = &["symlink", "differs from what the previous backup left"];
     inc_case(
         "diff/fl where fl is a symlink to the canary",
         vec![Entry::diff("fl", &literal_delta(b"pwned"))],
-        &["symlink"],
+        words,
     );
     inc_case(
         "diff/out where out is a symlink to a directory",
         vec![Entry::diff("out", &literal_delta(b"pwned"))],
-        &["symlink"],
+        words,
     );
 }
 
@@ -780,9 +784,15 @@ fn entries_out_of_order_or_headless_are_refused() {
     bed.expect_refused("a full set holding a delta", &["delta"]);
 }
 
+/// A delta that cannot apply is refused. (dupmirror takes it for DEST drift first and tries
+/// to restore the path from the chain, which meets the same delta and fails.)
 #[test]
 fn bad_deltas_are_refused() {
-    let words = &["delta", "change"];
+    let words = &[
+        "delta",
+        "change",
+        "differs from what the previous backup left",
+    ];
     inc_case(
         "reserved opcode 0x55",
         vec![Entry::diff("basis", &delta(&[0x55]))],
@@ -822,8 +832,60 @@ fn bad_deltas_are_refused() {
     inc_case(
         "diff of a directory",
         vec![Entry::diff("a", &literal_delta(b"x"))],
-        &["another kind of object"],
+        &[
+            "another kind of object",
+            "a differs from what the previous backup left",
+        ],
     );
+}
+
+/// BUG (reported in docs/reliability.md, not fixed here: src/apply and src/repair belong to
+/// the replay work): when a delta does not apply, sync restores the path from the chain,
+/// reading only the volumes whose manifest range covers it. A manifest whose ranges do not
+/// (damaged or hostile; real duplicity writes exact ones) makes that repair find nothing,
+/// and the sync then succeeds, records the new state and leaves the old content in DEST.
+#[test]
+#[ignore = "known bug: a repair that finds nothing counts as done (docs/reliability.md)"]
+fn a_repair_that_finds_nothing_must_not_succeed() {
+    // The repository as Python's tarfile writes it (PAX, with a footer), manifests whose
+    // volume ranges are `.` to `.`; the incremental holds a delta with a reserved opcode.
+    const MAKE_REPO: &str = r#"
+import gzip, hashlib, io, os, tarfile
+def tarb(entries):
+    b = io.BytesIO(); t = tarfile.open(fileobj=b, mode='w', format=tarfile.PAX_FORMAT)
+    for name, typ, data in entries:
+        ti = tarfile.TarInfo(name); ti.type = typ; ti.mtime = 1650000000
+        ti.mode = 0o755 if typ == tarfile.DIRTYPE else 0o644
+        ti.size = len(data) if data else 0
+        t.addfile(ti, io.BytesIO(data) if data else None)
+    t.close(); return b.getvalue()
+os.mkdir('repo')
+def put(base, tar):
+    gz = gzip.compress(tar, mtime=0)
+    open('repo/%s.vol1.difftar.gz' % base, 'wb').write(gz)
+    open('repo/%s.manifest' % base, 'w').write('Hostname f\nLocaldir s\nVolume 1:\n    StartingPath   .  \n    EndingPath     .  \n    Hash SHA1 %s\nFilelist 0\n' % hashlib.sha1(gz).hexdigest())
+put('duplicity-full.20231114T221320Z', tarb([('snapshot/.', tarfile.DIRTYPE, None), ('snapshot/basis', tarfile.REGTYPE, b'0123456789'), ('snapshot/other', tarfile.REGTYPE, b'o')]))
+put('duplicity-inc.20231114T221320Z.to.20231114T223000Z', tarb([('diff/basis', tarfile.REGTYPE, bytes([0x72, 0x73, 2, 0x36, 0x55, 0]))]))
+"#;
+    let bed = Bed::new();
+    fs::remove_dir_all(&bed.forge.repo).unwrap();
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(MAKE_REPO)
+        .current_dir(&bed.root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut first = bed.sync_args();
+    first.extend(["--time".into(), t(0).to_string().into()]);
+    dupmirror(first).assert_ok("baseline");
+    // Today: exit 0, "repaired 1 drifted path(s) from 0 volume(s)", state at t(1), and
+    // DEST/basis still holds the t(0) content.
+    bed.expect_refused("corrupt delta, repair finds nothing", &["basis"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -280,13 +280,15 @@ pub struct ForgedSet {
     pub name: SetName,
     pub volumes: Vec<PathBuf>,
     pub manifest: PathBuf,
+    /// (StartingPath, EndingPath) of each volume, as the manifest gives them.
+    pub ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ForgedSet {
     /// Rewrites the manifest from the volume files as they are now (fresh SHA1s).
     pub fn rehash(&self) {
         let stored: Vec<Vec<u8>> = self.volumes.iter().map(|p| fs::read(p).unwrap()).collect();
-        fs::write(&self.manifest, manifest(&stored)).unwrap();
+        fs::write(&self.manifest, manifest_with_ranges(&stored, &self.ranges)).unwrap();
     }
 
     /// Replaces volume `n` (1-based) by `bytes` and rehashes the manifest.
@@ -296,21 +298,50 @@ impl ForgedSet {
     }
 }
 
-/// A manifest for volumes with these stored bytes (ranges are not used by a full sync).
+/// A manifest for volumes with these stored bytes, each covering the whole tree.
 pub fn manifest(stored: &[Vec<u8>]) -> Vec<u8> {
+    manifest_with_ranges(stored, &[])
+}
+
+/// A manifest for volumes with these stored bytes and path ranges (`.` to the last path
+/// for a volume without one).
+pub fn manifest_with_ranges(stored: &[Vec<u8>], ranges: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut m = b"Hostname forge\nLocaldir src\n".to_vec();
     for (i, v) in stored.iter().enumerate() {
-        m.extend(
-            format!(
-                "Volume {}:\n    StartingPath   .  \n    EndingPath     .  \n    Hash SHA1 {}\n",
-                i + 1,
-                sha1_hex(v)
-            )
-            .into_bytes(),
-        );
+        let (start, end) = ranges
+            .get(i)
+            .cloned()
+            .unwrap_or((b".".to_vec(), b"\xff\xff\xff".to_vec()));
+        m.extend(format!("Volume {}:\n    StartingPath   ", i + 1).into_bytes());
+        m.extend(super::quote_manifest(&start));
+        m.extend(b"  \n    EndingPath     ");
+        m.extend(super::quote_manifest(&end));
+        m.extend(format!("  \n    Hash SHA1 {}\n", sha1_hex(v)).into_bytes());
     }
     m.extend(b"Filelist 0\n");
     m
+}
+
+/// The path an entry name is about (`snapshot/a/b` -> `a/b`, `multivol_diff/a/3` -> `a`).
+fn entry_path(name: &[u8]) -> Vec<u8> {
+    let name = name.strip_suffix(b"/").unwrap_or(name);
+    let (kind, rest) = match name.iter().position(|&b| b == b'/') {
+        Some(i) => (&name[..i], &name[i + 1..]),
+        None => (name, &b""[..]),
+    };
+    let rest = if kind.starts_with(b"multivol_") {
+        match rest.iter().rposition(|&b| b == b'/') {
+            Some(i) => &rest[..i],
+            None => &b""[..],
+        }
+    } else {
+        rest
+    };
+    if rest.is_empty() {
+        b".".to_vec()
+    } else {
+        rest.to_vec()
+    }
 }
 
 /// A repository folder the tests write sets into.
@@ -356,13 +387,24 @@ impl Forge {
             name,
             volumes,
             manifest: manifest_path,
+            ranges: Vec::new(),
         }
     }
 
     /// Writes a set with one volume per entry list.
+    /// Writes a set with one volume per entry list; the manifest gives each volume's range.
     pub fn set(&self, name: SetName, volumes: &[Vec<Entry>]) -> ForgedSet {
         let tars: Vec<Vec<u8>> = volumes.iter().map(|v| tar(v)).collect();
-        self.set_tars(name, &tars)
+        let mut set = self.set_tars(name, &tars);
+        set.ranges = volumes
+            .iter()
+            .map(|v| match (v.first(), v.last()) {
+                (Some(a), Some(b)) => (entry_path(&a.name), entry_path(&b.name)),
+                _ => (b".".to_vec(), b".".to_vec()),
+            })
+            .collect();
+        set.rehash();
+        set
     }
 
     pub fn full(&self, t: i64, entries: Vec<Entry>) -> ForgedSet {

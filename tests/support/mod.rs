@@ -963,6 +963,25 @@ pub fn read(p: &Path) -> Vec<u8> {
     fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
+/// Duplicity's manifest quoting of a path (whitespace, quotes and backslash as `\xNN` in
+/// double quotes), for forged manifests.
+pub fn quote_manifest(raw: &[u8]) -> Vec<u8> {
+    let special = |b: u8| b" \t\n\r\x0b\x0c\\\"'".contains(&b);
+    if !raw.iter().any(|&b| special(b)) {
+        return raw.to_vec();
+    }
+    let mut out = b"\"".to_vec();
+    for &b in raw {
+        if special(b) {
+            out.extend(format!("\\x{b:02x}").into_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'"');
+    out
+}
+
 pub fn path_bytes(p: &Path) -> Vec<u8> {
     p.as_os_str().to_os_string().into_vec()
 }
