@@ -25,8 +25,9 @@ target=$1 secs=$2
 shift 2
 targets=(names manifest records delta)
 if [ "$target" = all ]; then
-    for t in "${targets[@]}"; do "$0" "$t" "$secs" "$@"; done
-    exit 0
+    overall=0
+    for t in "${targets[@]}"; do "$0" "$t" "$secs" "$@" || overall=1; done
+    exit "$overall"
 fi
 printf '%s\n' "${targets[@]}" | grep -qx "$target" || usage
 
