@@ -157,7 +157,7 @@ fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
     let (_, t1) = reference_trees(tmp.path(), &repo);
     let (dest, state) = (tmp.path().join("d"), tmp.path().join("s"));
     let args = sync_args(&repo, &dest, &state, t(1), &["--wait"]);
-    let hold = Duration::from_secs(3);
+    let hold = Duration::from_secs(6);
     let started = Instant::now();
     let mut holder = start_holder(&strace, &args, &state, hold);
 
@@ -258,6 +258,17 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
     // strace itself sleeps out its delay timer: stop it too.
     let _ = holder.kill();
     let _ = holder.wait();
+    // The kernel drops the lock when the killed process is gone (a traced process finishes
+    // dying a moment after strace does): that must happen promptly, not never.
+    let lock = state.join("lock");
+    let killed_at = Instant::now();
+    while lock_is_held(&lock) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the lock outlived the killed sync"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     let r = dupmirror(sync_args(&repo, &dest, &state, t(1), &[]));
     r.assert_ok("sync after the lock holder was killed");
