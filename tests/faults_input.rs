@@ -839,13 +839,11 @@ fn bad_deltas_are_refused() {
     );
 }
 
-/// BUG (reported in docs/reliability.md, not fixed here: src/apply and src/repair belong to
-/// the replay work): when a delta does not apply, sync restores the path from the chain,
-/// reading only the volumes whose manifest range covers it. A manifest whose ranges do not
-/// (damaged or hostile; real duplicity writes exact ones) makes that repair find nothing,
-/// and the sync then succeeds, records the new state and leaves the old content in DEST.
+/// When a delta does not apply, sync restores the path from the chain, reading only the
+/// volumes whose manifest range covers it. A manifest whose ranges do not (damaged or
+/// hostile; real duplicity writes exact ones) makes that repair find nothing: the set must
+/// fail, not record the new state over the old content (found by the fault tests).
 #[test]
-#[ignore = "known bug: a repair that finds nothing counts as done (docs/reliability.md)"]
 fn a_repair_that_finds_nothing_must_not_succeed() {
     // The repository as Python's tarfile writes it (PAX, with a footer), manifests whose
     // volume ranges are `.` to `.`; the incremental holds a delta with a reserved opcode.
@@ -883,8 +881,6 @@ put('duplicity-inc.20231114T221320Z.to.20231114T223000Z', tarb([('diff/basis', t
     let mut first = bed.sync_args();
     first.extend(["--time".into(), t(0).to_string().into()]);
     dupmirror(first).assert_ok("baseline");
-    // Today: exit 0, "repaired 1 drifted path(s) from 0 volume(s)", state at t(1), and
-    // DEST/basis still holds the t(0) content.
     bed.expect_refused("corrupt delta, repair finds nothing", &["basis"]);
 }
 

@@ -114,6 +114,8 @@ pub struct SetApplier {
     kept_mtimes: BTreeMap<PathIndex, i64>,
     /// The new signatures of this set's changed files, to check patched results against.
     new_signatures: BTreeMap<PathIndex, Vec<u8>>,
+    /// Whether a basis that does not fit is DEST's drift (to repair) rather than an error.
+    detect_drift: bool,
     /// Paths whose patch could not be applied or checked out right.
     drifted: BTreeSet<PathIndex>,
     current: Current,
@@ -155,6 +157,7 @@ impl SetApplier {
             late_attrs: BTreeMap::new(),
             kept_mtimes: BTreeMap::new(),
             new_signatures: BTreeMap::new(),
+            detect_drift: false,
             drifted: BTreeSet::new(),
             current: Current::Idle,
             durable,
@@ -162,10 +165,14 @@ impl SetApplier {
         })
     }
 
-    /// Gives the applier the set's new signatures: every patched file is checked against
-    /// them, and a mismatch marks the path as drifted instead of writing a wrong file.
-    pub fn check_patches_against(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+    /// Treats DEST as possibly drifted: every patched file is checked against the set's new
+    /// signatures, and a basis that is not a regular file, a delta that does not fit it, or
+    /// a result that does not match marks the path as drifted (for the caller to repair)
+    /// instead of writing a wrong file. Without this (a repair's scratch mirror, whose
+    /// bases are exact), any of those is an error.
+    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
         self.new_signatures = signatures;
+        self.detect_drift = true;
     }
 
     /// Takes the paths that need a repair before this set can be committed; the caller
@@ -292,7 +299,14 @@ impl SetApplier {
             sync_filesystem(&self.staging)?;
         }
         self.journal.commit(state_dir)?;
-        journal::recover(state_dir, &self.dest)?;
+        // The set is committed. Carrying it out can still meet a passing I/O error: try
+        // once more, then leave the journal for the next run to complete.
+        journal::recover(state_dir, &self.dest)
+            .or_else(|_| journal::recover(state_dir, &self.dest))
+            .context(
+                "the set is committed but could not be carried out completely; DEST is part-way \
+                 through it until the next sync completes it",
+            )?;
         Ok(self.stats)
     }
 }
@@ -442,13 +456,26 @@ impl RecordSink for SetApplier {
 }
 
 impl SetApplier {
-    /// Applies a delta to DEST's copy of the file into staging. A basis that is not a
-    /// regular file, or a result that does not match the set's new signature, means DEST
-    /// is not what the previous backup left: the path is marked drifted, not written.
+    /// Applies a delta to DEST's copy of the file into staging. With drift detection, a
+    /// basis that is not a regular file, or a result that does not match the set's new
+    /// signature, means DEST is not what the previous backup left: the path is marked
+    /// drifted, not written.
     fn patch(&mut self, index: PathIndex, spool: &mut Spool, attrs: Attrs) -> Result<()> {
         let basis_path = fsops::dest_path(&self.dest, &index);
-        let basis_ok = fsops::lstat_type(&basis_path)?.is_some_and(|t| fsops::is_regular(&t));
-        if !basis_ok {
+        let basis = fsops::lstat_type(&basis_path)?;
+        if !basis.as_ref().is_some_and(fsops::is_regular) {
+            if !self.detect_drift {
+                let found = match basis {
+                    None => "nothing",
+                    Some(t) if t.is_symlink() => "a symlink",
+                    Some(t) if t.is_dir() => "a directory",
+                    Some(_) => "a special file",
+                };
+                bail!(
+                    "cannot apply the change to {index}: the tree holds another kind of object \
+                     there ({found}), not a regular file"
+                );
+            }
             self.stats.drifted += 1;
             self.drifted.insert(index);
             return Ok(());
@@ -457,8 +484,11 @@ impl SetApplier {
         let mut out =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let basis = delta::open_basis(&basis_path)?;
-        let patched = delta::patch(basis, &mut spool.reader()?, &mut out);
+        let mut patched = delta::patch(basis, &mut spool.reader()?, &mut out);
         drop(out);
+        if !self.detect_drift {
+            patched = Ok(patched.with_context(|| format!("cannot apply the change to {index}"))?);
+        }
         let matches = match (&patched, self.new_signatures.get(&index)) {
             (Err(_), _) => false,
             (Ok(n), Some(sig)) => content_matches(&path, *n, sig)?,
@@ -466,7 +496,9 @@ impl SetApplier {
         };
         if !matches {
             // A wrong basis shows as a delta that does not fit, or a result whose
-            // signature is not the one the master recorded.
+            // signature is not the one the master recorded. (A delta that is itself
+            // corrupt fails again, as an error, when the repair applies it to the basis
+            // restored from the chain.)
             fs::remove_file(&path).ok();
             self.stats.drifted += 1;
             self.drifted.insert(index);

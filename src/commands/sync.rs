@@ -237,7 +237,7 @@ fn stage_step(
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
-        applier.check_patches_against(set_signatures(repo, &step.set)?);
+        applier.detect_drift(set_signatures(repo, &step.set)?);
     }
     repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
     let drifted = applier.take_drifted();
@@ -251,9 +251,19 @@ fn stage_step(
         .iter()
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
-    let paths = PathFilter::subtrees(drifted);
+    let paths = PathFilter::subtrees(drifted.iter().cloned());
     let scratch_root = state_dir.repair_scratch();
     let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
+    // Every drifted path was patched by this set, so the chain must hold it.
+    for index in &drifted {
+        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
+            bail!(
+                "cannot apply the change to {index}: the file in DEST differs from what the \
+                 previous backup left (the delta does not fit its basis), and no volume of \
+                 the chain holds the file to restore it from"
+            );
+        }
+    }
     repair::graft(&scratch.tree, &paths, &mut applier)?;
     Ok((applier, Some(stats)))
 }
