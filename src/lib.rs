@@ -2,9 +2,10 @@
 //! replaying only the sets that are new since the last run.
 //!
 //! Data flows one way (see DESIGN.md):
-//! `backend` (bytes) → `volume` (hash check, then `crypto` or decompression) → `archive` (tar
-//! entries → duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled
-//! writes into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
+//! `backend` (bytes; remote ones wrapped in retries) → `fetch` (download cache and prefetch)
+//! → `volume` (hash check, then `crypto` or decompression) → `archive` (tar entries →
+//! duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled writes
+//! into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
 //! and `signatures` read the repository's metadata; `commands` compose all of it.
 
 pub mod apply;
@@ -16,12 +17,14 @@ pub mod compare;
 pub mod crypto;
 pub mod delta;
 pub mod error;
+pub mod fetch;
 pub mod filter;
 pub mod index;
 pub mod manifest;
 pub mod meta;
 pub mod naming;
 pub mod plan;
+pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod signatures;

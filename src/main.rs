@@ -4,15 +4,19 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use dupmirror::backend::meter::{parse_rate, Meter};
+use dupmirror::backend::SourceOptions;
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::crypto::{GpgDecryptor, Passphrase, SignKey, SignatureTally};
 use dupmirror::naming::Prefixes;
+use dupmirror::progress::Progress;
 use dupmirror::repo::RepoOptions;
 use dupmirror::volume::Decryptor;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -75,9 +79,56 @@ impl CryptoOptions {
     }
 }
 
+/// How to reach a remote SOURCE (ftp://, ftps://, http://, https://).
+#[derive(Args, Clone)]
+struct RemoteOptions {
+    /// Retries after a transient network failure (with exponential backoff)
+    #[arg(long, global = true, value_name = "N", default_value_t = 5)]
+    retries: u32,
+    /// Seconds to wait for any answer or data from the server before retrying
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 60.0)]
+    timeout: f64,
+    /// Seconds to wait for a connection to the server
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 15.0)]
+    connect_timeout: f64,
+    /// Cap the download rate: KiB/s, or with a unit: 500K, 2M, 1G, 10MB (like rsync)
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+    /// Also trust the CA certificates in this PEM file (https://, ftps://)
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--{what} must be a positive number of seconds"))
+}
+
+impl RemoteOptions {
+    /// `bars`: show progress bars; `notices`: print retry notices on stderr.
+    fn source_options(&self, bars: bool, notices: bool) -> Result<SourceOptions> {
+        Ok(SourceOptions {
+            retries: self.retries,
+            connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
+            read_timeout: seconds(self.timeout, "timeout")?,
+            ca_file: self.ca_file.clone(),
+            meter: Arc::new(Meter::new(
+                self.bwlimit,
+                Arc::new(Progress::new(bars, notices)),
+            )),
+        })
+    }
+}
+
 impl NameOptions {
     /// Options for reading the repository; `crypto` for the commands that decrypt files.
-    fn repo_options(&self, crypto: Option<&CryptoOptions>) -> Result<RepoOptions> {
+    fn repo_options(
+        &self,
+        crypto: Option<&CryptoOptions>,
+        source: SourceOptions,
+    ) -> Result<RepoOptions> {
         let s = |o: &Option<String>| o.clone().unwrap_or_default();
         Ok(RepoOptions {
             prefixes: Prefixes {
@@ -89,6 +140,7 @@ impl NameOptions {
             },
             time_separator: self.time_separator,
             decryptor: crypto.map(CryptoOptions::decryptor).transpose()?,
+            source,
         })
     }
 }
@@ -97,7 +149,7 @@ impl NameOptions {
 enum Command {
     /// Bring DEST to the backup at --time (default: the latest), applying only new sets
     Sync {
-        /// The duplicity repository: a path or file:// URL
+        /// The duplicity repository: a path, file://, ftp://, ftps://, http:// or https:// URL
         source: String,
         /// The tree to keep in sync (holds exactly the backed-up files)
         dest: PathBuf,
@@ -125,13 +177,20 @@ enum Command {
         /// Print one JSON summary on stdout
         #[arg(long)]
         json: bool,
-        /// Print nothing but errors
+        /// Print nothing but errors (no progress bars, no retry notices)
         #[arg(long, short = 'q')]
         quiet: bool,
+        /// Most volumes in the download cache at once: the one being applied and those
+        /// downloading ahead of it (1: no prefetch)
+        #[arg(long, value_name = "N", default_value_t = 2,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        prefetch: u32,
         #[command(flatten)]
         names: NameOptions,
         #[command(flatten)]
         crypto: CryptoOptions,
+        #[command(flatten)]
+        remote: RemoteOptions,
     },
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify {
@@ -155,6 +214,8 @@ enum Command {
         names: NameOptions,
         #[command(flatten)]
         crypto: CryptoOptions,
+        #[command(flatten)]
+        remote: RemoteOptions,
     },
     /// Show the repository's chains and sets (like duplicity collection-status)
     Status {
@@ -169,6 +230,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         names: NameOptions,
+        #[command(flatten)]
+        remote: RemoteOptions,
     },
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
@@ -179,6 +242,8 @@ enum Command {
         names: NameOptions,
         #[command(flatten)]
         crypto: CryptoOptions,
+        #[command(flatten)]
+        remote: RemoteOptions,
     },
 }
 
@@ -229,10 +294,11 @@ fn print_sync(r: &sync::SyncReport) {
     }
     if r.up_to_date {
         println!(
-            "{} is up to date at {} (nothing new in {})",
+            "{} is up to date at {} (nothing new in {}; checked in {:.2}s)",
             r.dest.display(),
             r.to,
-            r.source
+            r.source,
+            r.seconds
         );
         return;
     }
@@ -287,10 +353,37 @@ fn print_sync(r: &sync::SyncReport) {
             r.seconds,
             human_bytes(r.bytes_read)
         );
+        print_transfer(r);
     }
     if let Some(t) = &r.signatures {
         print_signatures(t);
     }
+}
+
+/// The accounting of a remote sync: what crossed the network, and where the time went.
+fn print_transfer(r: &sync::SyncReport) {
+    let t = &r.transfer;
+    if t.listings == 0 {
+        return; // a local source: read in place
+    }
+    println!(
+        "downloaded {} in {} file(s): {} resumed, {} fetched again, {} retries",
+        human_bytes(t.bytes_downloaded),
+        t.files_fetched,
+        human_bytes(t.bytes_resumed),
+        human_bytes(t.bytes_refetched),
+        t.retries
+    );
+    let p = &r.phases;
+    println!(
+        "time: listing {:.2}s, manifests {:.2}s, applying {:.2}s ({:.2}s of it waiting for \
+         downloads); downloads took {:.2}s, alongside the applying",
+        p.list_seconds,
+        p.plan_seconds,
+        p.apply_seconds,
+        p.fetch.wait_seconds,
+        p.fetch.download_seconds
+    );
 }
 
 fn print_status(r: &status::StatusReport) {
@@ -403,9 +496,13 @@ fn run(cli: Cli) -> Result<()> {
             no_fsync,
             json,
             quiet,
+            prefetch,
             names,
             crypto,
+            remote,
         } => {
+            let bars = !quiet && std::io::stderr().is_terminal();
+            let source_options = remote.source_options(bars, !quiet)?;
             let report = sync::sync(&sync::SyncOptions {
                 source,
                 dest,
@@ -416,7 +513,8 @@ fn run(cli: Cli) -> Result<()> {
                 adopt,
                 wait,
                 durable: !no_fsync,
-                repo: names.repo_options(Some(&crypto))?,
+                prefetch: prefetch as usize,
+                repo: names.repo_options(Some(&crypto), source_options)?,
             })?;
             if json {
                 print_json(&report)?;
@@ -434,6 +532,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             names,
             crypto,
+            remote,
         } => {
             let report = verify::verify(&verify::VerifyOptions {
                 source,
@@ -442,7 +541,7 @@ fn run(cli: Cli) -> Result<()> {
                 repair,
                 quick,
                 durable: !no_fsync,
-                repo: names.repo_options(Some(&crypto))?,
+                repo: names.repo_options(Some(&crypto), remote.source_options(false, true)?)?,
             })?;
             if json {
                 print_json(&report)?;
@@ -467,12 +566,13 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             json,
             names,
+            remote,
         } => {
             let report = status::status(
                 &source,
                 dest.as_deref(),
                 state_dir.as_deref(),
-                &names.repo_options(None)?,
+                &names.repo_options(None, remote.source_options(false, true)?)?,
             )?;
             if json {
                 print_json(&report)?;
@@ -485,8 +585,9 @@ fn run(cli: Cli) -> Result<()> {
             time,
             names,
             crypto,
+            remote,
         } => {
-            let repo = names.repo_options(Some(&crypto))?;
+            let repo = names.repo_options(Some(&crypto), remote.source_options(false, true)?)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             ls::list(&source, time.as_deref(), &repo, |e| {
                 out.write_all(&e.index.to_bytes())?;

@@ -1,15 +1,22 @@
 //! A duplicity repository as dupmirror reads it: the listing sorted into chains, and the
 //! means to read a set's manifest and stream its volumes into a record sink.
+//!
+//! Volumes come from the source directly (a local folder is read in place), or, once
+//! [`Repository::prefetch`] has queued a sync's volumes for a remote source, from the
+//! download cache, checked on arrival (see `fetch`).
 
 use crate::archive::{RecordSink, RecordStream};
-use crate::backend::Backend;
+use crate::backend::meter::Meter;
+use crate::backend::{Backend, SourceOptions};
 use crate::collection::{BackupSet, Collection};
+use crate::fetch::{FetchTimes, Fetcher, Want};
 use crate::manifest::Manifest;
 use crate::naming::{NameParser, Prefixes, RemoteFile};
 use crate::volume::{Decryptor, VolumeReader, VolumeSource};
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::Read;
-use std::sync::Arc;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 /// How to read names and encrypted files.
 #[derive(Clone, Default)]
@@ -18,11 +25,16 @@ pub struct RepoOptions {
     /// duplicity's `--time-separator` for old W3 names; `:` by default.
     pub time_separator: Option<char>,
     pub decryptor: Option<Arc<dyn Decryptor>>,
+    /// How to reach a remote source; counts what it transfers.
+    pub source: SourceOptions,
 }
 
 pub struct Repository {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     decryptor: Option<Arc<dyn Decryptor>>,
+    source: SourceOptions,
+    /// Downloads a sync's volumes ahead (remote sources only).
+    fetcher: OnceLock<Fetcher>,
     pub collection: Collection,
 }
 
@@ -35,8 +47,10 @@ impl Repository {
             .with_context(|| format!("cannot list {}", backend.display()))?;
         let collection = Collection::from_listing(&listing, &parser)?;
         Ok(Repository {
-            backend,
+            backend: backend.into(),
             decryptor: options.decryptor.clone(),
+            source: options.source.clone(),
+            fetcher: OnceLock::new(),
             collection,
         })
     }
@@ -49,8 +63,18 @@ impl Repository {
         let raw = self
             .backend
             .open(&file.name, 0)
-            .with_context(|| format!("cannot read {}", file.name))?;
-        Ok(VolumeReader::spawn(
+            .with_context(|| format!("cannot read {}", file.name))?
+            .reader;
+        Ok(self.decode(file, sha1, raw))
+    }
+
+    fn decode(
+        &self,
+        file: &RemoteFile,
+        sha1: Option<String>,
+        raw: Box<dyn Read + Send>,
+    ) -> VolumeReader {
+        VolumeReader::spawn(
             VolumeSource {
                 name: file.name.clone(),
                 encoding: file.encoding,
@@ -58,7 +82,7 @@ impl Repository {
                 raw,
             },
             self.decryptor.clone(),
-        ))
+        )
     }
 
     /// Reads a whole (small) file, decoded: a manifest or a signature tar.
@@ -104,6 +128,90 @@ impl Repository {
         Ok(manifest)
     }
 
+    /// Volume `n` of a set and the SHA1 its manifest gives (volumes are never read
+    /// unverified).
+    fn volume<'a>(
+        &self,
+        set: &'a BackupSet,
+        manifest: &Manifest,
+        n: u32,
+    ) -> Result<(&'a RemoteFile, String)> {
+        let file = set
+            .volumes
+            .get(&n)
+            .ok_or_else(|| anyhow!("set {} has no volume {n}", set.label()))?;
+        let Some(sha1) = manifest.sha1_of(n) else {
+            bail!(
+                "manifest of set {} gives no SHA1 for volume {n}; refusing unverifiable data",
+                set.label()
+            );
+        };
+        Ok((file, sha1.to_string()))
+    }
+
+    /// What [`Repository::read_set`] will read for these volumes, to queue for fetching.
+    pub fn wants(
+        &self,
+        set: &BackupSet,
+        manifest: &Manifest,
+        volumes: &[u32],
+    ) -> Result<Vec<Want>> {
+        volumes
+            .iter()
+            .map(|&n| {
+                let (file, sha1) = self.volume(set, manifest, n)?;
+                Ok(Want {
+                    name: file.name.clone(),
+                    size: file.size,
+                    sha1,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts downloading `wants` (the volumes a sync will read, in that order) into
+    /// `cache_dir`, with at most `prefetch` of them there at once. A local source is read
+    /// in place: nothing to do.
+    pub fn prefetch(&self, wants: Vec<Want>, cache_dir: &Path, prefetch: usize) -> Result<()> {
+        if self.backend.is_local() {
+            return Ok(());
+        }
+        let fetcher = Fetcher::start(
+            self.backend.clone(),
+            self.source.meter.clone(),
+            wants,
+            cache_dir,
+            prefetch,
+        )?;
+        self.fetcher
+            .set(fetcher)
+            .map_err(|_| anyhow!("volumes are being fetched already"))
+    }
+
+    pub fn fetch_times(&self) -> FetchTimes {
+        self.fetcher.get().map(Fetcher::times).unwrap_or_default()
+    }
+
+    /// A volume, decoded and hashed: from the download cache when it was prefetched
+    /// (hashed on arrival), else straight from the source (hashed as it is read).
+    fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<VolumeReader> {
+        let (raw, sha1) = match self.fetcher.get().and_then(|f| f.take(&file.name)) {
+            Some(cached) => (cached?, None),
+            None => (
+                self.backend
+                    .open(&file.name, 0)
+                    .with_context(|| format!("cannot read {}", file.name))?
+                    .reader,
+                Some(sha1),
+            ),
+        };
+        let counted = Box::new(Applying {
+            inner: raw,
+            meter: self.source.meter.clone(),
+        });
+        Ok(self.decode(file, sha1, counted))
+    }
+
     /// Streams the given volumes of a set, in order, into `sink`. Each volume's SHA1 is
     /// checked against the manifest; an error in any of them fails the whole set.
     pub fn read_set(
@@ -115,18 +223,8 @@ impl Repository {
     ) -> Result<()> {
         let mut stream = RecordStream::new();
         for n in volumes {
-            let file = set
-                .volumes
-                .get(n)
-                .ok_or_else(|| anyhow!("set {} has no volume {n}", set.label()))?;
-            let sha1 = manifest.sha1_of(*n).map(str::to_string);
-            if sha1.is_none() {
-                bail!(
-                    "manifest of set {} gives no SHA1 for volume {n}; refusing unverifiable data",
-                    set.label()
-                );
-            }
-            let mut reader = self.reader(file, sha1)?;
+            let (file, sha1) = self.volume(set, manifest, *n)?;
+            let mut reader = self.volume_reader(file, sha1)?;
             let parsed = stream.read_volume(&mut reader, sink);
             // The file's own verdict (hash, decoding) explains a parse error best. After a
             // parse error the rest is hashed but not decoded (it may be a gzip bomb).
@@ -137,5 +235,19 @@ impl Repository {
             parsed.with_context(|| format!("volume {}", file.name))?;
         }
         stream.close(sink)
+    }
+}
+
+/// Counts the volume bytes the applier reads, for its progress bar.
+struct Applying {
+    inner: Box<dyn Read + Send>,
+    meter: Arc<Meter>,
+}
+
+impl Read for Applying {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.meter.progress().applied(n as u64);
+        Ok(n)
     }
 }

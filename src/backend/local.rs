@@ -1,9 +1,10 @@
-//! A repository in a local folder (or any mounted file system).
+//! A repository in a local folder (or any mounted file system): listed and read in place,
+//! with no copy, cache or retry.
 
-use super::{Backend, ListEntry};
+use super::{Backend, ListEntry, Opened};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 
 pub struct LocalBackend {
@@ -46,16 +47,23 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
-    fn open(&self, name: &str, offset: u64) -> Result<Box<dyn Read + Send>> {
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let path = self.root.join(name);
         let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         if offset > 0 {
             f.seek(SeekFrom::Start(offset))?;
         }
-        Ok(Box::new(f))
+        Ok(Opened {
+            reader: Box::new(f),
+            offset,
+        })
     }
 
     fn display(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 }

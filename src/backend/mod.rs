@@ -2,15 +2,32 @@
 //!
 //! A [`Backend`] is deliberately narrow, like restic's: list the folder (names and sizes) and
 //! open one file for reading from an offset (so a cut download can resume). Everything
-//! else (retries, caching, prefetch, hash checks) wraps a backend instead of living inside
-//! each one, and nothing downstream knows which backend the bytes came from.
+//! else wraps a backend instead of living inside each one: [`retry::RetryBackend`] retries
+//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts and
+//! throttles the bytes, and `crate::fetch` caches and prefetches volumes. Nothing downstream
+//! knows which backend the bytes came from.
+//!
+//! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
+//! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
+//! SOURCE URLs, finds credentials and redacts passwords from everything shown.
 
+mod autoindex;
+mod ftp;
+mod http;
 mod local;
+pub mod meter;
+pub mod retry;
+mod tls;
+pub mod url;
 
 pub use local::LocalBackend;
 
-use anyhow::{bail, Result};
-use std::io::Read;
+use anyhow::Result;
+use meter::Meter;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One file of the repository folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,24 +36,103 @@ pub struct ListEntry {
     pub size: Option<u64>,
 }
 
+/// A file opened for reading.
+pub struct Opened {
+    pub reader: Box<dyn Read + Send>,
+    /// Where `reader` starts in the file: the offset asked for, or 0 when the backend cannot
+    /// start elsewhere (an HTTP server that ignores `Range`).
+    pub offset: u64,
+}
+
 pub trait Backend: Send + Sync {
     /// The files of the repository folder (not recursive).
     fn list(&self) -> Result<Vec<ListEntry>>;
 
-    /// Opens a file for reading, starting `offset` bytes in.
-    fn open(&self, name: &str, offset: u64) -> Result<Box<dyn Read + Send>>;
+    /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
+    fn open(&self, name: &str, offset: u64) -> Result<Opened>;
 
     /// The source as it may be shown to a person: passwords are never part of it.
     fn display(&self) -> String;
+
+    /// Whether files are read in place (a local folder): nothing to download or cache.
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
-/// Opens the backend a SOURCE argument names: a plain path or a `file://` URL.
-pub fn open_source(source: &str) -> Result<Box<dyn Backend>> {
+/// How a backend failure should be handled. Backends wrap their library's errors in this,
+/// so that [`retry`] can tell a failure worth retrying from one that will only repeat.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The same request may succeed later: connection refused, reset or cut, a timeout, an
+    /// HTTP 5xx, 408 or 429, an FTP 4xx reply.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again will not help: wrong password, a missing file, a refused certificate.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Whether an I/O error is a network hiccup rather than a lasting condition.
+pub fn is_transient_io(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | BrokenPipe
+            | TimedOut
+            | WouldBlock
+            | UnexpectedEof
+            | Interrupted
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+    )
+}
+
+/// How to reach remote sources. The defaults suit a timer-driven sync over the internet.
+#[derive(Clone)]
+pub struct SourceOptions {
+    /// Retries after a transient failure (0: fail at the first one).
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    /// The longest wait for any reply or data from the server.
+    pub read_timeout: Duration,
+    /// Extra trusted root certificates (PEM), for a server with a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Counts and throttles the bytes of every remote read; reports retries.
+    pub meter: Arc<Meter>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            retries: 5,
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(60),
+            ca_file: None,
+            meter: Arc::new(Meter::default()),
+        }
+    }
+}
+
+/// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
+/// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
+/// [`retry::RetryBackend`].
+pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
     if let Some(path) = source.strip_prefix("file://") {
         return Ok(Box::new(LocalBackend::new(path)?));
     }
-    if let Some((scheme, _)) = source.split_once("://") {
-        bail!("unsupported source scheme {scheme:?}: use a local path or file://");
+    if !source.contains("://") {
+        return Ok(Box::new(LocalBackend::new(source)?));
     }
-    Ok(Box::new(LocalBackend::new(source)?))
+    let url = url::SourceUrl::parse(source)?;
+    let inner: Box<dyn Backend> = match url.scheme {
+        url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
+        url::Scheme::Http | url::Scheme::Https => Box::new(http::HttpBackend::new(url, options)?),
+    };
+    Ok(Box::new(retry::RetryBackend::new(inner, options)))
 }

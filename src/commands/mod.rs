@@ -12,7 +12,7 @@ use anyhow::Result;
 
 /// Opens SOURCE and reads its listing.
 pub fn open_repository(source: &str, options: &RepoOptions) -> Result<Repository> {
-    Repository::open(backend::open_source(source)?, options)
+    Repository::open(backend::open_source(source, &options.source)?, options)
 }
 
 /// The time a command works at: `--time`, or now.

@@ -7,7 +7,9 @@
 use super::{open_repository, resolve_time};
 use crate::apply::journal;
 use crate::apply::{fsops, ApplyMode, ApplyStats, SetApplier};
+use crate::backend::meter::Transfer;
 use crate::crypto::SignatureTally;
+use crate::fetch::FetchTimes;
 use crate::filter::PathFilter;
 use crate::plan::{Plan, Step};
 use crate::repair::{self, RepairStats};
@@ -34,6 +36,8 @@ pub struct SyncOptions {
     pub wait: bool,
     /// Sync the file system before each commit (power-cut safety).
     pub durable: bool,
+    /// Most volume files downloaded ahead and kept in the cache at once (≥ 1).
+    pub prefetch: usize,
     pub repo: RepoOptions,
 }
 
@@ -76,6 +80,21 @@ pub struct SyncReport {
     pub seconds: f64,
     /// Signatures of the encrypted files this run read (none read: `None`).
     pub signatures: Option<SignatureTally>,
+    /// What was downloaded from a remote source (all zero for a local one).
+    pub transfer: Transfer,
+    pub phases: Phases,
+}
+
+/// Where the time went. Downloading overlaps with applying (prefetch).
+#[derive(Serialize, Default)]
+pub struct Phases {
+    pub list_seconds: f64,
+    /// Reading the manifests of the sets to apply.
+    pub plan_seconds: f64,
+    /// Staging and committing the sets, waits for downloads included.
+    pub apply_seconds: f64,
+    #[serde(flatten)]
+    pub fetch: FetchTimes,
 }
 
 fn is_empty_or_missing(dest: &Path) -> Result<bool> {
@@ -117,7 +136,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             state = None;
         }
     }
+    let mut phases = Phases::default();
+    let phase = Instant::now();
     let repo = open_repository(&opts.source, &opts.repo)?;
+    phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let dest_empty = is_empty_or_missing(&dest)?;
     if state.is_none() && !dest_empty && !opts.adopt {
@@ -128,7 +150,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         );
     }
     let filter = PathFilter::from_args(&opts.paths);
+    let phase = Instant::now();
     let plan = Plan::build(&repo, state.as_ref(), &dest, dest_empty, time, &filter)?;
+    phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
         dest: dest.clone(),
@@ -162,8 +186,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         bytes_read: 0,
         seconds: 0.0,
         signatures: None,
+        transfer: Transfer::default(),
+        phases: Phases::default(),
     };
-    let finish = |mut report: SyncReport| {
+    let finish = |mut report: SyncReport, phases: Phases| {
         report.seconds = started.elapsed().as_secs_f64();
         report.signatures = opts
             .repo
@@ -171,11 +197,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .as_ref()
             .map(|d| d.signatures())
             .filter(|t| t.encrypted_files > 0);
+        report.transfer = opts.repo.source.meter.snapshot();
+        report.phases = phases;
         Ok(report)
     };
     if opts.dry_run {
-        return finish(report);
+        return finish(report, phases);
     }
+    // Volumes download (prefetch) in the order the sets read them.
+    let phase = Instant::now();
+    let mut wants = Vec::new();
+    for step in &plan.steps {
+        wants.extend(repo.wants(&step.set, &step.manifest, &step.volumes)?);
+    }
+    repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
+    let progress = opts.repo.source.meter.progress();
+    progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let target = MirrorState::new(
             repo.display(),
@@ -212,7 +249,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    finish(report)
+    progress.finish();
+    phases.apply_seconds = phase.elapsed().as_secs_f64();
+    phases.fetch = repo.fetch_times();
+    finish(report, phases)
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.

@@ -1,0 +1,185 @@
+//! A repository published over HTTP or HTTPS (reqwest, blocking, rustls).
+//!
+//! The listing is the server's directory index (see [`super::autoindex`]) or a plain index
+//! file when SOURCE names one; files are fetched relative to the listing's final URL.
+//! Resuming asks for `Range: bytes=N-`; a server that answers 200 instead of 206 (like
+//! `python3 -m http.server`) sends the whole file, and [`Opened::offset`] says so. The
+//! credentials go in an `Authorization` header, never in the URL, so no error can show them.
+
+use super::url::{Secret, SourceUrl};
+use super::{autoindex, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use anyhow::{anyhow, Result};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::StatusCode;
+use std::sync::Mutex;
+use url::Url;
+
+/// Characters escaped in a file name put into a URL: all but the unreserved ones.
+const NAME: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+pub struct HttpBackend {
+    client: Client,
+    url: SourceUrl,
+    user: Option<String>,
+    password: Option<Secret>,
+    /// Where names resolve: the final URL of the last listing (after redirects).
+    base: Mutex<Url>,
+}
+
+/// A reqwest failure as a [`SourceError`]: the innermost cause (the useful part), never
+/// the URL.
+fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
+    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    let e = e.without_url();
+    let mut cause: &dyn std::error::Error = &e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let msg = if e.is_timeout() {
+        format!("{what}: timed out")
+    } else {
+        format!("{what}: {cause}")
+    };
+    anyhow!(if transient {
+        SourceError::Transient(msg)
+    } else {
+        SourceError::Permanent(msg)
+    })
+}
+
+/// An unexpected HTTP status as a [`SourceError`].
+fn status_error(status: StatusCode, what: &str) -> anyhow::Error {
+    let code = status.as_u16();
+    let msg = match code {
+        401 | 403 => format!("{what}: HTTP {status}: access denied (wrong user or password?)"),
+        404 | 410 => format!("{what}: HTTP {status}: not found"),
+        _ => format!("{what}: HTTP {status}"),
+    };
+    anyhow!(if status.is_server_error() || code == 408 || code == 429 {
+        SourceError::Transient(msg)
+    } else {
+        SourceError::Permanent(msg)
+    })
+}
+
+impl HttpBackend {
+    pub fn new(url: SourceUrl, options: &SourceOptions) -> Result<HttpBackend> {
+        let url = url.with_credentials_from_env();
+        tls::install_provider();
+        let mut builder = Client::builder()
+            .user_agent(concat!("dupmirror/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.read_timeout);
+        if url.scheme == super::url::Scheme::Https {
+            let config = tls::client_config(options.ca_file.as_deref())?;
+            builder = builder.tls_backend_preconfigured((*config).clone());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| anyhow!("cannot set up the HTTP client: {}", e.without_url()))?;
+        Ok(HttpBackend {
+            client,
+            base: Mutex::new(url.bare.clone()),
+            user: url.user.clone(),
+            password: url.password.clone(),
+            url,
+        })
+    }
+
+    fn get(&self, url: Url) -> RequestBuilder {
+        let req = self.client.get(url);
+        match &self.user {
+            Some(u) => req.basic_auth(u, self.password.as_ref().map(Secret::expose)),
+            None => req,
+        }
+    }
+
+    fn send(&self, req: RequestBuilder, what: &str) -> Result<Response> {
+        req.send().map_err(|e| request_error(e, what))
+    }
+
+    fn file_url(&self, name: &str) -> Result<Url> {
+        let base = self.base.lock().map_err(|_| anyhow!("poisoned lock"))?;
+        base.join(&utf8_percent_encode(name, NAME).to_string())
+            .map_err(|e| anyhow!("cannot form the URL of {name}: {e}"))
+    }
+}
+
+impl Backend for HttpBackend {
+    fn list(&self) -> Result<Vec<ListEntry>> {
+        let what = format!("listing {}", self.url.display());
+        let resp = self.send(self.get(self.url.bare.clone()), &what)?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp.status(), &what));
+        }
+        let final_url = resp.url().clone();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.text().map_err(|e| request_error(e, &what))?;
+        let entries = autoindex::parse(&body, content_type.as_deref(), &final_url)
+            .map_err(|e| anyhow!(SourceError::Permanent(format!("{what}: {e:#}"))))?;
+        if let Ok(mut base) = self.base.lock() {
+            *base = final_url;
+        }
+        Ok(entries)
+    }
+
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
+        let url = self.file_url(name)?;
+        let mut req = self.get(url.clone());
+        if offset > 0 {
+            req = req.header(RANGE, format!("bytes={offset}-"));
+        }
+        let resp = self.send(req, name)?;
+        match resp.status() {
+            StatusCode::OK => Ok(Opened {
+                reader: Box::new(resp),
+                offset: 0,
+            }),
+            StatusCode::PARTIAL_CONTENT => {
+                let start = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match start {
+                    Some(start) if start == offset => Ok(Opened {
+                        reader: Box::new(resp),
+                        offset,
+                    }),
+                    _ => Err(anyhow!(SourceError::Transient(format!(
+                        "{name}: the server answered a request for bytes {offset}- with an \
+                         unusable range"
+                    )))),
+                }
+            }
+            // The offset is at or past the end: the partial copy is wrong; start over.
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let resp = self.send(self.get(url), name)?;
+                if resp.status() != StatusCode::OK {
+                    return Err(status_error(resp.status(), name));
+                }
+                Ok(Opened {
+                    reader: Box::new(resp),
+                    offset: 0,
+                })
+            }
+            status => Err(status_error(status, name)),
+        }
+    }
+
+    fn display(&self) -> String {
+        self.url.display()
+    }
+}

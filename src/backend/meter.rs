@@ -1,0 +1,194 @@
+//! Byte accounting and the bandwidth cap for remote reads.
+//!
+//! Every byte read from a remote source passes [`Meter::transferred`], which counts it,
+//! sleeps as needed to keep under `--bwlimit`, and moves the download progress bar. The
+//! counters are what a sync reports (`--json` and the summary): bytes downloaded, bytes
+//! that a resume did not have to fetch again, bytes fetched a second time, files opened,
+//! listings, retries. Retry notices also go out through here, to the [`Progress`] display.
+
+use crate::progress::Progress;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Meter {
+    downloaded: AtomicU64,
+    resumed: AtomicU64,
+    refetched: AtomicU64,
+    files: AtomicU64,
+    listings: AtomicU64,
+    retries: AtomicU64,
+    limit: Option<Mutex<Bucket>>,
+    progress: Arc<Progress>,
+}
+
+/// What crossed the network, as reported.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes of file content received from the source.
+    pub bytes_downloaded: u64,
+    /// Bytes a resumed download did not fetch again (they were on disk or already read).
+    pub bytes_resumed: u64,
+    /// Bytes fetched a second time: a server without range support, a damaged partial file.
+    pub bytes_refetched: u64,
+    /// Files opened for reading (manifests, volumes, signatures), resumes not counted.
+    pub files_fetched: u64,
+    /// Folder listings made.
+    pub listings: u64,
+    /// Requests repeated after a transient failure.
+    pub retries: u64,
+}
+
+impl Meter {
+    /// A meter that caps the rate at `limit` bytes per second (None: no cap).
+    pub fn new(limit: Option<u64>, progress: Arc<Progress>) -> Meter {
+        Meter {
+            limit: limit.map(|rate| Mutex::new(Bucket::new(rate))),
+            progress,
+            ..Meter::default()
+        }
+    }
+
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+
+    /// Counts `n` bytes just received, then waits if they went over the rate cap.
+    pub fn transferred(&self, n: usize) {
+        self.downloaded.fetch_add(n as u64, Relaxed);
+        self.progress.downloaded(n as u64);
+        if let Some(bucket) = &self.limit {
+            let wait = bucket
+                .lock()
+                .map(|mut b| b.take(n as u64))
+                .unwrap_or_default();
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    pub fn resumed(&self, n: u64) {
+        self.resumed.fetch_add(n, Relaxed);
+    }
+
+    pub fn refetched(&self, n: u64) {
+        self.refetched.fetch_add(n, Relaxed);
+    }
+
+    pub fn file_opened(&self) {
+        self.files.fetch_add(1, Relaxed);
+    }
+
+    pub fn listed(&self) {
+        self.listings.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a retry and tells the user about it.
+    pub fn retrying(&self, message: &str) {
+        self.retries.fetch_add(1, Relaxed);
+        self.progress.notice(message);
+    }
+
+    pub fn snapshot(&self) -> Transfer {
+        Transfer {
+            bytes_downloaded: self.downloaded.load(Relaxed),
+            bytes_resumed: self.resumed.load(Relaxed),
+            bytes_refetched: self.refetched.load(Relaxed),
+            files_fetched: self.files.load(Relaxed),
+            listings: self.listings.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+        }
+    }
+}
+
+/// A token bucket: `rate` bytes per second, bursts of at most a quarter second.
+struct Bucket {
+    rate: u64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes `n` tokens; returns how long the caller must wait to have paid for them.
+    fn take(&mut self, n: u64) -> Duration {
+        let now = Instant::now();
+        let rate = self.rate as f64;
+        let burst = (rate / 4.0).max(16_384.0);
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+/// Parses a `--bwlimit` RATE like rsync does: a number of KiB per second, or with a unit:
+/// `B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB` (powers of 1024) or `KB`, `MB`, `GB` (of 1000),
+/// optionally followed by `/s`. Returns bytes per second.
+pub fn parse_rate(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let Ok(value) = num.parse::<f64>() else {
+        bail!("bad rate {text:?}: expected a number with an optional unit, like 500K or 2M");
+    };
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "k" | "kib" => 1024.0,
+        "b" => 1.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => bail!("bad rate {text:?}: unknown unit {other:?} (use B, K, M or G)"),
+    };
+    let rate = (value * factor).round();
+    if !(1.0..=1e15).contains(&rate) {
+        bail!("bad rate {text:?}: must be at least 1 byte per second");
+    }
+    Ok(rate as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100").unwrap(), 102_400);
+        assert_eq!(parse_rate("1.5M").unwrap(), 1_572_864);
+        assert_eq!(parse_rate("2MB/s").unwrap(), 2_000_000);
+        assert_eq!(parse_rate("512B").unwrap(), 512);
+        assert_eq!(parse_rate("1GiB").unwrap(), 1 << 30);
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("3X").is_err());
+    }
+
+    #[test]
+    fn bucket_paces_to_the_rate() {
+        let mut b = Bucket::new(1_000_000);
+        // The first burst is paid for at once, the rest at the rate.
+        let wait: Duration = (0..10).map(|_| b.take(100_000)).max().unwrap();
+        assert!(wait > Duration::from_millis(500), "{wait:?}");
+        assert!(wait < Duration::from_millis(1100), "{wait:?}");
+    }
+}

@@ -1,0 +1,326 @@
+//! Getting a sync's volumes from a remote source into `<state-dir>/cache/` ahead of use (a
+//! local source is read in place and needs none of this).
+//!
+//! A background thread downloads the volumes of the plan in the order they will be applied,
+//! so the link and the CPU work together, with at most `--prefetch N` volume files in the
+//! cache at once (the one being applied counts; N = 1 downloads and applies in turn). A
+//! download goes to `NAME.part`, resumes from that file's length when it is there (an
+//! earlier run was interrupted), is hashed as it arrives and becomes `NAME` only when its
+//! SHA1 matches the manifest; a mismatch fetches the file once more from scratch, then
+//! fails. The applier takes the volumes in order and each file is deleted when the applier
+//! is done with it, so the cache never holds what is applied. Files of an interrupted run
+//! stay for the next one, which keeps those it still wants and deletes the rest.
+
+use crate::backend::meter::Meter;
+use crate::backend::Backend;
+use crate::error::Error;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use sha1::{Digest, Sha1};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BUF_SIZE: usize = 256 * 1024;
+
+/// One volume the plan will apply.
+#[derive(Clone, Debug)]
+pub struct Want {
+    pub name: String,
+    pub size: Option<u64>,
+    /// The SHA1 the manifest gives for it (hex).
+    pub sha1: String,
+}
+
+/// Time spent getting volumes, as reported.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FetchTimes {
+    /// Time the download thread spent downloading (overlaps with applying).
+    pub download_seconds: f64,
+    /// Time the applier waited for a volume to arrive.
+    pub wait_seconds: f64,
+}
+
+/// The download thread and the cache it fills. Dropping it stops the thread; files it
+/// left stay for the next run.
+pub struct Fetcher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    waited: Mutex<Duration>,
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    meter: Arc<Meter>,
+    dir: PathBuf,
+    wants: Vec<Want>,
+    /// Most volume files in the cache at once.
+    limit: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// Per want: the downloaded file, or why it could not be had.
+    results: Vec<Option<Result<PathBuf>>>,
+    /// Volumes handed to the applier.
+    taken: usize,
+    /// Volumes whose cache file is gone.
+    released: usize,
+    busy: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Fetcher {
+    /// Starts downloading `wants`, in this order, into `cache_dir`, keeping at most
+    /// `prefetch` (≥ 1) files there.
+    pub fn start(
+        backend: Arc<dyn Backend>,
+        meter: Arc<Meter>,
+        wants: Vec<Want>,
+        cache_dir: &Path,
+        prefetch: usize,
+    ) -> Result<Fetcher> {
+        let limit = prefetch.max(1);
+        clean_cache(cache_dir, &wants[..limit.min(wants.len())])?;
+        meter
+            .progress()
+            .start_download(wants.iter().filter_map(|w| w.size).sum());
+        let shared = Arc::new(Shared {
+            backend,
+            meter,
+            dir: cache_dir.to_path_buf(),
+            state: Mutex::new(State {
+                results: wants.iter().map(|_| None).collect(),
+                ..State::default()
+            }),
+            wants,
+            limit,
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || worker.run())
+            .context("cannot start the download thread")?;
+        Ok(Fetcher {
+            shared,
+            thread: Some(thread),
+            waited: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    /// The downloaded, checked file of `name` when it is the next volume of the plan
+    /// (waiting for it as needed); `None` for any other file, which the caller reads
+    /// directly (a repair reads volumes outside the plan).
+    pub fn take(&self, name: &str) -> Option<Result<Box<dyn Read + Send>>> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let mut st = shared.lock();
+        let i = st.taken;
+        if shared.wants.get(i).is_none_or(|w| w.name != name) {
+            return None;
+        }
+        while st.results[i].is_none() {
+            st = shared.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let result = st.results[i].take();
+        st.taken += 1;
+        drop(st);
+        if let Ok(mut w) = self.waited.lock() {
+            *w += started.elapsed();
+        }
+        let opened = (|| -> Result<Box<dyn Read + Send>> {
+            let path = result.unwrap_or_else(|| Err(anyhow!("{name} vanished")))?;
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            Ok(Box::new(CachedVolume {
+                file,
+                path,
+                shared: shared.clone(),
+            }))
+        })();
+        Some(opened)
+    }
+
+    pub fn times(&self) -> FetchTimes {
+        FetchTimes {
+            download_seconds: self.shared.lock().busy.as_secs_f64(),
+            wait_seconds: self.waited.lock().map(|w| w.as_secs_f64()).unwrap_or(0.0),
+        }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Deletes cache files that are not among `keep` (complete or partial).
+fn clean_cache(dir: &Path, keep: &[Want]) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create cache {}", dir.display()))
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read cache {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read cache {}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let base = name.strip_suffix(".part").unwrap_or(&name);
+        if !keep.iter().any(|w| w.name == base) {
+            let path = entry.path();
+            fs::remove_file(&path)
+                .or_else(|_| fs::remove_dir_all(&path))
+                .with_context(|| format!("cannot clean cache entry {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn run(&self) {
+        for i in 0..self.wants.len() {
+            {
+                let mut st = self.lock();
+                while i - st.released >= self.limit && !self.stop.load(Ordering::Relaxed) {
+                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let started = Instant::now();
+            let result = self.download(&self.wants[i]);
+            let failed = result.is_err();
+            let mut st = self.lock();
+            st.busy += started.elapsed();
+            st.results[i] = Some(result);
+            self.changed.notify_all();
+            if failed {
+                return;
+            }
+        }
+    }
+
+    /// Downloads one volume into the cache (resuming a partial file), checks its SHA1 and
+    /// renames it into place; a mismatch is fetched once more from scratch.
+    fn download(&self, want: &Want) -> Result<PathBuf> {
+        let done = self.dir.join(&want.name);
+        if done.is_file() {
+            return Ok(done); // downloaded and checked by an earlier run
+        }
+        let part = self.dir.join(format!("{}.part", want.name));
+        let mut again = false;
+        loop {
+            let actual = self.download_part(want, &part)?;
+            if actual == want.sha1 {
+                fs::rename(&part, &done)
+                    .with_context(|| format!("cannot rename {}", part.display()))?;
+                return Ok(done);
+            }
+            let bad = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(&part);
+            if again {
+                return Err(Error::HashMismatch {
+                    name: want.name.clone(),
+                    expected: want.sha1.clone(),
+                    actual,
+                }
+                .into());
+            }
+            self.meter.progress().notice(&format!(
+                "{}: SHA1 does not match the manifest; downloading it again",
+                want.name
+            ));
+            self.meter.refetched(bad);
+            again = true;
+        }
+    }
+
+    /// Completes `part` from the source and returns the SHA1 of all of it.
+    fn download_part(&self, want: &Want, part: &Path) -> Result<String> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(part)
+            .with_context(|| format!("cannot write {}", part.display()))?;
+        let have = file.metadata()?.len();
+        let opened = self.backend.open(&want.name, have)?;
+        // The source may start earlier than asked (no range support): keep only what
+        // comes before its start, and hash that.
+        file.set_len(opened.offset)?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut hasher = Sha1::new();
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut left = opened.offset;
+        while left > 0 {
+            let n = file.read(&mut buf[..BUF_SIZE.min(left as usize)])?;
+            if n == 0 {
+                bail!("{} shrank while being read", part.display());
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let mut reader = opened.reader;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                bail!("download of {} stopped", want.name);
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(anyhow!("cannot download {}: {e}", want.name)),
+            };
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .with_context(|| format!("cannot write {}", part.display()))?;
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+}
+
+/// A downloaded volume being applied; its file leaves the cache when it is dropped.
+struct CachedVolume {
+    file: File,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Read for CachedVolume {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Drop for CachedVolume {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let mut st = self.shared.lock();
+        st.released += 1;
+        self.shared.changed.notify_all();
+    }
+}
