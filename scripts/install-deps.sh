@@ -6,13 +6,14 @@
 #   apt: duplicity (upstream 0.8.22, the oracle; brings python3 and rsync), strace (the crash and
 #        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
 #        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
-#        tests), pigz
+#        tests), python3-openssl (pyftpdlib's FTPS), openssl (test certificates, htpasswd),
+#        pigz
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
 set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib pigz)
+APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
