@@ -198,8 +198,23 @@ fn clean_cache(dir: &Path, keep: &[Want]) -> Result<()> {
     Ok(())
 }
 
+/// Marks what the download thread did not get to when it ends, however it ends (even by a
+/// panic), so the applier never waits for a download that will not come.
+struct Finished<'a>(&'a Shared);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        for r in st.results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(Err(anyhow!("the download thread stopped")));
+        }
+        self.0.changed.notify_all();
+    }
+}
+
 impl Shared {
     fn run(&self) {
+        let _finished = Finished(self);
         for i in 0..self.wants.len() {
             {
                 let mut st = self.lock();
@@ -270,7 +285,8 @@ impl Shared {
         let have = file.metadata()?.len();
         let opened = self.backend.open(&want.name, have)?;
         // The source may start earlier than asked (no range support): keep only what
-        // comes before its start, and hash that.
+        // comes before its start, and hash that; the rest of the partial comes again.
+        self.meter.refetched(have - opened.offset);
         file.set_len(opened.offset)?;
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha1::new();

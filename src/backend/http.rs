@@ -7,7 +7,7 @@
 //! credentials go in an `Authorization` header, never in the URL, so no error can show them.
 
 use super::url::{Secret, SourceUrl};
-use super::{autoindex, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{autoindex, root_cause, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, Result};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -37,14 +37,10 @@ pub struct HttpBackend {
 fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
     let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
     let e = e.without_url();
-    let mut cause: &dyn std::error::Error = &e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
     let msg = if e.is_timeout() {
         format!("{what}: timed out")
     } else {
-        format!("{what}: {cause}")
+        format!("{what}: {}", root_cause(&e))
     };
     anyhow!(if transient {
         SourceError::Transient(msg)

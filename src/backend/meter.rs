@@ -30,9 +30,11 @@ pub struct Meter {
 pub struct Transfer {
     /// Bytes of file content received from the source.
     pub bytes_downloaded: u64,
-    /// Bytes a resumed download did not fetch again (they were on disk or already read).
+    /// Bytes that resuming spared: for each resumed download, the offset it resumed at
+    /// (the bytes were on disk from an earlier run, or already read before a cut).
     pub bytes_resumed: u64,
-    /// Bytes fetched a second time: a server without range support, a damaged partial file.
+    /// Bytes received a second time: after a cut from a server without range support, or
+    /// for a partial file that failed its SHA1 check. Included in `bytes_downloaded`.
     pub bytes_refetched: u64,
     /// Files opened for reading (manifests, volumes, signatures), resumes not counted.
     pub files_fetched: u64,
@@ -105,7 +107,8 @@ impl Meter {
     }
 }
 
-/// A token bucket: `rate` bytes per second, bursts of at most a quarter second.
+/// A token bucket: `rate` bytes per second, bursts of at most 1/20 second (after an idle
+/// moment, such as a prefetch thread waiting for room).
 struct Bucket {
     rate: u64,
     tokens: f64,
@@ -125,7 +128,7 @@ impl Bucket {
     fn take(&mut self, n: u64) -> Duration {
         let now = Instant::now();
         let rate = self.rate as f64;
-        let burst = (rate / 4.0).max(16_384.0);
+        let burst = (rate / 20.0).max(16_384.0);
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(burst);
         self.last = now;
         self.tokens -= n as f64;

@@ -93,6 +93,16 @@ pub fn is_transient_io(e: &io::Error) -> bool {
     )
 }
 
+/// The innermost cause of an error: what a network library's layered errors ("error
+/// sending request" → … → "Connection refused") come down to.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
 /// How to reach remote sources. The defaults suit a timer-driven sync over the internet.
 #[derive(Clone)]
 pub struct SourceOptions {

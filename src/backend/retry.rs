@@ -11,7 +11,7 @@
 //! in the [`Meter`].
 
 use super::meter::Meter;
-use super::{is_transient_io, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{is_transient_io, root_cause, Backend, ListEntry, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -77,25 +77,25 @@ impl RetryBackend {
 }
 
 impl Shared {
-    /// Announces retry `n` (1-based) after `err` and waits for it.
-    fn back_off(&self, what: &str, err: &anyhow::Error, n: u32) {
+    /// Announces retry `n` (1-based) after `failure` and waits for it.
+    fn back_off(&self, failure: &str, n: u32) {
         let wait = self.policy.delay(n - 1);
         self.meter.retrying(&format!(
-            "{what}: {err:#}; retry {n} of {} in {:.1}s",
+            "{failure}; retry {n} of {} in {:.1}s",
             self.policy.retries,
             wait.as_secs_f64()
         ));
         std::thread::sleep(wait);
     }
 
-    fn with_retries<T>(&self, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    fn with_retries<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         let mut n = 0;
         loop {
             match op() {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) && n < self.policy.retries => {
                     n += 1;
-                    self.back_off(what, &e, n);
+                    self.back_off(&format!("{e:#}"), n);
                 }
                 Err(e) if n > 0 => return Err(e.context(format!("gave up after {n} retries"))),
                 Err(e) => return Err(e),
@@ -103,7 +103,7 @@ impl Shared {
         }
     }
 
-    /// One open, counted: what a resume saved or must fetch again.
+    /// One open; counts what a resume saved.
     fn open_once(&self, name: &str, offset: u64) -> Result<Opened> {
         let opened = self.inner.open(name, offset)?;
         if opened.offset > offset {
@@ -113,7 +113,6 @@ impl Shared {
             ))));
         }
         self.meter.resumed(opened.offset);
-        self.meter.refetched(offset - opened.offset);
         Ok(opened)
     }
 }
@@ -121,7 +120,7 @@ impl Shared {
 impl Backend for RetryBackend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let s = &self.0;
-        let listing = s.with_retries("listing", || {
+        let listing = s.with_retries(|| {
             s.meter.listed();
             s.inner.list()
         })?;
@@ -136,7 +135,7 @@ impl Backend for RetryBackend {
 
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let s = &self.0;
-        let opened = s.with_retries(name, || s.open_once(name, offset))?;
+        let opened = s.with_retries(|| s.open_once(name, offset))?;
         s.meter.file_opened();
         let size = s.sizes.lock().ok().and_then(|m| m.get(name).copied());
         Ok(Opened {
@@ -196,6 +195,7 @@ impl ResumingReader {
                 Ok(n) => {
                     self.shared.meter.transferred(n);
                     if self.skip > 0 {
+                        self.shared.meter.refetched(n as u64);
                         self.skip -= n as u64;
                         continue;
                     }
@@ -206,7 +206,12 @@ impl ResumingReader {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Any failure of an open stream is worth a reconnect.
-                Err(e) => return Err(anyhow!(SourceError::Transient(e.to_string()))),
+                Err(e) => {
+                    return Err(anyhow!(SourceError::Transient(format!(
+                        "the download broke off: {}",
+                        root_cause(&e)
+                    ))))
+                }
             }
         }
     }
@@ -232,8 +237,10 @@ impl Read for ResumingReader {
                 return Err(io::Error::other(msg));
             }
             self.failures += 1;
-            let what = format!("{} at byte {}", self.name, self.pos);
-            shared.back_off(&what, &err, self.failures);
+            shared.back_off(
+                &format!("{} at byte {}: {err:#}", self.name, self.pos),
+                self.failures,
+            );
             // A cut read is always resumed; an open that fails for good ends it.
             match shared.open_once(&self.name, self.pos) {
                 Ok(opened) => {
