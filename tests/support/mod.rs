@@ -19,6 +19,7 @@ pub mod forge;
 pub mod gpg;
 pub mod json;
 pub mod kill;
+pub mod remote;
 pub mod scenario;
 pub mod tree;
 

@@ -66,7 +66,8 @@ impl Outcome {
 }
 
 /// Run the scenario `steps` against upstream `dup`. `setup` configures the lab (backup and
-/// repository options); `sync_opts` are passed to every `dupmirror sync`.
+/// repository options); `sync_opts` are passed to every `dupmirror sync`. Hosts read the
+/// repository as a `file://` URL or a plain path, in turn.
 pub fn run(
     dup: Duplicity,
     what: &str,
@@ -86,6 +87,27 @@ pub fn run_sampled(
     sync_opts: &[&str],
     steps: Vec<Step<'_>>,
     every: usize,
+) -> Outcome {
+    run_from(dup, what, setup, sync_opts, steps, every, |lab, k| {
+        if k % 2 == 0 {
+            OsString::from(lab.url())
+        } else {
+            lab.repo.clone().into_os_string()
+        }
+    })
+}
+
+/// Like [`run_sampled`], with the SOURCE argument the `k`-th sync of a host passes given by
+/// `source_of` (a server's URL, for the remote tests): the incremental host uses k = step,
+/// the second sync with nothing new k = 0, the late host and the time travellers k = 1.
+pub fn run_from(
+    dup: Duplicity,
+    what: &str,
+    setup: impl FnOnce(Lab) -> Lab,
+    sync_opts: &[&str],
+    steps: Vec<Step<'_>>,
+    every: usize,
+    source_of: impl Fn(&Lab, usize) -> OsString,
 ) -> Outcome {
     let mut lab = setup(Lab::new(dup));
     let label = lab.dup.label();
@@ -111,12 +133,7 @@ pub fn run_sampled(
                  reproduce the source tree (expected = source, actual = restore)"
             ),
         );
-        // Alternate between a file:// URL and a plain path as SOURCE.
-        let source_arg = if k % 2 == 0 {
-            OsString::from(lab.url())
-        } else {
-            lab.repo.clone().into_os_string()
-        };
+        let source_arg = source_of(&lab, k);
         let ctx = format!("{what} [{label}]: incremental host, sync after step {k} (time {time})");
         let clock = std::time::Instant::now();
         inc_host
@@ -142,7 +159,7 @@ pub fn run_sampled(
     let ctx = format!("{what} [{label}]: incremental host, second sync with nothing new");
     let before = inc_host.tree();
     inc_host
-        .sync_env(lab.url(), sync_opts, &lab.dupmirror_env)
+        .sync_env(source_of(&lab, 0), sync_opts, &lab.dupmirror_env)
         .assert_ok(&ctx);
     before.assert_same(&inc_host.tree(), cmp, &ctx);
 
@@ -150,7 +167,7 @@ pub fn run_sampled(
     let (last_time, last) = oracles.last().expect("at least one step");
     let late = lab.host("l");
     let ctx = format!("{what} [{label}]: late host, one sync at the end (time {last_time})");
-    late.sync_env(&lab.repo, sync_opts, &lab.dupmirror_env)
+    late.sync_env(source_of(&lab, 1), sync_opts, &lab.dupmirror_env)
         .assert_ok(&ctx);
     last.assert_same(&late.tree(), cmp, &ctx);
     assert_eq!(
@@ -169,7 +186,7 @@ pub fn run_sampled(
         let mut opts = sync_opts.to_vec();
         opts.extend(["--time", targ.as_str()]);
         let ctx = format!("{what} [{label}]: fresh host, sync --time {targ} (step {k})");
-        host.sync_env(&lab.repo, &opts, &lab.dupmirror_env)
+        host.sync_env(source_of(&lab, 1), &opts, &lab.dupmirror_env)
             .assert_ok(&ctx);
         oracle.assert_same(&host.tree(), cmp, &ctx);
         remove_tree(&host.dir);
