@@ -1,0 +1,202 @@
+//! dupmirror over FTP and FTPS against pyftpdlib on 127.0.0.1: the oracle scenario with a
+//! login, a server without MLSD (LIST fallback), explicit TLS with a private CA, resuming
+//! from a partial download with `REST`, a damaged partial file fetched again, and one clear
+//! error line without the password for a wrong login or an unreachable server.
+
+mod support;
+
+use std::ffi::OsString;
+use std::fs;
+use support::remote::*;
+use support::scenario;
+use support::*;
+
+fn login() -> Option<(String, String)> {
+    Some(("bob".into(), "ftp-pa55".into()))
+}
+
+#[test]
+fn ftp_with_login_matches_the_oracle() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let opts = FtpOptions {
+        login: login(),
+        ..FtpOptions::default()
+    };
+    let Some(server) = ftp_server(&site.www, &site.srv, &opts) else {
+        return;
+    };
+    let url = server.url.clone();
+    scenario::run_from(
+        dup,
+        "ftp",
+        |l| served_lab(l, &site.www),
+        &[],
+        multivolume_steps(),
+        |_, _| OsString::from(&url),
+    );
+}
+
+/// A full backup and one sync of it from `server`, compared with the oracle.
+fn one_sync(lab: &mut Lab, url: &str, extra: &[&str], what: &str) -> Host {
+    lab.fs.write("big.bin", &random_bytes(5, 2_200_000));
+    lab.fs.write("d/small", b"small\n");
+    lab.full(t(0));
+    let host = lab.host("h");
+    host.sync(url, extra).assert_ok(what);
+    lab.restore(t(0))
+        .assert_same(&host.tree(), Compare::default(), what);
+    host
+}
+
+#[test]
+fn ftp_without_mlsd_lists_with_list() {
+    let Some(dup) = duplicity(Version::V3) else {
+        return;
+    };
+    let site = Site::new();
+    let opts = FtpOptions {
+        no_mlsd: true,
+        ..FtpOptions::default()
+    };
+    let Some(server) = ftp_server(&site.www, &site.srv, &opts) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    one_sync(&mut lab, &server.url, &[], "anonymous ftp without MLSD");
+}
+
+#[test]
+fn ftps_with_a_private_ca() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let Some((ca, cert, key)) = make_certs(&site.srv.join("pki")) else {
+        return;
+    };
+    let opts = FtpOptions {
+        login: login(),
+        tls: Some((cert, key)),
+        ..FtpOptions::default()
+    };
+    let Some(server) = ftp_server(&site.www, &site.srv, &opts) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    lab.fs.write("x", b"x\n");
+    lab.full(t(0));
+    let host = lab.host("n");
+    let run = host.sync(&server.url, &["--quiet", "--retries", "0"]);
+    assert_one_clear_line(
+        &run,
+        "ftps without the CA",
+        &["certificate", "issuer"],
+        "ftp-pa55",
+    );
+    assert_dest_unchanged(&None, &host.tree_opt(), "ftps without the CA");
+
+    let ca = ca.display().to_string();
+    let mut lab2 = served_lab(Lab::new(lab.dup.clone()), &site.www);
+    fs::remove_dir_all(site.www.join("repo")).unwrap();
+    one_sync(
+        &mut lab2,
+        &server.url,
+        &["--ca-file", &ca],
+        "ftps with --ca-file",
+    );
+}
+
+#[test]
+fn wrong_password_and_unreachable_server() {
+    let site = Site::new();
+    let opts = FtpOptions {
+        login: login(),
+        ..FtpOptions::default()
+    };
+    let Some(server) = ftp_server(&site.www, &site.srv, &opts) else {
+        return;
+    };
+    fs::create_dir_all(site.www.join("repo")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host {
+        dir: dir.path().to_path_buf(),
+        dest: dir.path().join("d"),
+        state: dir.path().join("s"),
+    };
+    let wrong = format!("ftp://bob:not-the-pa55@127.0.0.1:{}/repo", server.port);
+    let run = host.sync(&wrong, &["--quiet"]);
+    assert_one_clear_line(
+        &run,
+        "wrong ftp password",
+        &["login", "530"],
+        "not-the-pa55",
+    );
+    assert!(run.stderr.contains("bob:***@"), "{}", run.stderr);
+    assert!(!host.dest.exists());
+
+    let port = free_port();
+    let gone = format!("ftp://bob:ftp-pa55@127.0.0.1:{port}/repo");
+    let run = host.sync(&gone, &["--quiet", "--retries", "1"]);
+    assert_one_clear_line(&run, "unreachable ftp", &["refused", "connect"], "ftp-pa55");
+    assert!(!host.dest.exists());
+}
+
+/// An earlier run left half of the first volume in the cache: the next run asks for the
+/// rest with REST, and a damaged partial file is detected by its SHA1 and fetched again.
+#[test]
+fn partial_downloads_resume_with_rest() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = ftp_server(&site.www, &site.srv, &FtpOptions::default()) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    lab.fs.write("big.bin", &random_bytes(6, 2_200_000));
+    lab.full(t(0));
+    let oracle = lab.restore(t(0));
+    let (vol1, size1) = volume_sizes(&lab.repo)[0].clone();
+    let data = read(&lab.repo.join(&vol1));
+    let half = size1 as usize / 2;
+
+    let clean = lab.host("c");
+    let r0 = report(clean.sync(&server.url, &["--json"]).assert_ok("clean sync"));
+
+    // A good partial: only the rest is downloaded.
+    let host = lab.host("r");
+    fs::create_dir_all(host.state.join("cache")).unwrap();
+    fs::write(
+        host.state.join("cache").join(format!("{vol1}.part")),
+        &data[..half],
+    )
+    .unwrap();
+    let run = host.sync(&server.url, &["--json"]);
+    let r = report(run.assert_ok("resumed sync"));
+    oracle.assert_same(&host.tree(), Compare::default(), "resumed sync");
+    assert_eq!(transfer(&r, "bytes_resumed"), half as u64);
+    assert_eq!(transfer(&r, "bytes_refetched"), 0);
+    assert_eq!(
+        transfer(&r, "bytes_downloaded"),
+        transfer(&r0, "bytes_downloaded") - half as u64
+    );
+    assert_eq!(fs::read_dir(host.state.join("cache")).unwrap().count(), 0);
+
+    // A damaged partial: the SHA1 check catches it and the volume is fetched whole.
+    let host = lab.host("b");
+    fs::create_dir_all(host.state.join("cache")).unwrap();
+    let mut bad = data[..half].to_vec();
+    bad[100] ^= 0xff;
+    fs::write(host.state.join("cache").join(format!("{vol1}.part")), &bad).unwrap();
+    let run = host.sync(&server.url, &["--json"]);
+    let r = report(run.assert_ok("damaged partial"));
+    oracle.assert_same(&host.tree(), Compare::default(), "damaged partial");
+    assert_eq!(transfer(&r, "bytes_refetched"), size1);
+    assert_eq!(
+        transfer(&r, "bytes_downloaded"),
+        transfer(&r0, "bytes_downloaded") - half as u64 + size1
+    );
+}
