@@ -32,7 +32,8 @@ pub struct RepoOptions {
 pub struct Repository {
     backend: Arc<dyn Backend>,
     decryptor: Option<Arc<dyn Decryptor>>,
-    source: SourceOptions,
+    /// Counts what a remote source transfers; moves the progress bars.
+    meter: Arc<Meter>,
     /// Downloads a sync's volumes ahead (remote sources only).
     fetcher: OnceLock<Fetcher>,
     pub collection: Collection,
@@ -49,7 +50,7 @@ impl Repository {
         Ok(Repository {
             backend: backend.into(),
             decryptor: options.decryptor.clone(),
-            source: options.source.clone(),
+            meter: options.source.meter.clone(),
             fetcher: OnceLock::new(),
             collection,
         })
@@ -178,7 +179,7 @@ impl Repository {
         }
         let fetcher = Fetcher::start(
             self.backend.clone(),
-            self.source.meter.clone(),
+            self.meter.clone(),
             wants,
             cache_dir,
             prefetch,
@@ -207,7 +208,7 @@ impl Repository {
         };
         let counted = Box::new(Applying {
             inner: raw,
-            meter: self.source.meter.clone(),
+            meter: self.meter.clone(),
         });
         Ok(self.decode(file, sha1, counted))
     }
