@@ -1,6 +1,7 @@
 //! Network faults between dupmirror and a real server on 127.0.0.1, injected by a TCP proxy
-//! written in the test: connections cut in the middle of a volume, `503 Service
-//! Unavailable` answers, a run that fails for good and the next one that resumes. Each sync
+//! written in the test: connections cut in the middle of a volume, a server that goes
+//! silent (read timeout), `503 Service Unavailable` answers, a run that fails for good and
+//! the next one that resumes. Each sync
 //! must end with DEST equal to `duplicity restore` (or unchanged after a failure), and the
 //! byte accounting of `--json` must show that a resumed download fetched (almost) nothing
 //! twice.
@@ -8,6 +9,7 @@
 mod support;
 
 use std::fs;
+use std::time::Duration;
 use support::remote::*;
 use support::*;
 
@@ -110,6 +112,27 @@ fn cut_connections_without_range_start_the_file_over() {
         "refetched {refetched}"
     );
     assert_eq!(downloaded, s.clean_bytes + refetched);
+}
+
+/// A connection that goes silent mid-volume is given up after `--timeout` and resumed.
+#[test]
+fn a_silent_server_times_out_and_the_download_resumes() {
+    let Some(s) = setup(|site| nginx(&site.www, &site.srv, &NginxOptions::default())) else {
+        return;
+    };
+    let proxy = FaultProxy::start(s.server.port, Fault::StallAfter(CUT), 1);
+    let host = s.lab.host("f");
+    let started = std::time::Instant::now();
+    let run = host.sync(through(&proxy), &["--json", "--timeout", "1"]);
+    let r = report(run.assert_ok("sync through a stall"));
+    s.oracle
+        .assert_same(&host.tree(), Compare::default(), "stall");
+    assert_eq!(proxy.faults(), 1);
+    assert!(run.stderr.contains("timed out"), "{}", run.stderr);
+    assert_eq!(transfer(&r, "retries"), 1);
+    assert_eq!(transfer(&r, "bytes_refetched"), 0);
+    assert_eq!(transfer(&r, "bytes_downloaded"), s.clean_bytes);
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]

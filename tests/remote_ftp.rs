@@ -200,3 +200,38 @@ fn partial_downloads_resume_with_rest() {
         transfer(&r0, "bytes_downloaded") - half as u64 + size1
     );
 }
+
+/// `ls` and `status` read a remote source as they read the same folder locally.
+#[test]
+fn ls_and_status_over_ftp() {
+    let Some(dup) = duplicity(Version::V3) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = ftp_server(&site.www, &site.srv, &FtpOptions::default()) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    lab.fs.write("a/b", b"b\n");
+    lab.fs.write("c", &random_bytes(10, 1_200_000));
+    lab.full(t(0));
+    lab.fs.remove("a/b");
+    lab.fs.write("d", b"d\n");
+    lab.inc(t(1));
+    let repo = lab.repo.display().to_string();
+    let remote = dupmirror(["ls", server.url.as_str()]);
+    remote.assert_ok("ls over ftp");
+    let local = dupmirror(["ls", repo.as_str()]);
+    assert_eq!(remote.stdout_text(), local.stdout_text());
+    assert!(
+        remote.stdout_text().contains("\nd\n"),
+        "{}",
+        remote.stdout_text()
+    );
+
+    let remote = dupmirror(["status", server.url.as_str(), "--json"]);
+    let local = dupmirror(["status", repo.as_str(), "--json"]);
+    let (remote, local) = (report(&remote), report(&local));
+    assert_eq!(remote.get("chains"), local.get("chains"));
+    assert_eq!(remote.get("latest"), local.get("latest"));
+}

@@ -307,3 +307,33 @@ fn prefetch_bound_and_bandwidth_limit() {
         assert!(seconds >= least * 0.9, "{seconds}s < {least}s");
     }
 }
+
+/// An admin who publishes no directory index can publish a plain index file instead
+/// (`NAME [SIZE]` per line) and give its URL as SOURCE.
+#[test]
+fn plain_index_file_as_source() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = http_server(&site.www, &site.srv) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    lab.fs.write("f", &random_bytes(9, 1_500_000));
+    lab.full(t(0));
+    lab.fs.write("g", b"g\n");
+    lab.inc(t(1));
+    let mut index = String::from("# made by the publishing job\n");
+    for name in lab.repo_files() {
+        let size = fs::metadata(lab.repo.join(&name)).unwrap().len();
+        index.push_str(&format!("{name} {size}\n"));
+    }
+    fs::write(lab.repo.join("INDEX.txt"), index).unwrap();
+    let host = lab.host("i");
+    let url = format!("{}INDEX.txt", server.url);
+    host.sync(&url, &[])
+        .assert_ok("sync from a plain index file");
+    lab.restore(t(1))
+        .assert_same(&host.tree(), Compare::default(), "plain index file");
+}

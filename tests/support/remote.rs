@@ -421,6 +421,9 @@ pub fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
 pub enum Fault {
     /// Relay this many bytes of the server's answer, then cut both sides.
     CutAfter(u64),
+    /// Relay this many bytes of the server's answer, then go silent, keeping the
+    /// connection open until the client gives up on it.
+    StallAfter(u64),
     /// Answer the first request with `503 Service Unavailable` and close, never asking
     /// the server.
     Unavailable,
@@ -518,9 +521,9 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &At
         let _ = std::io::copy(&mut from, &mut to);
         let _ = to.shutdown(Shutdown::Write);
     });
-    // Server to client: maybe cut.
+    // Server to client: maybe cut or stalled.
     let cut_at = match fault {
-        Fault::CutAfter(n) => Some(n),
+        Fault::CutAfter(n) | Fault::StallAfter(n) => Some(n),
         Fault::Unavailable => None,
     };
     let (mut from, mut to) = (&server, &client);
@@ -536,6 +539,13 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &At
             if relayed + n as u64 > limit_bytes && claim(done, limit) {
                 n = (limit_bytes - relayed) as usize;
                 let _ = to.write_all(&buf[..n]);
+                if let Fault::StallAfter(_) = fault {
+                    // Silence until the client closes its side (or 30 s pass).
+                    let _ = up.join();
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                    return;
+                }
                 let _ = client.shutdown(Shutdown::Both);
                 let _ = server.shutdown(Shutdown::Both);
                 break;
