@@ -31,7 +31,7 @@ fn setup(start: impl FnOnce(&Site) -> Option<Server>) -> Option<Setup> {
     let site = Site::new();
     let server = start(&site)?;
     let mut lab = served_lab(Lab::new(dup), &site.www);
-    lab.fs.write("big.bin", &random_bytes(7, 3_000_000));
+    lab.fs.write("big.bin", &random_bytes(7, 2_200_000));
     lab.fs.write("small", b"small\n");
     lab.full(t(0));
     let oracle = lab.restore(t(0));

@@ -35,6 +35,7 @@ fn ftp_with_login_matches_the_oracle() {
         |l| served_lab(l, &site.www),
         &[],
         multivolume_steps(),
+        1,
         |_, _| OsString::from(&url),
     );
 }

@@ -25,6 +25,7 @@ fn oracle_over(dup: Duplicity, what: &str, start: impl FnOnce(&Site) -> Option<S
         |l| served_lab(l, &site.www),
         &[],
         multivolume_steps(),
+        1,
         |_, _| OsString::from(&url),
     );
 }

@@ -563,14 +563,14 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &At
 // ---------------------------------------------------------------------------------------------
 // A scenario for remote sources
 
-/// Three backups of a tree with a file that spans several 1 MB volumes: a full, an
+/// Three backups of a tree with a file that spans two 1 MB volumes: a full, an
 /// incremental that changes the big file and a few small ones, another that deletes and
 /// adds. Run with `--volsize 1`.
 pub fn multivolume_steps<'a>() -> Vec<scenario::Step<'a>> {
     use scenario::{full, inc};
     vec![
         full(|fs| {
-            fs.write("big.bin", &random_bytes(1, 2_600_000));
+            fs.write("big.bin", &random_bytes(1, 1_400_000));
             fs.write("small/a.txt", b"alpha\n");
             fs.write("small/b.txt", b"beta\n");
             fs.write(
@@ -580,15 +580,15 @@ pub fn multivolume_steps<'a>() -> Vec<scenario::Step<'a>> {
             fs.symlink("link", "small/a.txt");
         }),
         inc(|fs| {
-            let mut big = random_bytes(1, 2_600_000);
-            big[1_000_000..1_000_100].copy_from_slice(&[7u8; 100]);
+            let mut big = random_bytes(1, 1_400_000);
+            big[1_100_000..1_100_100].copy_from_slice(&[7u8; 100]);
             fs.write("big.bin", &big);
             fs.write("small/a.txt", b"alpha, changed\n");
             fs.write("caf\u{e9} & \u{65e5}.txt", b"escaped in URLs\n");
         }),
         inc(|fs| {
             fs.remove("small/b.txt");
-            fs.write("new.bin", &random_bytes(2, 300_000));
+            fs.write("new.bin", &random_bytes(2, 200_000));
             fs.chmod("small/a.txt", 0o600);
         }),
     ]
