@@ -1,5 +1,6 @@
 //! dupmirror over FTP and FTPS against pyftpdlib on 127.0.0.1: the oracle scenario with a
-//! login, a server without MLSD (LIST fallback), explicit TLS with a private CA, resuming
+//! login, a server without MLSD or REST (LIST listing, whole downloads), explicit TLS with a
+//! private CA, resuming
 //! from a partial download with `REST`, a damaged partial file fetched again, and one clear
 //! error line without the password for a wrong login or an unreachable server.
 
@@ -52,21 +53,37 @@ fn one_sync(lab: &mut Lab, url: &str, extra: &[&str], what: &str) -> Host {
     host
 }
 
+/// A server without MLSD and REST: the listing comes from LIST, and a partial download
+/// cannot resume, so the volume comes whole again.
 #[test]
-fn ftp_without_mlsd_lists_with_list() {
+fn minimal_ftp_server_without_mlsd_or_rest() {
     let Some(dup) = duplicity(Version::V3) else {
         return;
     };
     let site = Site::new();
     let opts = FtpOptions {
-        no_mlsd: true,
+        minimal: true,
         ..FtpOptions::default()
     };
     let Some(server) = ftp_server(&site.www, &site.srv, &opts) else {
         return;
     };
     let mut lab = served_lab(Lab::new(dup), &site.www);
-    one_sync(&mut lab, &server.url, &[], "anonymous ftp without MLSD");
+    lab.fs.write("big.bin", &random_bytes(5, 2_200_000));
+    lab.fs.write("d/small", b"small\n");
+    lab.full(t(0));
+    let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
+    let host = lab.host("h");
+    let cache = host.state.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let partial = &read(&lab.repo.join(&vol1))[..100_000];
+    fs::write(cache.join(format!("{vol1}.part")), partial).unwrap();
+    let run = host.sync(&server.url, &["--json"]);
+    let r = report(run.assert_ok("minimal ftp server"));
+    lab.restore(t(0))
+        .assert_same(&host.tree(), Compare::default(), "minimal ftp server");
+    assert_eq!(transfer(&r, "bytes_resumed"), 0);
+    assert_eq!(transfer(&r, "bytes_refetched"), 100_000);
 }
 
 #[test]

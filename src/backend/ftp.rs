@@ -5,8 +5,9 @@
 //! or anonymous), binary mode, passive data connections (with the NAT workaround: data goes
 //! to the control connection's address whatever PASV says), change to the folder. The
 //! listing is `MLSD` where the server has it, else `LIST` (Unix or DOS lines), else names
-//! only from `NLST`. A resumed read sends `REST` before `RETR`. Replies 4xx are transient
-//! (try again later), 5xx permanent (wrong password, no such file).
+//! only from `NLST`. A resumed read sends `REST` before `RETR` (a server that does not
+//! implement it sends the whole file). Replies 4xx are transient (try again later), 5xx
+//! permanent (wrong password, no such file).
 
 use super::url::{Scheme, SourceUrl};
 use super::{is_transient_io, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
@@ -230,9 +231,16 @@ impl Backend for FtpBackend {
             let at = usize::try_from(offset).map_err(|_| anyhow!("offset {offset} too large"))?;
             ftp.resume_transfer(at).map_err(|e| ftp_error(e, "REST"))?;
         }
-        let transfer = ftp
-            .retr_as_stream(name)
-            .map_err(|e| ftp_error(e, &format!("RETR {name}")))?;
+        let (transfer, offset) = match ftp.retr_as_stream(name) {
+            Ok(t) => (t, offset),
+            // A server without REST: the whole file, from the start.
+            Err(e) if offset > 0 && is_not_implemented(&e) => (
+                ftp.retr_as_stream(name)
+                    .map_err(|e| ftp_error(e, &format!("RETR {name}")))?,
+                0,
+            ),
+            Err(e) => return Err(ftp_error(e, &format!("RETR {name}"))),
+        };
         Ok(Opened {
             reader: Box::new(FtpReader {
                 transfer: Some(transfer),

@@ -258,15 +258,16 @@ pub struct FtpOptions {
     pub login: Option<(String, String)>,
     /// Explicit TLS (`AUTH TLS`, required) with this certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// A server without `MLSD`/`MLST` (listing falls back to `LIST`).
-    pub no_mlsd: bool,
+    /// A server without `MLSD`/`MLST` (listing falls back to `LIST`) and without `REST`
+    /// (no resuming).
+    pub minimal: bool,
 }
 
 const FTP_SCRIPT: &str = r#"
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.servers import FTPServer
-port, root, user, password, cert, key, no_mlsd = sys.argv[1:8]
+port, root, user, password, cert, key, minimal = sys.argv[1:8]
 if cert:
     from pyftpdlib.handlers import TLS_FTPHandler as Handler
     Handler.certfile = cert
@@ -281,20 +282,20 @@ if user:
 else:
     auth.add_anonymous(root)
 Handler.authorizer = auth
-if no_mlsd == "1":
-    Handler.proto_cmds = {k: v for k, v in Handler.proto_cmds.items() if k not in ("MLSD", "MLST")}
+if minimal == "1":
+    Handler.proto_cmds = {k: v for k, v in Handler.proto_cmds.items() if k not in ("MLSD", "MLST", "REST")}
 FTPServer(("127.0.0.1", int(port)), Handler).serve_forever()
 "#;
 
 /// pyftpdlib serving `root` on a free port. A plain server runs as the package's own
-/// command (`python3 -m pyftpdlib -u -P`); TLS or no MLSD go through a small script.
+/// command (`python3 -m pyftpdlib -u -P`); TLS or a minimal server go through a small script.
 pub fn ftp_server(root: &Path, scratch: &Path, opts: &FtpOptions) -> Option<Server> {
     if !have_pyftpdlib() {
         return None;
     }
     let port = free_port();
     let mut cmd = Command::new("/usr/bin/python3");
-    if opts.tls.is_none() && !opts.no_mlsd {
+    if opts.tls.is_none() && !opts.minimal {
         cmd.args([
             "-m",
             "pyftpdlib",
@@ -321,7 +322,7 @@ pub fn ftp_server(root: &Path, scratch: &Path, opts: &FtpOptions) -> Option<Serv
             .arg(port.to_string())
             .arg(root)
             .args([user, password, cert, key])
-            .arg(if opts.no_mlsd { "1" } else { "0" });
+            .arg(if opts.minimal { "1" } else { "0" });
     }
     let scheme = if opts.tls.is_some() { "ftps" } else { "ftp" };
     let creds = match &opts.login {
