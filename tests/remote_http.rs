@@ -145,6 +145,10 @@ fn https_with_a_private_ca() {
         .assert_same(&host.tree(), Compare::default(), "https with --ca-file");
 }
 
+fn env(key: &str, value: impl Into<OsString>) -> (OsString, OsString) {
+    (key.into(), value.into())
+}
+
 #[test]
 fn basic_auth_from_url_environment_and_netrc() {
     let Some(dup) = duplicity(Version::V08) else {
@@ -194,13 +198,8 @@ fn basic_auth_from_url_environment_and_netrc() {
     // The user in the URL, the password in the environment.
     let host = lab.host("e");
     let user_only = format!("http://alice@127.0.0.1:{port}/repo/");
-    sync_with_env(
-        &host,
-        &user_only,
-        &[],
-        &[("DUPMIRROR_PASSWORD", "s3cr3t-pw")],
-    )
-    .assert_ok("password from DUPMIRROR_PASSWORD");
+    host.sync_env(&user_only, &[], &[env("DUPMIRROR_PASSWORD", "s3cr3t-pw")])
+        .assert_ok("password from DUPMIRROR_PASSWORD");
     oracle.assert_same(&host.tree(), Compare::default(), "password from env");
 
     // Both from a netrc file.
@@ -212,8 +211,8 @@ fn basic_auth_from_url_environment_and_netrc() {
          machine 127.0.0.1 login alice password s3cr3t-pw\n",
     )
     .unwrap();
-    let netrc = netrc.display().to_string();
-    sync_with_env(&host, &bare, &[], &[("NETRC", &netrc)]).assert_ok("netrc");
+    host.sync_env(&bare, &[], &[env("NETRC", netrc)])
+        .assert_ok("netrc");
     oracle.assert_same(&host.tree(), Compare::default(), "netrc");
 }
 

@@ -231,7 +231,8 @@ where
 }
 
 /// Run the dupmirror binary under test with extra environment. gpg's `PASSPHRASE` and
-/// `GNUPGHOME` come only from `env`, never from the environment the tests run in.
+/// `GNUPGHOME`, and the credentials of remote sources (`DUPMIRROR_PASSWORD`, `FTP_PASSWORD`,
+/// a netrc file) come only from `env`, never from the environment the tests run in.
 pub fn dupmirror_env<I, S>(args: I, env: &[(OsString, OsString)]) -> Run
 where
     I: IntoIterator<Item = S>,
@@ -240,7 +241,10 @@ where
     let mut cmd = Command::new(dupmirror_bin());
     cmd.args(args)
         .env_remove("PASSPHRASE")
-        .env_remove("GNUPGHOME");
+        .env_remove("GNUPGHOME")
+        .env_remove("DUPMIRROR_PASSWORD")
+        .env_remove("FTP_PASSWORD")
+        .env("NETRC", "/dev/null");
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     run_with_timeout(cmd, timeout())
 }

@@ -638,21 +638,6 @@ pub fn volume_sizes(repo: &Path) -> Vec<(String, u64)> {
     v
 }
 
-/// `dupmirror sync SOURCE DEST --state-dir S EXTRA...` with extra environment variables.
-pub fn sync_with_env(host: &Host, source: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(dupmirror_bin());
-    cmd.arg("sync")
-        .arg(source)
-        .arg(&host.dest)
-        .arg("--state-dir")
-        .arg(&host.state)
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    run_with_timeout(cmd, Duration::from_secs(300))
-}
-
 /// A failed run's stderr must be exactly one line (the run used `--quiet`), mention one of
 /// `keywords`, and never show `secret`.
 pub fn assert_one_clear_line(run: &Run, context: &str, keywords: &[&str], secret: &str) {
