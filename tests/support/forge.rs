@@ -187,7 +187,7 @@ pub fn header(name: &[u8], typeflag: u8, size: u64, e: &Entry, link: &[u8]) -> [
 }
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
 }
