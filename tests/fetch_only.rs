@@ -386,3 +386,69 @@ fn set_mtime(p: &std::path::Path, mtime: i64) {
     f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64))
         .unwrap();
 }
+
+/// The same new-full rule over HTTP, counted on both sides: nginx's access log must show
+/// exactly the volumes (and bytes) that dupmirror's report says it read.
+#[test]
+fn new_full_over_http_reads_only_changed_volumes() {
+    use support::remote::{nginx, served_lab, NginxOptions, Site};
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = nginx(&site.www, &site.srv, &NginxOptions::default()) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    populate(&lab);
+    lab.full(t(0));
+    let host = lab.host("h");
+    host.sync(&server.url, &[])
+        .assert_ok("first sync over HTTP");
+    lab.fs
+        .write_at("d1/f30", &random_bytes(2000, FILE_SIZE), T0 + 10);
+    lab.fs.touch("d1", T0 + 10);
+    lab.full(t(1));
+    let before = server.requests("GET").len();
+    let run = host.sync(&server.url, &["--json"]);
+    run.assert_ok("new full over HTTP");
+    let r = json::parse(&run.stdout_text()).expect("JSON");
+    let s = sets(&r);
+    let reported_volumes = number(s[0].get("volumes").unwrap());
+    let reported_bytes = number(s[0].get("bytes").unwrap());
+    let new_full_volumes = format!("duplicity-full.{}.vol", compact_time(t(1)));
+    let served: Vec<(String, u64)> = server.requests("GET")[before..]
+        .iter()
+        .filter(|l| l.contains(&new_full_volumes))
+        .map(|l| {
+            // nginx's combined format: ... "GET /repo/NAME HTTP/1.1" STATUS BYTES ...
+            let parts: Vec<&str> = l.split('"').collect();
+            let fields: Vec<&str> = parts[2].split_whitespace().collect();
+            (parts[1].to_string(), fields[1].parse().expect("byte count"))
+        })
+        .collect();
+    assert_eq!(
+        served.len() as u64,
+        reported_volumes,
+        "requests in nginx's log: {served:?}"
+    );
+    assert_eq!(
+        served.iter().map(|(_, b)| b).sum::<u64>(),
+        reported_bytes,
+        "bytes in nginx's log"
+    );
+    let total: u64 = lab
+        .repo_files()
+        .iter()
+        .filter(|f| f.contains(&new_full_volumes))
+        .count() as u64;
+    assert!(
+        reported_volumes < total,
+        "{reported_volumes} of {total} volumes"
+    );
+    lab.restore(t(1)).assert_same(
+        &host.tree(),
+        Compare::default(),
+        "after the new full over HTTP",
+    );
+}
