@@ -1,5 +1,6 @@
 //! `status`, `ls`, `sync --dry-run` and `--json` output, checked against upstream duplicity.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -7,25 +8,6 @@ use std::fs;
 
 use support::json::{self, Json};
 use support::*;
-
-macro_rules! both_versions {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn dup08() {
-                if let Some(d) = super::duplicity(super::Version::V08) {
-                    super::$name(d)
-                }
-            }
-            #[test]
-            fn dup3() {
-                if let Some(d) = super::duplicity(super::Version::V3) {
-                    super::$name(d)
-                }
-            }
-        }
-    )*};
-}
 
 both_versions!(status_json, ls_matches_upstream, dry_run_changes_nothing);
 

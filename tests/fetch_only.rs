@@ -5,30 +5,12 @@
 //! volumes that hold the damage, and a locally edited file that an incremental patches is
 //! restored instead of corrupted. Byte counts come from dupmirror's own `--json` report.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
 use support::json::{self, Json};
 use support::*;
-
-macro_rules! both_versions {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn dup08() {
-                if let Some(d) = super::duplicity(super::Version::V08) {
-                    super::$name(d)
-                }
-            }
-            #[test]
-            fn dup3() {
-                if let Some(d) = super::duplicity(super::Version::V3) {
-                    super::$name(d)
-                }
-            }
-        }
-    )*};
-}
 
 both_versions!(
     new_full_fetches_changed_volumes,

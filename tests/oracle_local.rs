@@ -3,30 +3,11 @@
 //! exactly: on a host that syncs after every backup, on a host that syncs once at the end, and
 //! on fresh hosts that sync `--time T` (see tests/support/scenario.rs).
 
+#[macro_use]
 mod support;
 
 use support::scenario::{self, full, inc, Step};
 use support::*;
-
-/// One test per upstream version for a scenario function `fn(Duplicity)`.
-macro_rules! both_versions {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn dup08() {
-                if let Some(d) = super::duplicity(super::Version::V08) {
-                    super::$name(d)
-                }
-            }
-            #[test]
-            fn dup3() {
-                if let Some(d) = super::duplicity(super::Version::V3) {
-                    super::$name(d)
-                }
-            }
-        }
-    )*};
-}
 
 both_versions!(
     edge_names,

@@ -5,31 +5,13 @@
 //! Hostile sets are made from real upstream sets whose entries are renamed by
 //! tests/support/craft.py, which also rewrites the manifest's SHA1 so the damage is reached.
 
+#[macro_use]
 mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use support::*;
-
-macro_rules! both_versions {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn dup08() {
-                if let Some(d) = super::duplicity(super::Version::V08) {
-                    super::$name(d)
-                }
-            }
-            #[test]
-            fn dup3() {
-                if let Some(d) = super::duplicity(super::Version::V3) {
-                    super::$name(d)
-                }
-            }
-        }
-    )*};
-}
 
 both_versions!(
     set_in_progress_is_not_applied,

@@ -17,6 +17,28 @@
 
 pub mod forge;
 pub mod gpg;
+/// One `#[test]` per upstream version (0.8 and 3.x) for each scenario function
+/// `fn(Duplicity)` named; a missing version skips (or fails, see the module doc).
+#[macro_export]
+macro_rules! both_versions {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn dup08() {
+                if let Some(d) = super::duplicity(super::Version::V08) {
+                    super::$name(d)
+                }
+            }
+            #[test]
+            fn dup3() {
+                if let Some(d) = super::duplicity(super::Version::V3) {
+                    super::$name(d)
+                }
+            }
+        }
+    )*};
+}
+
 pub mod json;
 pub mod kill;
 pub mod remote;
