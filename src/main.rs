@@ -148,75 +148,9 @@ impl NameOptions {
 #[derive(Subcommand)]
 enum Command {
     /// Bring DEST to the backup at --time (default: the latest), applying only new sets
-    Sync {
-        /// The duplicity repository: a path, file://, ftp://, ftps://, http:// or https:// URL
-        source: String,
-        /// The tree to keep in sync (holds exactly the backed-up files)
-        dest: PathBuf,
-        /// Backup time to sync to: 2026-01-02T03:04:05Z, 20260102T030405Z, epoch seconds, ...
-        #[arg(long, short = 't')]
-        time: Option<String>,
-        /// Where dupmirror keeps its state (default: .<DEST name>.dupmirror beside DEST)
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Mirror only this subtree (repeatable); fetches only the volumes that hold it
-        #[arg(long = "path", value_name = "P")]
-        paths: Vec<String>,
-        /// Print the plan (sets, volumes, bytes) and change nothing
-        #[arg(long, short = 'n')]
-        dry_run: bool,
-        /// First sync into a non-empty DEST: make it the backup, removing what it lacks
-        #[arg(long)]
-        adopt: bool,
-        /// Wait for another sync of the same DEST instead of failing
-        #[arg(long)]
-        wait: bool,
-        /// Skip the file system sync before each commit (faster; unsafe on power loss)
-        #[arg(long)]
-        no_fsync: bool,
-        /// Print one JSON summary on stdout
-        #[arg(long)]
-        json: bool,
-        /// Print nothing but errors (no progress bars, no retry notices)
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// Most volumes in the download cache at once: the one being applied and those
-        /// downloading ahead of it (1: no prefetch)
-        #[arg(long, value_name = "N", default_value_t = 2,
-              value_parser = clap::value_parser!(u32).range(1..=1000))]
-        prefetch: u32,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        crypto: CryptoOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    Sync(SyncArgs),
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
-    Verify {
-        source: String,
-        dest: PathBuf,
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Restore the paths that differ, reading only the volumes that hold them
-        #[arg(long)]
-        repair: bool,
-        /// Compare metadata only (size, mode, mtime, type), no content hashing: as fast as
-        /// rsync's quick check, blind to edits that keep size and mtime
-        #[arg(long)]
-        quick: bool,
-        /// Skip the file system sync before the repair's commit
-        #[arg(long)]
-        no_fsync: bool,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        crypto: CryptoOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    Verify(VerifyArgs),
     /// Show the repository's chains and sets (like duplicity collection-status)
     Status {
         source: String,
@@ -245,6 +179,78 @@ enum Command {
         #[command(flatten)]
         remote: RemoteOptions,
     },
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// The duplicity repository: a path, file://, ftp://, ftps://, http:// or https:// URL
+    source: String,
+    /// The tree to keep in sync (holds exactly the backed-up files)
+    dest: PathBuf,
+    /// Backup time to sync to: 2026-01-02T03:04:05Z, 20260102T030405Z, epoch seconds, ...
+    #[arg(long, short = 't')]
+    time: Option<String>,
+    /// Where dupmirror keeps its state (default: .<DEST name>.dupmirror beside DEST)
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Mirror only this subtree (repeatable); fetches only the volumes that hold it
+    #[arg(long = "path", value_name = "P")]
+    paths: Vec<String>,
+    /// Print the plan (sets, volumes, bytes) and change nothing
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// First sync into a non-empty DEST: make it the backup, removing what it lacks
+    #[arg(long)]
+    adopt: bool,
+    /// Wait for another sync of the same DEST instead of failing
+    #[arg(long)]
+    wait: bool,
+    /// Skip the file system sync before each commit (faster; unsafe on power loss)
+    #[arg(long)]
+    no_fsync: bool,
+    /// Print one JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    /// Print nothing but errors (no progress bars, no retry notices)
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Most volumes in the download cache at once: the one being applied and those
+    /// downloading ahead of it (1: no prefetch)
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    prefetch: u32,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    crypto: CryptoOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    source: String,
+    dest: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Restore the paths that differ, reading only the volumes that hold them
+    #[arg(long)]
+    repair: bool,
+    /// Compare metadata only (size, mode, mtime, type), no content hashing: as fast as
+    /// rsync's quick check, blind to edits that keep size and mtime
+    #[arg(long)]
+    quick: bool,
+    /// Skip the file system sync before the repair's commit
+    #[arg(long)]
+    no_fsync: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    crypto: CryptoOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -484,66 +490,41 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Sync {
-            source,
-            dest,
-            time,
-            state_dir,
-            paths,
-            dry_run,
-            adopt,
-            wait,
-            no_fsync,
-            json,
-            quiet,
-            prefetch,
-            names,
-            crypto,
-            remote,
-        } => {
-            let bars = !quiet && std::io::stderr().is_terminal();
-            let source_options = remote.source_options(bars, !quiet)?;
+        Command::Sync(a) => {
+            let bars = !a.quiet && std::io::stderr().is_terminal();
+            let source_options = a.remote.source_options(bars, !a.quiet)?;
             let report = sync::sync(&sync::SyncOptions {
-                source,
-                dest,
-                time,
-                state_dir,
-                paths,
-                dry_run,
-                adopt,
-                wait,
-                durable: !no_fsync,
-                prefetch: prefetch as usize,
-                repo: names.repo_options(Some(&crypto), source_options)?,
+                repo: a.names.repo_options(Some(&a.crypto), source_options)?,
+                source: a.source,
+                dest: a.dest,
+                time: a.time,
+                state_dir: a.state_dir,
+                paths: a.paths,
+                dry_run: a.dry_run,
+                adopt: a.adopt,
+                wait: a.wait,
+                durable: !a.no_fsync,
+                prefetch: a.prefetch as usize,
             })?;
-            if json {
+            if a.json {
                 print_json(&report)?;
-            } else if !quiet {
+            } else if !a.quiet {
                 print_sync(&report);
             }
         }
-        Command::Verify {
-            source,
-            dest,
-            state_dir,
-            repair,
-            quick,
-            no_fsync,
-            json,
-            names,
-            crypto,
-            remote,
-        } => {
+        Command::Verify(a) => {
             let report = verify::verify(&verify::VerifyOptions {
-                source,
-                dest,
-                state_dir,
-                repair,
-                quick,
-                durable: !no_fsync,
-                repo: names.repo_options(Some(&crypto), remote.source_options(false, true)?)?,
+                repo: a
+                    .names
+                    .repo_options(Some(&a.crypto), a.remote.source_options(false, true)?)?,
+                source: a.source,
+                dest: a.dest,
+                state_dir: a.state_dir,
+                repair: a.repair,
+                quick: a.quick,
+                durable: !a.no_fsync,
             })?;
-            if json {
+            if a.json {
                 print_json(&report)?;
             } else {
                 print_verify(&report);
