@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# dupmirror's benchmark (issue 7): dupmirror side by side with what a mirror admin would use
+# instead, on the same deterministic data, in one run. Not part of the test suite.
+#
+# Usage: scripts/bench.sh [--quick] [--reps N] [--only LIST] [--work DIR] [--tmpfs DIR]
+#                         [--writer 0.8|3] [--dupmirror BIN] [--no-install] [--out FILE]
+#
+#   --quick       small corpora (2,000 files / 20 MB, big file 512 MiB): a smoke test of a few
+#                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
+#                 files, a 4 GiB file); the first run spends most of its time on backups.
+#   --reps N      timed runs per figure (default 3); tables show medians and min-max.
+#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory
+#   --work DIR    disk scratch (default /var/tmp/dupmirror-bench): corpora and repositories
+#                 are cached there by parameters, so later runs skip generation and backups.
+#   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
+#   --writer V    upstream duplicity that writes the backups (default 0.8 = /usr/bin/duplicity)
+#   --dupmirror B measure this binary instead of building the worktree (before/after runs)
+#   --no-install  do not apt-get/pip anything (fail if a tool is missing)
+#   --out FILE    also write the markdown report to FILE (e.g. docs/bench.md)
+#
+# What is measured (wall, CPU user+sys and peak RSS from /usr/bin/time -v; medians of N):
+#   1. bootstrap: `dupmirror sync` into an empty DEST (with and without --no-fsync) vs
+#      `duplicity restore` (0.8.22 and 3.2.1) vs `tar -xzf` of the same full's volumes, one
+#      after the other (the decompression ceiling), on disk and on tmpfs;
+#   2. incremental: one set with 1% of the files changed (70% rewritten, 15% deleted, 15%
+#      new) vs `rsync -a --delete` from the changed tree and `rsync --read-batch` of a batch
+#      written for the same change;
+#   3. scaling: the same change on a tree with 10x the files (the extra files are untouched);
+#   4. catch-up: 10 pending incrementals in one run vs ten runs, one set each;
+#   5. memory: peak RSS on the largest corpus and on one sparse file of several GB
+#      (bootstrap and an incremental that patches it).
+# Between runs DEST is reset untimed (rm -rf, or rsync from a pristine copy), then `sync`
+# flushes the previous run's dirty pages so no run pays for another's writeback. Caches stay
+# warm (repositories are read from the page cache); every dupmirror result is checked
+# against the source tree (rsync -c dry run) before it is timed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HERE="$ROOT/scripts/bench"
+QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory" INSTALL=1 OUT="" DM=""
+WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --reps) REPS=$2; shift ;;
+        --only) ONLY=$2; shift ;;
+        --work) WORK=$2; shift ;;
+        --tmpfs) TMPFS=$2; shift ;;
+        --writer) WRITER=$2; shift ;;
+        --dupmirror) DM=$(realpath "$2"); shift ;;
+        --no-install) INSTALL=0 ;;
+        --out) OUT=$(realpath -m "$2"); shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+case "$WORK$TMPFS" in *[[:space:]]*) die "--work and --tmpfs must not contain whitespace" ;; esac
+
+if [ "$QUICK" = 1 ]; then
+    BASE_FILES=2000 BASE_BYTES=20000000 VOLSIZE=2 CHANGES=20 INCS=10
+    EXTRA_FILES=18000 EXTRA_BYTES=20000000 BIG_BYTES=$((512 << 20))
+else
+    BASE_FILES=50000 BASE_BYTES=1070000000 VOLSIZE=50 CHANGES=500 INCS=10
+    EXTRA_FILES=450000 EXTRA_BYTES=900000000 BIG_BYTES=$((4 << 30))
+fi
+SEED=7
+T0=1700000000
+tk() { echo $((T0 + $1 * 3600)); }
+
+# --- tools -----------------------------------------------------------------------------------
+DUP3_VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
+if [ "$INSTALL" = 1 ]; then
+    # duplicity 0.8.22, rsync, pigz and the duplicity 3.2.1 venv: the project's installer.
+    bash "$ROOT/scripts/install-deps.sh"
+    if [ ! -x /usr/bin/time ]; then
+        log "apt: installing time"
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q time
+    fi
+fi
+DUP08=/usr/bin/duplicity
+DUP3="$DUP3_VENV/bin/duplicity"
+for t in "$DUP08" "$DUP3" /usr/bin/time rsync tar gzip python3; do
+    command -v "$t" >/dev/null || die "$t is missing (run without --no-install)"
+done
+case "$WRITER" in
+    0.8) DUPW=$DUP08 ;;
+    3) DUPW=$DUP3 ;;
+    *) die "--writer must be 0.8 or 3" ;;
+esac
+if [ -z "$DM" ]; then
+    log "building dupmirror (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin dupmirror)
+    DM="${CARGO_TARGET_DIR:-$ROOT/target}/release/dupmirror"
+fi
+[ -x "$DM" ] || die "no dupmirror binary at $DM"
+
+mkdir -p "$WORK" "$TMPFS"
+RUN="$WORK/run" TRUN="$TMPFS/run"
+RESULTS="$WORK/results-$(date -u +%Y%m%dT%H%M%SZ).tsv"
+TF="$WORK/time.out" CMDLOG="$WORK/cmd.log"
+trap 'rm -rf "$TRUN"' EXIT
+: >"$RESULTS"
+
+# --- corpora ---------------------------------------------------------------------------------
+# make_corpus NAME FILES BYTES EXTRA_FILES EXTRA_BYTES INCS: a tree, its history of INCS
+# mutation steps, and a duplicity repository with a full at T0 and one incremental per step.
+# Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state). Cached
+# under a key of every parameter and of the generator's source.
+dup_backup() { # KIND SRC NAME TIME
+    "$DUPW" "$1" --no-encryption --volsize "$VOLSIZE" --archive-dir "$CORPUS/cache" --name bench \
+        --current-time "$4" -v error --no-print-statistics "$2" "file://$CORPUS/repo" >/dev/null
+}
+make_corpus() {
+    local name=$1 files=$2 bytes=$3 xfiles=$4 xbytes=$5 incs=$6
+    local key
+    key=$(printf '%s ' "$@" "$SEED" "$VOLSIZE" "$CHANGES" "$WRITER" "$(cat "$HERE/corpus.py")" | sha1sum | cut -c1-10)
+    CORPUS="$WORK/corpus-$name-$key"
+    [ -e "$CORPUS/complete" ] && return
+    log "corpus $name: generating $files(+$xfiles) files, backing up with $DUPW (once; cached)"
+    rm -rf "$CORPUS" && mkdir -p "$CORPUS"
+    python3 "$HERE/corpus.py" init "$CORPUS/src" --files "$files" --bytes "$bytes" --seed "$SEED" \
+        --volsize "$VOLSIZE" --extra-files "$xfiles" --extra-bytes "$xbytes"
+    cp -a "$CORPUS/src" "$CORPUS/tree0"
+    dup_backup full "$CORPUS/src" bench "$T0"
+    for ((k = 1; k <= incs; k++)); do
+        python3 "$HERE/corpus.py" mutate "$CORPUS/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
+        [ "$k" = 1 ] && cp -a "$CORPUS/src" "$CORPUS/tree1"
+        dup_backup incremental "$CORPUS/src" bench "$(tk "$k")"
+    done
+    touch "$CORPUS/complete"
+}
+make_big_corpus() {
+    local key
+    key=$(printf '%s ' "$BIG_BYTES" "$SEED" "$VOLSIZE" "$WRITER" "$(cat "$HERE/corpus.py")" | sha1sum | cut -c1-10)
+    CORPUS="$WORK/corpus-big-$key"
+    [ -e "$CORPUS/complete" ] && return
+    log "corpus big: one sparse file of $BIG_BYTES bytes, backing up (once; cached)"
+    rm -rf "$CORPUS" && mkdir -p "$CORPUS/src"
+    python3 "$HERE/corpus.py" bigfile "$CORPUS/src/big.img" --size "$BIG_BYTES" --seed "$SEED"
+    dup_backup full "$CORPUS/src" bench "$T0"
+    python3 "$HERE/corpus.py" bigmutate "$CORPUS/src/big.img" --step 1 --seed "$SEED"
+    dup_backup incremental "$CORPUS/src" bench "$(tk 1)"
+    touch "$CORPUS/complete"
+}
+describe_corpus() { # TITLE
+    local n v b i
+    n=$(find "$CORPUS/tree0" | wc -l)
+    b=$(du -sb "$CORPUS/tree0" | cut -f1)
+    v=$(find "$CORPUS/repo" -name 'duplicity-full.*.vol*' | wc -l)
+    i=$(find "$CORPUS/repo" -name "duplicity-inc.*.to.$(date -u -d @"$(tk 1)" +%Y%m%dT%H%M%SZ).*vol*" -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+    echo "$1: $n entries, $((b / 1000000)) MB in the full ($v volumes of --volsize $VOLSIZE), first incremental $((i / 1000)) kB ($CHANGES files changed)"
+}
+
+# --- measuring -------------------------------------------------------------------------------
+# add LABEL PREPARE CMD queues a command; run_group SECTION runs the queue round-robin, REPS
+# times (so load that drifts during the group hits every tool alike), and appends one `run`
+# line per timed run to RESULTS. PREPARE runs untimed before each run, then `sync`.
+LABELS=() PREPS=() CMDS=()
+add() { LABELS+=("$1"); PREPS+=("$2"); CMDS+=("$3"); }
+run_group() {
+    local section=$1 r i load
+    for ((r = 1; r <= REPS; r++)); do
+        for i in "${!LABELS[@]}"; do
+            bash -c "${PREPS[$i]}" >"$CMDLOG" 2>&1 || { cat "$CMDLOG" >&2; die "preparing ${LABELS[$i]} failed"; }
+            sync
+            load=$(cut -d' ' -f1 /proc/loadavg)
+            if ! /usr/bin/time -f '%e\t%U\t%S\t%M' -o "$TF" bash -c "${CMDS[$i]}" >"$CMDLOG" 2>&1; then
+                tail -20 "$CMDLOG" >&2
+                die "${LABELS[$i]} failed: ${CMDS[$i]}"
+            fi
+            printf 'run\t%s\t%s\t%s\t%s\n' "$section" "${LABELS[$i]}" "$(tail -1 "$TF")" "$load" >>"$RESULTS"
+            log "$section | ${LABELS[$i]} | run $r: $(tail -1 "$TF" | cut -f1) s"
+        done
+    done
+    LABELS=() PREPS=() CMDS=()
+}
+meta() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >>"$RESULTS"; }
+verify() { # EXPECTED_TREE DEST: content (checksums), names, types, modes, mtimes
+    local diff
+    diff=$(rsync -anc --delete -i "$1/" "$2/" | head -5)
+    [ -z "$diff" ] || die "DEST $2 differs from $1: $diff"
+}
+sync_cmd() { # DEST STATE TIME [FLAGS]: a dupmirror sync command line
+    echo "$DM sync -q --time $3 --state-dir $2 ${4:-} $CORPUS/repo $1"
+}
+full_volumes() { find "$CORPUS/repo" -name 'duplicity-full.*.vol*.difftar.gz' | sort -V | tr '\n' ' '; }
+
+# bootstrap_group SECTION DIR: every way of getting the full into an empty DIR/dest
+bootstrap_group() {
+    local section=$1 d=$2 tarx
+    rm -rf "$d" && mkdir -p "$d"
+    local clean="rm -rf $d/dest $d/state $d/x"
+    bash -c "$clean; $(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    verify "$CORPUS/tree0" "$d/dest"
+    tarx="mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
+    add "dupmirror" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0")"
+    add "dupmirror --no-fsync" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    add "tar -xzf" "$clean" "$tarx"
+    if [ "${WITH_DUPLICITY:-1}" = 1 ]; then
+        add "duplicity 0.8.22 restore" "$clean" \
+            "$DUP08 restore --no-encryption --archive-dir $CORPUS/cache08 --name bench --time $T0 -v error file://$CORPUS/repo $d/x"
+        add "duplicity 3.2.1 restore" "$clean" \
+            "$DUP3 restore --no-encryption --archive-dir $CORPUS/cache3 --name bench --time $T0 -v error file://$CORPUS/repo $d/x"
+    fi
+    meta refs "$section" "tar -xzf,duplicity 0.8.22 restore"
+    run_group "$section"
+    rm -rf "$d"
+}
+
+# incremental_group SECTION: DEST at T0, one incremental to T1, vs rsync from tree1
+incremental_group() {
+    local section=$1 d=$RUN/inc
+    rm -rf "$d" && mkdir -p "$d"
+    bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    cp -a "$d/state" "$d/state0"
+    rsync -a --delete --write-batch="$d/batch" "$CORPUS/tree1/" "$d/dest/" >/dev/null
+    local reset="rsync -a --delete $CORPUS/tree0/ $d/dest/ && rm -rf $d/state && cp -a $d/state0 $d/state"
+    bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    verify "$CORPUS/tree1" "$d/dest"
+    add "dupmirror" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)")"
+    add "dupmirror --no-fsync" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    add "rsync -a --delete" "$reset" "rsync -a --delete $CORPUS/tree1/ $d/dest/"
+    add "rsync --read-batch" "$reset" "rsync -a --delete --read-batch=$d/batch $d/dest/"
+    meta refs "$section" "rsync -a --delete,rsync --read-batch"
+    run_group "$section"
+    rm -rf "$d"
+}
+
+HOST_NOTE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem/ {print $2}') GiB RAM, kernel $(uname -r); disk: $(df -hT "$WORK" | awk 'NR==2 {print $1" "$2", "$3}'); tmpfs: $(df -hT "$TMPFS" | awk 'NR==2 {print $2" "$3}')"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date +%s)
+
+if wants bootstrap || wants incremental || wants catchup || wants scaling; then
+    make_corpus base "$BASE_FILES" "$BASE_BYTES" 0 0 "$INCS"
+    BASE=$CORPUS
+fi
+
+if wants bootstrap; then
+    CORPUS=$BASE
+    meta title bootstrap-disk "1. Bootstrap on disk: the full into an empty DEST"
+    meta note bootstrap-disk "$(describe_corpus Corpus)"
+    bootstrap_group bootstrap-disk "$RUN/boot"
+    meta title bootstrap-tmpfs "1. Bootstrap on tmpfs (same corpus; repository on disk, page-cached)"
+    bootstrap_group bootstrap-tmpfs "$TRUN/boot"
+fi
+
+if wants incremental; then
+    CORPUS=$BASE
+    meta title incremental "2. Incremental: one set with $CHANGES files changed (1%)"
+    meta note incremental "$(describe_corpus Corpus)"
+    incremental_group incremental
+fi
+
+if wants scaling; then
+    make_corpus scale "$BASE_FILES" "$BASE_BYTES" "$EXTRA_FILES" "$EXTRA_BYTES" 1
+    SCALE=$CORPUS
+    meta title scaling "3. Scaling: the same $CHANGES-file change on a tree with 10x the files"
+    meta note scaling "$(describe_corpus Corpus). The base part and the change are byte-identical to section 2's; the extra files are untouched."
+    incremental_group scaling
+fi
+
+if wants catchup; then
+    CORPUS=$BASE
+    d=$RUN/catchup
+    rm -rf "$d" && mkdir -p "$d"
+    bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    cp -a "$d/state" "$d/state0"
+    reset="rsync -a --delete $CORPUS/tree0/ $d/dest/ && rm -rf $d/state && cp -a $d/state0 $d/state"
+    bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" --no-fsync)"
+    verify "$CORPUS/src" "$d/dest"
+    for flags in "" "--no-fsync"; do
+        lab="dupmirror${flags:+ $flags}" steps=""
+        for ((k = 1; k <= INCS; k++)); do steps+="$(sync_cmd "$d/dest" "$d/state" "$(tk "$k")" "$flags") && "; done
+        add "$lab: $INCS sets in one run" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" "$flags")"
+        add "$lab: $INCS runs of one set" "$reset" "${steps% && }"
+    done
+    meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each)"
+    meta refs catch-up "dupmirror: $INCS sets in one run"
+    run_group catch-up
+    rm -rf "$d"
+fi
+
+if wants memory; then
+    if [ -n "${SCALE:-}" ]; then
+        CORPUS=$SCALE
+        meta title memory "5. Memory: the largest corpus and a single file of several GB (on disk)"
+        meta note memory "$(describe_corpus "Largest corpus")"
+        WITH_DUPLICITY=0 bootstrap_group memory "$RUN/boot"
+    else
+        log "memory: the largest corpus comes from the scaling section (not run); big file only"
+    fi
+    make_big_corpus
+    d=$RUN/big
+    rm -rf "$d" && mkdir -p "$d"
+    meta title memory-big "5. Memory: one sparse file of $((BIG_BYTES >> 20)) MiB (1 MiB of data every 32 MiB)"
+    add "dupmirror --no-fsync: bootstrap" "rm -rf $d/dest $d/state" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    add "dupmirror --no-fsync: incremental patching it" "true" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    run_group memory-big
+    cmp "$CORPUS/src/big.img" "$d/dest/big.img" || die "the big file differs after the incremental"
+    rm -rf "$d"
+fi
+
+# --- issue 4 (later): bytes fetched for a new full chain with 1% changed ------------------------
+# Placeholder for the issue-4 line: make a second full (new chain) of the base corpus after
+# one 1% mutation, sync DEST from the old chain's last set to it, and record the bytes the
+# sync fetched (`dupmirror sync --json` .bytes_read) next to the full's size. Add it here as
+# `meta title issue4 ...` plus `run`-style lines, so report.py renders it with the rest.
+
+targets() {
+    local nf="dupmirror --no-fsync"
+    meta target "Bootstrap on disk, dupmirror --no-fsync ÷ tar -xzf" "bootstrap-disk:$nf" "bootstrap-disk:tar -xzf" 0.8
+    meta target "Bootstrap on disk, dupmirror (syncfs) ÷ tar -xzf" "bootstrap-disk:dupmirror" "bootstrap-disk:tar -xzf" 0.8
+    meta target "Bootstrap on tmpfs, dupmirror --no-fsync ÷ tar -xzf" "bootstrap-tmpfs:$nf" "bootstrap-tmpfs:tar -xzf" 0.8
+    meta target "Incremental 1%, dupmirror --no-fsync ÷ rsync -a --delete" "incremental:$nf" "incremental:rsync -a --delete" 1.0
+    meta target "Incremental 1%, dupmirror (syncfs) ÷ rsync -a --delete" "incremental:dupmirror" "incremental:rsync -a --delete" 1.0
+    meta target "Incremental 1%, dupmirror --no-fsync ÷ rsync --read-batch" "incremental:$nf" "incremental:rsync --read-batch" 1.5
+    meta target "Incremental 1%, dupmirror (syncfs) ÷ rsync --read-batch" "incremental:dupmirror" "incremental:rsync --read-batch" 1.5
+    meta target "Scaling: incremental on 10x files ÷ on 1x, --no-fsync" "scaling:$nf" "incremental:$nf" 1.3
+    meta target "Scaling: incremental on 10x files ÷ on 1x, syncfs" "scaling:dupmirror" "incremental:dupmirror" 1.3
+    meta rss "Peak RSS of every dupmirror run" 100 dupmirror
+}
+targets
+
+REPORT="$WORK/report-$(basename "$RESULTS" .tsv).md"
+{
+    echo "## dupmirror benchmark"
+    echo
+    echo "- $(date -u +%Y-%m-%d) on $(hostname): $HOST_NOTE"
+    echo "- dupmirror $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') ($DM); backups written by $("$DUPW" --version | tail -1)"
+    echo "- load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); $REPS runs per figure; took $(( ($(date +%s) - STARTED) / 60 )) min"
+    echo "- mode: $([ "$QUICK" = 1 ] && echo quick || echo full); raw data: $RESULTS"
+    echo
+    python3 "$HERE/report.py" "$RESULTS"
+} >"$REPORT"
+[ -z "$OUT" ] || cp "$REPORT" "$OUT"
+cat "$REPORT"
