@@ -5,7 +5,7 @@
 # Usage: scripts/bench.sh [--quick] [--reps N] [--only LIST] [--work DIR] [--tmpfs DIR]
 #                         [--writer 0.8|3] [--dupmirror BIN] [--no-install] [--out FILE]
 #
-#   --quick       small corpora (2,000 files / 20 MB, big file 512 MiB): a smoke test of a few
+#   --quick       small corpora (1,000 files / 10 MB, big file 256 MiB): a smoke test of a few
 #                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
 #                 files, a 4 GiB file); the first run spends most of its time on backups.
 #   --reps N      timed runs per figure (default 3); tables show medians and min-max.
@@ -29,10 +29,18 @@
 #   4. catch-up: 10 pending incrementals in one run vs ten runs, one set each;
 #   5. memory: peak RSS on the largest corpus and on one sparse file of several GB
 #      (bootstrap and an incremental that patches it).
-# Between runs DEST is reset untimed (rm -rf, or rsync from a pristine copy), then `sync`
-# flushes the previous run's dirty pages so no run pays for another's writeback. Caches stay
-# warm (repositories are read from the page cache); every dupmirror result is checked
-# against the source tree (rsync -c dry run) before it is timed.
+# Between runs DEST is reset untimed, then `sync` flushes the previous run's dirty pages so no
+# run pays for another's writeback. Caches stay warm (repositories are read from the page
+# cache); every dupmirror result is checked against the source tree (rsync -c dry run) before
+# it is timed.
+#
+# Resets never delete on disk: on an ext4 without a journal (as on these machines), creating
+# an inode skips every inode of its group deleted in the last 60 s (up to 6 min while the
+# inode table is dirty), one buffer lookup each (find_inode_bit -> recently_deleted), so a
+# run right after `rm -rf` of the previous 50,000-file DEST spends most of its time in that
+# scan (quadratic: seen as 25 s of system time for tar). A first sync into a new disk never
+# pays it. So old outputs are renamed into a trash folder (rsync resets use --backup-dir),
+# which is emptied after a group, followed by `sync` and a 65 s pause.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,14 +64,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-log() { printf 'bench: %s\n' "$*" >&2; }
+log() { printf 'bench %(%H:%M:%S)T: %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 case "$WORK$TMPFS" in *[[:space:]]*) die "--work and --tmpfs must not contain whitespace" ;; esac
 
 if [ "$QUICK" = 1 ]; then
-    BASE_FILES=2000 BASE_BYTES=20000000 VOLSIZE=2 CHANGES=20 INCS=10
-    EXTRA_FILES=18000 EXTRA_BYTES=20000000 BIG_BYTES=$((512 << 20))
+    BASE_FILES=1000 BASE_BYTES=10000000 VOLSIZE=1 CHANGES=10 INCS=10
+    EXTRA_FILES=9000 EXTRA_BYTES=10000000 BIG_BYTES=$((256 << 20))
 else
     BASE_FILES=50000 BASE_BYTES=1070000000 VOLSIZE=50 CHANGES=500 INCS=10
     EXTRA_FILES=450000 EXTRA_BYTES=900000000 BIG_BYTES=$((4 << 30))
@@ -100,10 +108,10 @@ fi
 [ -x "$DM" ] || die "no dupmirror binary at $DM"
 
 mkdir -p "$WORK" "$TMPFS"
-RUN="$WORK/run" TRUN="$TMPFS/run"
+RUN="$WORK/run" TRUN="$TMPFS/run" TRASH="$WORK/trash"
 RESULTS="$WORK/results-$(date -u +%Y%m%dT%H%M%SZ).tsv"
 TF="$WORK/time.out" CMDLOG="$WORK/cmd.log"
-trap 'rm -rf "$TRUN"' EXIT
+trap 'rm -rf "$TRUN" "$TRASH"' EXIT
 : >"$RESULTS"
 
 # --- corpora ---------------------------------------------------------------------------------
@@ -185,6 +193,27 @@ verify() { # EXPECTED_TREE DEST: content (checksums), names, types, modes, mtime
     diff=$(rsync -anc --delete -i "$1/" "$2/" | head -5)
     [ -z "$diff" ] || die "DEST $2 differs from $1: $diff"
 }
+# discard_cmd PATH...: a command that gets PATHs out of the way: renamed into the trash on
+# disk (no inode is freed, see the top), removed on tmpfs.
+discard_cmd() {
+    if [ "$(stat -f -c %T "$(dirname "$1")")" = tmpfs ]; then
+        echo "rm -rf $*"
+    else
+        echo "mkdir -p $TRASH && t=\$(mktemp -d $TRASH/XXXXXX) && for p in $*; do if [ -e \$p ]; then mv \$p \$t/; fi; done"
+    fi
+}
+# reset_cmd TREE DEST STATE: a command that brings DEST back to TREE and the state directory
+# back to STATE.0, moving what it replaces or deletes into the trash.
+reset_cmd() {
+    echo "mkdir -p $TRASH && rsync -a --delete --backup --backup-dir=\$(mktemp -d $TRASH/XXXXXX) $1/ $2/ && rm -rf $3 && cp -a $3.0 $3"
+}
+empty_trash() { # after a group on disk: free the inodes, then let them age (see the top)
+    [ -d "$TRASH" ] || return 0
+    log "emptying the trash, then waiting 65 s for ext4 to stop skipping its inodes"
+    rm -rf "$TRASH"
+    sync
+    sleep 65
+}
 sync_cmd() { # DEST STATE TIME [FLAGS]: a dupmirror sync command line
     echo "$DM sync -q --time $3 --state-dir $2 ${4:-} $CORPUS/repo $1"
 }
@@ -193,9 +222,10 @@ full_volumes() { find "$CORPUS/repo" -name 'duplicity-full.*.vol*.difftar.gz' | 
 # bootstrap_group SECTION DIR: every way of getting the full into an empty DIR/dest
 bootstrap_group() {
     local section=$1 d=$2 tarx
-    rm -rf "$d" && mkdir -p "$d"
-    local clean="rm -rf $d/dest $d/state $d/x"
-    bash -c "$clean; $(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    mkdir -p "$d"
+    local clean
+    clean=$(discard_cmd "$d/dest" "$d/state" "$d/x")
+    bash -c "$clean && $(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
     verify "$CORPUS/tree0" "$d/dest"
     tarx="mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
     add "dupmirror" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0")"
@@ -209,17 +239,19 @@ bootstrap_group() {
     fi
     meta refs "$section" "tar -xzf,duplicity 0.8.22 restore"
     run_group "$section"
-    rm -rf "$d"
+    bash -c "$clean"
+    empty_trash
 }
 
 # incremental_group SECTION: DEST at T0, one incremental to T1, vs rsync from tree1
 incremental_group() {
     local section=$1 d=$RUN/inc
-    rm -rf "$d" && mkdir -p "$d"
+    bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
     bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
-    cp -a "$d/state" "$d/state0"
+    cp -a "$d/state" "$d/state.0"
     rsync -a --delete --write-batch="$d/batch" "$CORPUS/tree1/" "$d/dest/" >/dev/null
-    local reset="rsync -a --delete $CORPUS/tree0/ $d/dest/ && rm -rf $d/state && cp -a $d/state0 $d/state"
+    local reset
+    reset=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
     bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
     verify "$CORPUS/tree1" "$d/dest"
     add "dupmirror" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)")"
@@ -228,12 +260,15 @@ incremental_group() {
     add "rsync --read-batch" "$reset" "rsync -a --delete --read-batch=$d/batch $d/dest/"
     meta refs "$section" "rsync -a --delete,rsync --read-batch"
     run_group "$section"
-    rm -rf "$d"
+    bash -c "$(discard_cmd "$d")"
+    empty_trash
 }
 
 HOST_NOTE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem/ {print $2}') GiB RAM, kernel $(uname -r); disk: $(df -hT "$WORK" | awk 'NR==2 {print $1" "$2", "$3}'); tmpfs: $(df -hT "$TMPFS" | awk 'NR==2 {print $2" "$3}')"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date +%s)
+
+empty_trash # left over by an interrupted run
 
 if wants bootstrap || wants incremental || wants catchup || wants scaling; then
     make_corpus base "$BASE_FILES" "$BASE_BYTES" 0 0 "$INCS"
@@ -267,10 +302,10 @@ fi
 if wants catchup; then
     CORPUS=$BASE
     d=$RUN/catchup
-    rm -rf "$d" && mkdir -p "$d"
+    bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
     bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
-    cp -a "$d/state" "$d/state0"
-    reset="rsync -a --delete $CORPUS/tree0/ $d/dest/ && rm -rf $d/state && cp -a $d/state0 $d/state"
+    cp -a "$d/state" "$d/state.0"
+    reset=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
     bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" --no-fsync)"
     verify "$CORPUS/src" "$d/dest"
     for flags in "" "--no-fsync"; do
@@ -282,7 +317,8 @@ if wants catchup; then
     meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each)"
     meta refs catch-up "dupmirror: $INCS sets in one run"
     run_group catch-up
-    rm -rf "$d"
+    bash -c "$(discard_cmd "$d")"
+    empty_trash
 fi
 
 if wants memory; then
@@ -296,13 +332,13 @@ if wants memory; then
     fi
     make_big_corpus
     d=$RUN/big
-    rm -rf "$d" && mkdir -p "$d"
+    mkdir -p "$d"
     meta title memory-big "5. Memory: one sparse file of $((BIG_BYTES >> 20)) MiB (1 MiB of data every 32 MiB)"
-    add "dupmirror --no-fsync: bootstrap" "rm -rf $d/dest $d/state" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    add "dupmirror --no-fsync: bootstrap" "$(discard_cmd "$d/dest" "$d/state")" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
     add "dupmirror --no-fsync: incremental patching it" "true" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
     run_group memory-big
     cmp "$CORPUS/src/big.img" "$d/dest/big.img" || die "the big file differs after the incremental"
-    rm -rf "$d"
+    rm -rf "$d" "$TRASH"
 fi
 
 # --- issue 4 (later): bytes fetched for a new full chain with 1% changed ------------------------
