@@ -7,6 +7,10 @@
 //! (§3.1): the thread reads to the end of the raw file even when the tar stream inside
 //! stops early, and [`VolumeReader::finish`] reports a mismatch. Callers apply nothing from
 //! a set before every volume of it has finished cleanly.
+//!
+//! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
+//! gzip is inflated straight from the read buffer, and consumed buffers travel back to it
+//! for reuse instead of being freed and allocated (and zeroed) again.
 
 use crate::error::Error;
 use crate::naming::Encoding;
@@ -14,7 +18,7 @@ use anyhow::{anyhow, Result};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -43,6 +47,8 @@ pub struct VolumeReader {
     rx: Receiver<Msg>,
     /// Tells the helper thread to stop decoding (the caller gave up on the content).
     stop: Arc<AtomicBool>,
+    /// Consumed buffers, back to the helper thread.
+    recycle: Sender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
     verdict: Option<Result<()>>,
@@ -64,7 +70,7 @@ struct HashingReader {
     inner: Box<dyn Read + Send>,
     hasher: Sha1,
     bytes: u64,
-    report: std::sync::mpsc::Sender<HashReport>,
+    report: Sender<HashReport>,
 }
 
 struct HashReport {
@@ -107,16 +113,18 @@ impl VolumeReader {
         let (tx, rx) = sync_channel(BUFS_IN_FLIGHT);
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
+        let (recycle, recycled) = channel();
         let thread = std::thread::Builder::new()
             .name("volume-decode".into())
             .spawn(move || {
-                let verdict = decode(src, decryptor, &tx, &stop_flag);
+                let verdict = decode(src, decryptor, &tx, &stop_flag, &recycled);
                 let _ = tx.send(Msg::Done(verdict));
             })
             .expect("spawning a thread");
         VolumeReader {
             rx,
             stop,
+            recycle,
             buf: Vec::new(),
             pos: 0,
             verdict: None,
@@ -159,7 +167,11 @@ impl Read for VolumeReader {
             }
             match self.rx.recv() {
                 Ok(Msg::Data(b)) => {
-                    self.buf = b;
+                    let used = std::mem::replace(&mut self.buf, b);
+                    if used.capacity() > 0 {
+                        // The thread may have finished: then the buffer is simply freed.
+                        let _ = self.recycle.send(used);
+                    }
                     self.pos = 0;
                 }
                 Ok(Msg::Done(v)) => self.verdict = Some(v),
@@ -178,8 +190,9 @@ fn decode(
     decryptor: Option<std::sync::Arc<dyn Decryptor>>,
     tx: &SyncSender<Msg>,
     stop: &AtomicBool,
+    recycled: &Receiver<Vec<u8>>,
 ) -> Result<()> {
-    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    let (report_tx, report_rx) = channel();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
         inner: src.raw,
         hasher: Sha1::new(),
@@ -195,7 +208,7 @@ fn decode(
         }
         let mut plain: Box<dyn Read + Send> = match src.encoding {
             Encoding::Plain => raw,
-            Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
                 io::BufReader::with_capacity(BUF_SIZE, raw),
             )),
             Encoding::Gpg => decryptor
@@ -207,7 +220,7 @@ fn decode(
                 ))
             }
         };
-        pump(&mut plain, tx, stop).map_err(|e| match src.encoding {
+        pump(&mut plain, tx, stop, recycled).map_err(|e| match src.encoding {
             Encoding::Gzip => {
                 let io_kind = e.downcast_ref::<io::Error>().map(|e| e.kind());
                 if io_kind == Some(io::ErrorKind::UnexpectedEof)
@@ -244,12 +257,18 @@ fn decode(
     decoded.map_err(|e| anyhow!("{name}: {e:#}"))
 }
 
-fn pump(r: &mut dyn Read, tx: &SyncSender<Msg>, stop: &AtomicBool) -> Result<()> {
+fn pump(
+    r: &mut dyn Read,
+    tx: &SyncSender<Msg>,
+    stop: &AtomicBool,
+    recycled: &Receiver<Vec<u8>>,
+) -> Result<()> {
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let mut buf = vec![0u8; BUF_SIZE];
+        let mut buf = recycled.try_recv().unwrap_or_default();
+        buf.resize(BUF_SIZE, 0);
         let mut filled = 0;
         while filled < BUF_SIZE {
             let n = r.read(&mut buf[filled..])?;
