@@ -5,20 +5,26 @@
 //! symlink, so nothing escapes DEST through one), removal never follows symlinks, and
 //! attributes are set without following symlinks. Owners are set only when running as
 //! root, mapping user and group names to local ids as duplicity does (§4.4).
+//!
+//! Regular files are most of a bootstrap's system calls, so a new file gets its attributes
+//! through its open descriptor (no path lookups) and only those it does not already have:
+//! it is created with its permission bits, and owned by whoever runs dupmirror.
 
 use crate::error::Error;
 use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
 use anyhow::{Context, Result};
-use nix::sys::stat::{utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{fchmod, futimens, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{fchown, Gid, Uid};
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// What an ancestor of a path is in DEST.
 #[derive(Debug, PartialEq, Eq)]
@@ -212,6 +218,79 @@ impl Attrs {
     }
 }
 
+/// What a file created by [`create_file`] below a staging folder already has.
+#[derive(Clone, Copy, Debug)]
+pub struct NewFiles {
+    /// The owner new files get; `None` when unknown (a setgid folder passes its group on).
+    owner: Option<(u32, u32)>,
+    /// The process's umask, which the permission bits given to `open` lose; `None` when
+    /// unknown.
+    umask: Option<u32>,
+}
+
+impl NewFiles {
+    /// For files created below `staging`, a folder dupmirror made: the folders it makes
+    /// inside keep default attributes until their contents are complete, so only
+    /// `staging` itself can pass a group down.
+    pub fn probe(staging: &Path) -> NewFiles {
+        let setgid = fs::metadata(staging).map_or(true, |m| m.mode() & libc::S_ISGID != 0);
+        NewFiles {
+            owner: (!setgid).then(|| {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            }),
+            umask: process_umask(),
+        }
+    }
+}
+
+/// The umask, read where reading it changes nothing (`umask(2)` would set it, racing with
+/// other threads that create files).
+fn process_umask() -> Option<u32> {
+    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(value.trim(), 8).ok()
+    })
+}
+
+/// Creates a new regular file for writing, with the permission bits it is to have.
+pub fn create_file(path: &Path, attrs: &Attrs) -> Result<File> {
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(attrs.mode & 0o777)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+impl Attrs {
+    /// Gives a file made by [`create_file`] its attributes through its descriptor, after
+    /// its last write: the owner and mode only when it lacks them, then the mtime.
+    pub fn apply_to_new(&self, file: &File, path: &Path, new: &NewFiles) -> Result<()> {
+        let ctx = || format!("cannot set attributes of {}", path.display());
+        let fd = file.as_raw_fd();
+        if let Some((uid, gid)) = self.owner.filter(|o| new.owner != Some(*o)) {
+            fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(std::io::Error::from)
+                .with_context(ctx)?;
+        }
+        // Setuid, setgid and sticky bits are never given by `open`, and chown clears the
+        // first two: any of them takes an fchmod after the fchown.
+        if new.umask.map(|u| self.mode & 0o777 & !u) != Some(self.mode) {
+            fchmod(fd, Mode::from_bits_truncate(self.mode))
+                .map_err(std::io::Error::from)
+                .with_context(ctx)?;
+        }
+        futimens(fd, &TimeSpec::UTIME_OMIT, &TimeSpec::new(self.mtime, 0))
+            .map_err(std::io::Error::from)
+            .with_context(ctx)
+    }
+}
+
 /// Sets the mtime of `path` (not following a symlink), leaving the atime alone.
 pub fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
     utimensat(
@@ -227,7 +306,6 @@ pub fn set_mtime(path: &Path, mtime: i64) -> Result<()> {
 
 /// The mtime of a directory in DEST, if it is one.
 pub fn dir_mtime(path: &Path) -> Result<Option<i64>> {
-    use std::os::unix::fs::MetadataExt;
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(Some(m.mtime())),
         Ok(_) => Ok(None),

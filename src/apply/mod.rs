@@ -44,7 +44,7 @@ use crate::index::PathIndex;
 use crate::meta::FileType;
 use crate::state::{MirrorState, StateDir};
 use anyhow::{bail, Context, Result};
-use fsops::{Attrs, OwnerMap};
+use fsops::{Attrs, NewFiles, OwnerMap};
 use guard::PathGuard;
 use journal::{JournalWriter, Op};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,6 +104,7 @@ pub struct SetApplier {
     guard: PathGuard,
     owners: OwnerMap,
     filter: PathFilter,
+    new_files: NewFiles,
     next_object: u64,
     /// Fresh mode: directories on the current path, whose attributes wait for their contents.
     open_dirs: Vec<(PathIndex, Attrs)>,
@@ -148,6 +149,7 @@ impl SetApplier {
             fresh,
             dest: dest.to_path_buf(),
             journal: JournalWriter::create(&staging, target)?,
+            new_files: NewFiles::probe(&staging),
             staging,
             guard: PathGuard::new(dest, fresh),
             owners: OwnerMap::new(),
@@ -368,8 +370,7 @@ impl RecordSink for SetApplier {
                 if index.is_root() && self.fresh {
                     fs::remove_dir(&path)?; // a single-file backup: the tree is that file
                 }
-                let file = File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
+                let file = fsops::create_file(&path, &attrs)?;
                 self.current = Current::File {
                     file,
                     path,
@@ -438,8 +439,8 @@ impl RecordSink for SetApplier {
                 attrs,
                 place,
             } => {
+                attrs.apply_to_new(&file, &path, &self.new_files)?;
                 drop(file);
-                attrs.apply(&path)?;
                 self.stats.files_written += 1;
                 if let Some(op) = place {
                     self.journal.push(&op)?;
