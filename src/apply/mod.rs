@@ -105,6 +105,8 @@ pub struct SetApplier {
     owners: OwnerMap,
     filter: PathFilter,
     new_files: NewFiles,
+    /// Carries file contents from the volume to the file, reused from file to file.
+    copy_buf: Vec<u8>,
     next_object: u64,
     /// Fresh mode: directories on the current path, whose attributes wait for their contents.
     open_dirs: Vec<(PathIndex, Attrs)>,
@@ -154,6 +156,7 @@ impl SetApplier {
             guard: PathGuard::new(dest, fresh),
             owners: OwnerMap::new(),
             filter,
+            copy_buf: vec![0; COPY_BUF],
             next_object: 0,
             open_dirs: Vec::new(),
             late_attrs: BTreeMap::new(),
@@ -410,13 +413,12 @@ impl RecordSink for SetApplier {
     fn data(&mut self, bytes: &mut dyn Read) -> Result<()> {
         match &mut self.current {
             Current::File { file, path, .. } => {
-                let mut buf = vec![0u8; COPY_BUF];
                 loop {
-                    let n = bytes.read(&mut buf).context("reading the volume")?;
+                    let n = bytes.read(&mut self.copy_buf).context("reading the volume")?;
                     if n == 0 {
                         break;
                     }
-                    file.write_all(&buf[..n])
+                    file.write_all(&self.copy_buf[..n])
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     self.stats.bytes_written += n as u64;
                 }
