@@ -3,7 +3,8 @@
 # instead, on the same deterministic data, in one run. Not part of the test suite.
 #
 # Usage: scripts/bench.sh [--quick] [--reps N] [--only LIST] [--work DIR] [--tmpfs DIR]
-#                         [--writer 0.8|3] [--dupmirror BIN] [--no-install] [--out FILE]
+#                         [--writer 0.8|3] [--dupmirror BIN] [--baseline BIN] [--no-install]
+#                         [--out FILE]
 #
 #   --quick       small corpora (1,000 files / 10 MB, big file 256 MiB): a smoke test of a few
 #                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
@@ -14,7 +15,9 @@
 #                 are cached there by parameters, so later runs skip generation and backups.
 #   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
 #   --writer V    upstream duplicity that writes the backups (default 0.8 = /usr/bin/duplicity)
-#   --dupmirror B measure this binary instead of building the worktree (before/after runs)
+#   --dupmirror B measure this binary instead of building the worktree
+#   --baseline B  also time this other dupmirror binary (--no-fsync rows of sections 1-3),
+#                 round-robin with the rest: before/after figures under the same load
 #   --no-install  do not apt-get/pip anything (fail if a tool is missing)
 #   --out FILE    also write the markdown report to FILE (e.g. docs/bench.md)
 #
@@ -40,12 +43,13 @@
 # run right after `rm -rf` of the previous 50,000-file DEST spends most of its time in that
 # scan (quadratic: seen as 25 s of system time for tar). A first sync into a new disk never
 # pays it. So old outputs are renamed into a trash folder (rsync resets use --backup-dir),
-# which is emptied after a group, followed by `sync` and a 65 s pause.
+# which is emptied after a group, followed by `sync` and a 65 s pause (not with --quick).
+# Emptying is slow here (the file system is mounted with `discard`): minutes per group.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/scripts/bench"
-QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory" INSTALL=1 OUT="" DM=""
+QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory" INSTALL=1 OUT="" DM="" BASELINE=""
 WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +60,7 @@ while [ $# -gt 0 ]; do
         --tmpfs) TMPFS=$2; shift ;;
         --writer) WRITER=$2; shift ;;
         --dupmirror) DM=$(realpath "$2"); shift ;;
+        --baseline) BASELINE=$(realpath "$2"); shift ;;
         --no-install) INSTALL=0 ;;
         --out) OUT=$(realpath -m "$2"); shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -209,13 +214,17 @@ reset_cmd() {
 }
 empty_trash() { # after a group on disk: free the inodes, then let them age (see the top)
     [ -d "$TRASH" ] || return 0
-    log "emptying the trash, then waiting 65 s for ext4 to stop skipping its inodes"
+    log "emptying the trash"
     rm -rf "$TRASH"
     sync
-    sleep 65
+    # The quick corpora are too small for the skipped inodes to matter.
+    [ "$QUICK" = 1 ] || { log "waiting 65 s for ext4 to stop skipping freed inodes" && sleep 65; }
 }
-sync_cmd() { # DEST STATE TIME [FLAGS]: a dupmirror sync command line
-    echo "$DM sync -q --time $3 --state-dir $2 ${4:-} $CORPUS/repo $1"
+sync_cmd() { # DEST STATE TIME [FLAGS]: a dupmirror sync command line (of $BIN, if set)
+    echo "${BIN:-$DM} sync -q --time $3 --state-dir $2 ${4:-} $CORPUS/repo $1"
+}
+add_baseline() { # LABEL PREPARE DEST STATE TIME: the --baseline binary's --no-fsync row
+    [ -z "$BASELINE" ] || add "$1" "$2" "$(BIN=$BASELINE sync_cmd "$3" "$4" "$5" --no-fsync)"
 }
 full_volumes() { find "$CORPUS/repo" -name 'duplicity-full.*.vol*.difftar.gz' | sort -V | tr '\n' ' '; }
 
@@ -230,6 +239,7 @@ bootstrap_group() {
     tarx="mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
     add "dupmirror" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0")"
     add "dupmirror --no-fsync" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    add_baseline "baseline --no-fsync" "$clean" "$d/dest" "$d/state" "$T0"
     add "tar -xzf" "$clean" "$tarx"
     if [ "${WITH_DUPLICITY:-1}" = 1 ]; then
         add "duplicity 0.8.22 restore" "$clean" \
@@ -256,6 +266,7 @@ incremental_group() {
     verify "$CORPUS/tree1" "$d/dest"
     add "dupmirror" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)")"
     add "dupmirror --no-fsync" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    add_baseline "baseline --no-fsync" "$reset" "$d/dest" "$d/state" "$(tk 1)"
     add "rsync -a --delete" "$reset" "rsync -a --delete $CORPUS/tree1/ $d/dest/"
     add "rsync --read-batch" "$reset" "rsync -a --delete --read-batch=$d/batch $d/dest/"
     meta refs "$section" "rsync -a --delete,rsync --read-batch"
@@ -368,6 +379,7 @@ REPORT="$WORK/report-$(basename "$RESULTS" .tsv).md"
     echo
     echo "- $(date -u +%Y-%m-%d) on $(hostname): $HOST_NOTE"
     echo "- dupmirror $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') ($DM); backups written by $("$DUPW" --version | tail -1)"
+    [ -z "$BASELINE" ] || echo "- baseline: $BASELINE"
     echo "- load average at start: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg); $REPS runs per figure; took $(( ($(date +%s) - STARTED) / 60 )) min"
     echo "- mode: $([ "$QUICK" = 1 ] && echo quick || echo full); raw data: $RESULTS"
     echo
