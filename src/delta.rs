@@ -12,9 +12,14 @@ use std::path::{Path, PathBuf};
 /// The magic number that opens every librsync delta.
 pub const DELTA_MAGIC: [u8; 4] = [0x72, 0x73, 0x02, 0x36];
 
-/// Rebuilds a file: reads `basis`, applies `delta`, writes the result to `out`.
-/// Returns the number of bytes written.
-pub fn patch(basis: File, delta: &mut dyn Read, out: &mut dyn Write) -> Result<u64> {
+/// Rebuilds a file: reads `basis`, applies `delta`, writes the result to `out` through
+/// `buf` (the caller's, reused from file to file). Returns the number of bytes written.
+pub fn patch(
+    basis: File,
+    delta: &mut dyn Read,
+    out: &mut dyn Write,
+    buf: &mut [u8],
+) -> Result<u64> {
     let mut magic = [0u8; 4];
     delta
         .read_exact(&mut magic)
@@ -25,11 +30,10 @@ pub fn patch(basis: File, delta: &mut dyn Read, out: &mut dyn Write) -> Result<u
     let rest = io::Cursor::new(magic).chain(delta);
     let mut job =
         librsync::Patch::new(basis, rest).map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
-    let mut buf = vec![0u8; 256 * 1024];
     let mut written = 0u64;
     loop {
         let n = job
-            .read(&mut buf)
+            .read(buf)
             .map_err(|e| anyhow::anyhow!("the delta is invalid or does not fit its basis: {e}"))?;
         if n == 0 {
             return Ok(written);
@@ -115,7 +119,7 @@ mod tests {
         let p = dir.path().join("basis");
         std::fs::write(&p, basis)?;
         let mut out = Vec::new();
-        patch(File::open(&p)?, &mut &delta[..], &mut out)?;
+        patch(File::open(&p)?, &mut &delta[..], &mut out, &mut [0; 16])?;
         Ok(out)
     }
 

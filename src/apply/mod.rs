@@ -105,7 +105,7 @@ pub struct SetApplier {
     owners: OwnerMap,
     filter: PathFilter,
     new_files: NewFiles,
-    /// Carries file contents from the volume to the file, reused from file to file.
+    /// Carries file contents to the file (from the volume, or out of a patch), reused.
     copy_buf: Vec<u8>,
     next_object: u64,
     /// Fresh mode: directories on the current path, whose attributes wait for their contents.
@@ -414,7 +414,9 @@ impl RecordSink for SetApplier {
         match &mut self.current {
             Current::File { file, path, .. } => {
                 loop {
-                    let n = bytes.read(&mut self.copy_buf).context("reading the volume")?;
+                    let n = bytes
+                        .read(&mut self.copy_buf)
+                        .context("reading the volume")?;
                     if n == 0 {
                         break;
                     }
@@ -487,7 +489,7 @@ impl SetApplier {
         let mut out =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let basis = delta::open_basis(&basis_path)?;
-        let mut patched = delta::patch(basis, &mut spool.reader()?, &mut out);
+        let mut patched = delta::patch(basis, &mut spool.reader()?, &mut out, &mut self.copy_buf);
         drop(out);
         if !self.detect_drift {
             patched = Ok(patched.with_context(|| format!("cannot apply the change to {index}"))?);
