@@ -112,8 +112,8 @@ if [ -z "$DM" ]; then
 fi
 [ -x "$DM" ] || die "no dupmirror binary at $DM"
 
-mkdir -p "$WORK" "$TMPFS"
 RUN="$WORK/run" TRUN="$TMPFS/run" TRASH="$WORK/trash"
+mkdir -p "$RUN" "$TRUN"
 RESULTS="$WORK/results-$(date -u +%Y%m%dT%H%M%SZ).tsv"
 TF="$WORK/time.out" CMDLOG="$WORK/cmd.log"
 trap 'rm -rf "$TRUN" "$TRASH"' EXIT
