@@ -10,7 +10,7 @@
 #                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
 #                 files, a 4 GiB file); the first run spends most of its time on backups.
 #   --reps N      timed runs per figure (default 3); tables show medians and min-max.
-#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory
+#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory,newfull
 #   --work DIR    disk scratch (default /var/tmp/dupmirror-bench): corpora and repositories
 #                 are cached there by parameters, so later runs skip generation and backups.
 #   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
@@ -31,7 +31,9 @@
 #   3. scaling: the same change on a tree with 10x the files (the extra files are untouched);
 #   4. catch-up: 10 pending incrementals in one run vs ten runs, one set each;
 #   5. memory: peak RSS on the largest corpus (its bootstrap, on tmpfs) and on one sparse
-#      file of several GB (bootstrap and an incremental that patches it).
+#      file of several GB (bootstrap and an incremental that patches it);
+#   6. new full chain (issue 4): bytes read by a host moving to a new full after a 1% change,
+#      as a fraction of the full's size.
 # Between runs DEST is reset untimed, then `sync` flushes the previous run's dirty pages so no
 # run pays for another's writeback. Caches stay warm (repositories are read from the page
 # cache); every dupmirror result is checked against the source tree (rsync -c dry run) before
@@ -49,7 +51,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/scripts/bench"
-QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory" INSTALL=1 OUT="" DM="" BASELINE=""
+QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory,newfull" INSTALL=1 OUT="" DM="" BASELINE=""
 WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -281,7 +283,7 @@ STARTED=$(date +%s)
 
 empty_trash # left over by an interrupted run
 
-if wants bootstrap || wants incremental || wants catchup || wants scaling; then
+if wants bootstrap || wants incremental || wants catchup || wants scaling || wants newfull; then
     make_corpus base "$BASE_FILES" "$BASE_BYTES" 0 0 "$INCS"
     BASE=$CORPUS
 fi
@@ -360,11 +362,43 @@ if wants memory; then
     rm -rf "$d" "$TRASH"
 fi
 
-# --- issue 4 (later): bytes fetched for a new full chain with 1% changed ------------------------
-# Placeholder for the issue-4 line: make a second full (new chain) of the base corpus after
-# one 1% mutation, sync DEST from the old chain's last set to it, and record the bytes the
-# sync fetched (`dupmirror sync --json` .bytes_read) next to the full's size. Add it here as
-# `meta title issue4 ...` plus `run`-style lines, so report.py renders it with the rest.
+# --- issue 4: bytes fetched for a new full chain with 1% of the files changed -----------------
+# The master starts a new chain: a full of tree1 (tree0 plus step 1's 1% change) after the
+# base corpus's chain. A host at tree0 (the old chain's full) syncs to it; dupmirror compares
+# DEST with the new full's signatures and reads only the volumes holding changed files.
+NEWFULL_MD=""
+if wants newfull; then
+    nf="$WORK/newfull-$(basename "$BASE")"
+    if [ ! -e "$nf/complete" ]; then
+        log "new full chain: copying the base repository and backing tree1 up as a new full (once; cached)"
+        rm -rf "$nf" && mkdir -p "$nf" && cp -a "$BASE/repo" "$nf/repo"
+        "$DUPW" full --no-encryption --volsize "$VOLSIZE" --archive-dir "$nf/cache" --name bench \
+            --current-time "$(tk 1000)" -v error --no-print-statistics "$BASE/tree1" "file://$nf/repo" >/dev/null
+        touch "$nf/complete"
+    fi
+    d=$RUN/newfull
+    bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
+    "$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --time "$T0" --no-fsync --quiet
+    report_json=$("$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --no-fsync --json)
+    verify "$BASE/tree1" "$d/dest"
+    stamp=$(date -u -d "@$(tk 1000)" +%Y%m%dT%H%M%SZ)
+    NEWFULL_MD=$(python3 - "$nf/repo" "$stamp" "$report_json" <<'PY'
+import json, os, sys
+repo, stamp, report = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+vols = [f for f in os.listdir(repo) if f.startswith(f"duplicity-full.{stamp}.vol")]
+full = sum(os.path.getsize(os.path.join(repo, f)) for f in vols)
+step = report["sets"][0]
+read = report["bytes_read"]
+print("### 6. New full chain with 1% of the files changed (issue 4)\n")
+print("A host holding the old chain's full syncs to a new full of the tree after a 1% change.\n")
+print("| volumes read | of | bytes read | full's size | fraction | differing paths |")
+print("|---|---|---|---|---|---|")
+print(f"| {step['volumes']} | {step['volumes_in_set']} | {read} | {full} | {read / full:.3f} | {len(step['differences'])} |")
+PY
+)
+    bash -c "$(discard_cmd "$d")"
+    empty_trash
+fi
 
 targets() {
     local nf="dupmirror --no-fsync"
@@ -392,6 +426,7 @@ REPORT="$WORK/report-$(basename "$RESULTS" .tsv).md"
     echo "- mode: $([ "$QUICK" = 1 ] && echo quick || echo full); raw data: $RESULTS"
     echo
     python3 "$HERE/report.py" "$RESULTS"
+    [ -z "$NEWFULL_MD" ] || printf '\n%s\n' "$NEWFULL_MD"
 } >"$REPORT"
 [ -z "$OUT" ] || cp "$REPORT" "$OUT"
 cat "$REPORT"
