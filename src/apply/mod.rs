@@ -303,14 +303,16 @@ impl SetApplier {
         if self.durable {
             sync_filesystem(&self.staging)?;
         }
-        self.journal.commit(state_dir)?;
+        self.journal
+            .commit(state_dir)
+            .context("cannot commit the set's journal")?;
         // The set is committed. Carrying it out can still meet a passing I/O error: try
         // once more, then leave the journal for the next run to complete.
         journal::recover(state_dir, &self.dest)
             .or_else(|_| journal::recover(state_dir, &self.dest))
             .context(
-                "the set is committed but could not be carried out completely; DEST is part-way \
-                 through it until the next sync completes it",
+                "the set's journal is committed but could not be carried out completely; DEST \
+                 is part-way through the set until the next sync replays the journal",
             )?;
         Ok(self.stats)
     }
