@@ -168,7 +168,9 @@ impl JournalWriter {
         file.sync_all()?;
         fs::rename(&self.path, state_dir.journal_path())
             .with_context(|| format!("cannot commit {}", self.path.display()))?;
-        sync_dir(state_dir.root())
+        sync_dir(state_dir.root()).context(
+            "the set's journal is committed but not carried out yet (the next sync completes it)",
+        )
     }
 }
 
