@@ -33,12 +33,14 @@ impl VolumeInfo {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Change {
-    New,
-    Changed,
-    Deleted,
+/// How many regular files the set's Filelist says are new, changed and deleted. Only the
+/// counts are kept: the list itself can name every file of a full backup (millions), and
+/// nothing needs the names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FileChanges {
+    pub new: u64,
+    pub changed: u64,
+    pub deleted: u64,
 }
 
 /// A parsed manifest.
@@ -47,7 +49,7 @@ pub struct Manifest {
     pub hostname: Option<String>,
     pub localdir: Option<Vec<u8>>,
     pub volumes: BTreeMap<u32, VolumeInfo>,
-    pub filelist: Vec<(Change, Vec<u8>)>,
+    pub changes: FileChanges,
 }
 
 fn split_ws(line: &[u8]) -> Vec<&[u8]> {
@@ -119,14 +121,13 @@ impl Manifest {
                 }
                 in_filelist = true;
             } else if in_filelist && indented {
-                let change = match first.to_ascii_lowercase().as_slice() {
-                    b"new" => Change::New,
-                    b"changed" => Change::Changed,
-                    b"deleted" => Change::Deleted,
+                let count = match first.to_ascii_lowercase().as_slice() {
+                    b"new" => &mut m.changes.new,
+                    b"changed" => &mut m.changes.changed,
+                    b"deleted" => &mut m.changes.deleted,
                     _ => return Err(bad(no, "unknown change type in Filelist")),
                 };
-                let path: Vec<u8> = tokens[1..].concat();
-                m.filelist.push((change, unquote(&path).unwrap_or(path)));
+                *count += 1;
             } else if let (Some(v), true) = (current.as_mut(), indented) {
                 if keyword_is(first, "startingpath") || keyword_is(first, "endingpath") {
                     let path = tokens.get(1).ok_or_else(|| bad(no, "path missing"))?;
@@ -215,15 +216,21 @@ mod tests {
             m.sha1_of(2),
             Some("322b203c3c01d6143eb45fbde8ffe3f1e5bcd372")
         );
-        assert_eq!(m.filelist.len(), 3);
-        assert_eq!(m.filelist[0], (Change::New, b"bad\xff\xfename".to_vec()));
+        assert_eq!(
+            m.changes,
+            FileChanges {
+                new: 1,
+                changed: 1,
+                deleted: 1
+            }
+        );
     }
 
     #[test]
     fn filelist_first_and_repeated_volumes() {
         let data = b"Filelist 1\n    new      a\nVolume 1:\n    StartingPath   .  \n    EndingPath     b  \n    Hash SHA1 aa\nVolume 2:\n    StartingPath   b  \n    EndingPath     c  \n    Hash SHA1 bb\nVolume 3:\n    StartingPath   c  \n    EndingPath     d  \n    Hash SHA1 cc\nVolume 2:\n    StartingPath   b  \n    EndingPath     z  \n    Hash SHA1 dd\n";
         let m = Manifest::parse(data).unwrap();
-        assert_eq!(m.filelist.len(), 1);
+        assert_eq!(m.changes.new, 1);
         assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(m.sha1_of(2), Some("dd"));
     }
