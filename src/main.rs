@@ -173,12 +173,28 @@ enum Command {
         #[arg(long, short = 't')]
         time: Option<String>,
         #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        crypto: CryptoOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
+        repo: RepoArgs,
     },
+}
+
+/// How to read a repository that dupmirror decrypts: names, encryption, transport.
+#[derive(Args)]
+struct RepoArgs {
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    crypto: CryptoOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
+}
+
+impl RepoArgs {
+    fn options(&self, bars: bool, notices: bool) -> Result<RepoOptions> {
+        self.names.repo_options(
+            Some(&self.crypto),
+            self.remote.source_options(bars, notices)?,
+        )
+    }
 }
 
 #[derive(Args)]
@@ -220,11 +236,7 @@ struct SyncArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     prefetch: u32,
     #[command(flatten)]
-    names: NameOptions,
-    #[command(flatten)]
-    crypto: CryptoOptions,
-    #[command(flatten)]
-    remote: RemoteOptions,
+    repo: RepoArgs,
 }
 
 #[derive(Args)]
@@ -246,11 +258,7 @@ struct VerifyArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    names: NameOptions,
-    #[command(flatten)]
-    crypto: CryptoOptions,
-    #[command(flatten)]
-    remote: RemoteOptions,
+    repo: RepoArgs,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -492,9 +500,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sync(a) => {
             let bars = !a.quiet && std::io::stderr().is_terminal();
-            let source_options = a.remote.source_options(bars, !a.quiet)?;
             let report = sync::sync(&sync::SyncOptions {
-                repo: a.names.repo_options(Some(&a.crypto), source_options)?,
+                repo: a.repo.options(bars, !a.quiet)?,
                 source: a.source,
                 dest: a.dest,
                 time: a.time,
@@ -514,9 +521,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify(a) => {
             let report = verify::verify(&verify::VerifyOptions {
-                repo: a
-                    .names
-                    .repo_options(Some(&a.crypto), a.remote.source_options(false, true)?)?,
+                repo: a.repo.options(false, true)?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
@@ -561,14 +566,8 @@ fn run(cli: Cli) -> Result<()> {
                 print_status(&report);
             }
         }
-        Command::Ls {
-            source,
-            time,
-            names,
-            crypto,
-            remote,
-        } => {
-            let repo = names.repo_options(Some(&crypto), remote.source_options(false, true)?)?;
+        Command::Ls { source, time, repo } => {
+            let repo = repo.options(false, true)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             ls::list(&source, time.as_deref(), &repo, |e| {
                 out.write_all(&e.index.to_bytes())?;
