@@ -1,36 +1,29 @@
 //! dupmirror: keep a local tree equal to the latest state of a duplicity repository by
 //! replaying only the sets that are new since the last run.
 //!
-//! Data flows one way (see DESIGN.md):
-//! `backend` (bytes; remote ones wrapped in retries) → `fetch` (download cache and prefetch)
-//! → `volume` (hash check, then `crypto` or decompression) → `archive` (tar entries →
-//! duplicity records) → `plan` (what to fetch and apply) → `apply` (staged, journaled writes
-//! into DEST), with `state` remembering what DEST holds. `naming`, `manifest`, `collection`
-//! and `signatures` read the repository's metadata; `commands` compose all of it.
+//! Data flows one way, and the folders follow it (docs/design.md):
+//!
+//! ```text
+//! source  (list and read repository files: local, FTP, HTTP; retries, metering, cache)
+//!   -> decode  (SHA1 check, gpg or gzip, tar entries, duplicity records, librsync deltas)
+//!   -> repo    (file names, manifests, sets and chains, a set's records, signature tars)
+//!   -> mirror  (compare DEST with signatures, plan, stage and commit a set, repair)
+//!   -> dest    (file operations on DEST, the journal and the state beside it)
+//! ```
+//!
+//! `index` (paths inside a backup) and `meta` (an entry's type and attributes) are the
+//! vocabulary every stage shares; `commands` compose the stages; `main.rs` parses and prints.
 
-pub mod apply;
-pub mod archive;
-pub mod backend;
-pub mod collection;
 pub mod commands;
-pub mod compare;
-pub mod crypto;
-pub mod delta;
+pub mod decode;
+pub mod dest;
 pub mod error;
-pub mod fetch;
-pub mod filter;
 pub mod index;
-pub mod manifest;
 pub mod meta;
-pub mod naming;
-pub mod plan;
+pub mod mirror;
 pub mod progress;
-pub mod repair;
 pub mod repo;
-pub mod signatures;
-pub mod state;
-pub mod timefmt;
-pub mod volume;
+pub mod source;
 
 pub use error::Error;
 

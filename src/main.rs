@@ -4,14 +4,14 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use dupmirror::backend::meter::{parse_rate, Meter};
-use dupmirror::backend::SourceOptions;
 use dupmirror::commands::{ls, status, sync, verify};
-use dupmirror::crypto::{GpgDecryptor, Passphrase, SignKey, SignatureTally};
-use dupmirror::naming::Prefixes;
+use dupmirror::decode::crypto::Decryptor;
+use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
 use dupmirror::progress::Progress;
+use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
-use dupmirror::volume::Decryptor;
+use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::SourceOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -279,7 +279,7 @@ fn human_bytes(n: u64) -> String {
 /// How many differing paths a human report lists.
 const LISTED_PATHS: usize = 20;
 
-fn print_signatures(t: &SignatureTally) {
+fn print_gpg_signatures(t: &GpgSignatureTally) {
     let mut parts = vec![format!("{} signed", t.signed)];
     if t.unsigned > 0 {
         parts.push(format!("{} unsigned", t.unsigned));
@@ -370,7 +370,7 @@ fn print_sync(r: &sync::SyncReport) {
         print_transfer(r);
     }
     if let Some(t) = &r.signatures {
-        print_signatures(t);
+        print_gpg_signatures(t);
     }
 }
 

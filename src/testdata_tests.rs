@@ -2,13 +2,13 @@
 //! duplicity 0.8.22 and 3.2.1): every name form, manifest and volume layout read here
 //! without duplicity installed. `tests/testdata_repos.rs` checks whole syncs of them.
 
-use crate::archive::{Record, RecordKind, RecordSink, RecordStream};
-use crate::backend::{Backend, LocalBackend};
-use crate::collection::Collection;
+use crate::decode::records::{Record, RecordKind, RecordSink, RecordStream};
 use crate::index::PathIndex;
-use crate::manifest::Manifest;
-use crate::naming::{NameParser, Prefixes};
+use crate::repo::collection::Collection;
+use crate::repo::filename::{NameParser, Prefixes};
+use crate::repo::manifest::Manifest;
 use crate::repo::{RepoOptions, Repository};
+use crate::source::{Backend, LocalBackend};
 use anyhow::Result;
 use std::io::Read;
 use std::path::PathBuf;

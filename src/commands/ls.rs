@@ -2,8 +2,8 @@
 //! chain (like `duplicity list-current-files`), without reading any volume.
 
 use super::{open_repository, resolve_time};
+use crate::repo::sigtar::{merge_chain, SigEntry};
 use crate::repo::RepoOptions;
-use crate::signatures::{merge_chain, SigEntry};
 use anyhow::{bail, Result};
 
 /// Calls `out` for every path that exists at `time`, in index order.

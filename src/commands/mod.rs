@@ -6,20 +6,20 @@ pub mod status;
 pub mod sync;
 pub mod verify;
 
-use crate::backend;
 use crate::repo::{RepoOptions, Repository};
+use crate::source;
 use anyhow::Result;
 
 /// Opens SOURCE and reads its listing.
 pub fn open_repository(source: &str, options: &RepoOptions) -> Result<Repository> {
-    Repository::open(backend::open_source(source, &options.source)?, options)
+    Repository::open(source::open_source(source, &options.source)?, options)
 }
 
 /// The time a command works at: `--time`, or now.
-pub fn resolve_time(time: Option<&str>) -> Result<crate::timefmt::Epoch> {
+pub fn resolve_time(time: Option<&str>) -> Result<crate::repo::time::Epoch> {
     let now = chrono::Utc::now().timestamp();
     match time {
         None => Ok(now),
-        Some(t) => crate::timefmt::parse_user_time(t, now).map_err(anyhow::Error::msg),
+        Some(t) => crate::repo::time::parse_user_time(t, now).map_err(anyhow::Error::msg),
     }
 }

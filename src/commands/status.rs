@@ -2,11 +2,11 @@
 //! `duplicity collection-status`), and with `--dest`, what that DEST would need.
 
 use super::open_repository;
-use crate::collection::BackupSet;
-use crate::naming::SetKind;
+use crate::dest::state::{absolute_dest, default_state_dir};
+use crate::repo::collection::BackupSet;
+use crate::repo::filename::SetKind;
+use crate::repo::time::format_iso;
 use crate::repo::RepoOptions;
-use crate::state::{absolute_dest, default_state_dir};
-use crate::timefmt::format_iso;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -88,9 +88,10 @@ pub fn status(
                 None => default_state_dir(&d)?,
             };
             // Read-only look: no lock, no recovery.
-            let state: Option<crate::state::MirrorState> = std::fs::read(root.join("state.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let state: Option<crate::dest::state::MirrorState> =
+                std::fs::read(root.join("state.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
             let latest = c.chains.last();
             let (pending, needs_full) = match (latest, &state) {
                 (None, _) => (Vec::new(), false),

@@ -5,18 +5,19 @@
 //! the last committed set left it and cleans the staging area.
 
 use super::{open_repository, resolve_time};
-use crate::apply::journal;
-use crate::apply::{fsops, ApplyMode, ApplyStats, SetApplier};
-use crate::backend::meter::Transfer;
-use crate::crypto::SignatureTally;
-use crate::fetch::FetchTimes;
-use crate::filter::PathFilter;
-use crate::plan::{Plan, Step};
-use crate::repair::{self, RepairStats};
+use crate::decode::crypto::GpgSignatureTally;
+use crate::dest::fsops;
+use crate::dest::journal;
+use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
+use crate::mirror::filter::PathFilter;
+use crate::mirror::plan::{Plan, Step};
+use crate::mirror::repair::{self, RepairStats};
+use crate::repo::sigtar::set_signatures;
+use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
-use crate::signatures::set_signatures;
-use crate::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
-use crate::timefmt::format_iso;
+use crate::source::cache::FetchTimes;
+use crate::source::meter::Transfer;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -79,7 +80,7 @@ pub struct SyncReport {
     pub bytes_read: u64,
     pub seconds: f64,
     /// Signatures of the encrypted files this run read (none read: `None`).
-    pub signatures: Option<SignatureTally>,
+    pub signatures: Option<GpgSignatureTally>,
     /// What was downloaded from a remote source (all zero for a local one).
     pub transfer: Transfer,
     pub phases: Phases,
@@ -195,7 +196,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .repo
             .decryptor
             .as_ref()
-            .map(|d| d.signatures())
+            .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
         report.transfer = opts.repo.source.meter.snapshot();
         report.phases = phases;
@@ -286,7 +287,7 @@ fn stage_step(
     }
     // DEST did not hold what the previous set left: restore those paths as this set
     // leaves them, from the chain, and commit them with the set.
-    let sets: Vec<&crate::collection::BackupSet> = plan
+    let sets: Vec<&crate::repo::collection::BackupSet> = plan
         .chain_sets
         .iter()
         .filter(|s| s.end_time <= step.set.end_time)

@@ -3,14 +3,15 @@
 //! differ (reading only the volumes that hold them), atomically, and verify again.
 
 use super::open_repository;
-use crate::apply::{journal, ApplyMode, SetApplier};
-use crate::collection::BackupSet;
-use crate::compare::{compare, CompareStats, ContentCheck, Difference};
-use crate::filter::PathFilter;
-use crate::repair::{self, RepairStats};
+use crate::dest::journal;
+use crate::dest::state::{absolute_dest, default_state_dir, StateDir};
+use crate::mirror::apply::{ApplyMode, SetApplier};
+use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference};
+use crate::mirror::filter::PathFilter;
+use crate::mirror::repair::{self, RepairStats};
+use crate::repo::collection::BackupSet;
+use crate::repo::time::{format_compact, format_iso};
 use crate::repo::RepoOptions;
-use crate::state::{absolute_dest, default_state_dir, StateDir};
-use crate::timefmt::{format_compact, format_iso};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;

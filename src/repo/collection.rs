@@ -7,9 +7,9 @@
 //! ends where it starts); incrementals that link nowhere are orphans. [`Collection::select`]
 //! picks the chain and sets for a restore time with duplicity's rules (§6.4).
 
-use crate::backend::ListEntry;
-use crate::naming::{Content, NameParser, RemoteFile, SetKind};
-use crate::timefmt::{format_compact, Epoch};
+use crate::repo::filename::{Content, NameParser, RemoteFile, SetKind};
+use crate::repo::time::{format_compact, Epoch};
+use crate::source::ListEntry;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -260,7 +260,7 @@ fn place(slot: &mut Option<RemoteFile>, f: &RemoteFile) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::naming::Prefixes;
+    use crate::repo::filename::Prefixes;
 
     fn collect(names: &[&str]) -> Result<Collection> {
         let listing: Vec<ListEntry> = names
@@ -330,7 +330,7 @@ mod tests {
         ]);
         let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
         let c = collect(&refs).unwrap();
-        let t = |s: &str| crate::timefmt::parse_name_time(s, ':').unwrap();
+        let t = |s: &str| crate::repo::time::parse_name_time(s, ':').unwrap();
         // inside the first chain
         let ch = c.select(t(I1)).unwrap().unwrap();
         assert_eq!(ch.start_time(), t(F1));

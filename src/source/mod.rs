@@ -4,7 +4,7 @@
 //! open one file for reading from an offset (so a cut download can resume). Everything
 //! else wraps a backend instead of living inside each one: [`retry::RetryBackend`] retries
 //! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts and
-//! throttles the bytes, and `crate::fetch` caches and prefetches volumes. Nothing downstream
+//! throttles the bytes, and `crate::source::cache` caches and prefetches volumes. Nothing downstream
 //! knows which backend the bytes came from.
 //!
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
@@ -12,6 +12,7 @@
 //! SOURCE URLs, finds credentials and redacts passwords from everything shown.
 
 mod autoindex;
+pub mod cache;
 mod ftp;
 mod http;
 mod local;

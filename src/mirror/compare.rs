@@ -3,7 +3,7 @@
 //! ```text
 //! compare(sets, DEST, filter):
 //!     merge the sets' signature files by index (signatures::merge_chain)
-//!     walk DEST in the same order (apply::walk), like a merge join:
+//!     walk DEST in the same order (dest::walk), like a merge join:
 //!         only in the backup -> Missing     only in DEST -> Extra
 //!         in both -> compare type, symlink target, device, mode, mtime, owner (as root);
 //!                    regular files: queue a content check
@@ -17,15 +17,15 @@
 //! symlinks' mode and mtime are not compared (duplicity does not restore them); owners are
 //! compared only when running as root, as only root can set them.
 
-use crate::apply::fsops::OwnerMap;
-use crate::apply::walk::DestWalker;
-use crate::archive::RecordKind;
-use crate::collection::BackupSet;
-use crate::filter::PathFilter;
+use crate::decode::records::RecordKind;
+use crate::dest::fsops::OwnerMap;
+use crate::dest::walk::DestWalker;
 use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
+use crate::mirror::filter::PathFilter;
+use crate::repo::collection::BackupSet;
+use crate::repo::sigtar::merge_chain;
 use crate::repo::Repository;
-use crate::signatures::merge_chain;
 use anyhow::{Context, Result};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -171,7 +171,7 @@ pub fn compare(
             });
             return Ok(());
         };
-        let path = crate::apply::fsops::dest_path(dest, &entry.index);
+        let path = crate::dest::fsops::dest_path(dest, &entry.index);
         let local = fs::symlink_metadata(&path)
             .with_context(|| format!("cannot inspect {}", path.display()))?;
         let what = metadata_differences(&entry.meta, &local, &path, &mut owners)?;

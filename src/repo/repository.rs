@@ -3,16 +3,17 @@
 //!
 //! Volumes come from the source directly (a local folder is read in place), or, once
 //! [`Repository::prefetch`] has queued a sync's volumes for a remote source, from the
-//! download cache, checked on arrival (see `fetch`).
+//! download cache, checked on arrival (see `source::cache`).
 
-use crate::archive::{RecordSink, RecordStream};
-use crate::backend::meter::Meter;
-use crate::backend::{Backend, SourceOptions};
-use crate::collection::{BackupSet, Collection};
-use crate::fetch::{FetchTimes, Fetcher, Want};
-use crate::manifest::Manifest;
-use crate::naming::{NameParser, Prefixes, RemoteFile};
-use crate::volume::{Decryptor, VolumeReader, VolumeSource};
+use crate::decode::crypto::Decryptor;
+use crate::decode::records::{RecordSink, RecordStream};
+use crate::decode::volume::{DecodedFile, VolumeSource};
+use crate::repo::collection::{BackupSet, Collection};
+use crate::repo::filename::{NameParser, Prefixes, RemoteFile};
+use crate::repo::manifest::Manifest;
+use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
+use crate::source::meter::Meter;
+use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{self, Read};
 use std::path::Path;
@@ -60,7 +61,7 @@ impl Repository {
         self.backend.display()
     }
 
-    fn reader(&self, file: &RemoteFile, sha1: Option<String>) -> Result<VolumeReader> {
+    fn reader(&self, file: &RemoteFile, sha1: Option<String>) -> Result<DecodedFile> {
         let raw = self
             .backend
             .open(&file.name, 0)
@@ -74,8 +75,8 @@ impl Repository {
         file: &RemoteFile,
         sha1: Option<String>,
         raw: Box<dyn Read + Send>,
-    ) -> VolumeReader {
-        VolumeReader::spawn(
+    ) -> DecodedFile {
+        DecodedFile::spawn(
             VolumeSource {
                 name: file.name.clone(),
                 encoding: file.encoding,
@@ -97,7 +98,7 @@ impl Repository {
     }
 
     /// Opens a file for streaming, decoded (no hash check).
-    pub fn open_stream(&self, file: &RemoteFile) -> Result<VolumeReader> {
+    pub fn open_stream(&self, file: &RemoteFile) -> Result<DecodedFile> {
         self.reader(file, None)
     }
 
@@ -156,12 +157,12 @@ impl Repository {
         set: &BackupSet,
         manifest: &Manifest,
         volumes: &[u32],
-    ) -> Result<Vec<Want>> {
+    ) -> Result<Vec<WantedVolume>> {
         volumes
             .iter()
             .map(|&n| {
                 let (file, sha1) = self.volume(set, manifest, n)?;
-                Ok(Want {
+                Ok(WantedVolume {
                     name: file.name.clone(),
                     size: file.size,
                     sha1,
@@ -173,7 +174,12 @@ impl Repository {
     /// Starts downloading `wants` (the volumes a sync will read, in that order) into
     /// `cache_dir`, with at most `prefetch` of them there at once. A local source is read
     /// in place: nothing to do.
-    pub fn prefetch(&self, wants: Vec<Want>, cache_dir: &Path, prefetch: usize) -> Result<()> {
+    pub fn prefetch(
+        &self,
+        wants: Vec<WantedVolume>,
+        cache_dir: &Path,
+        prefetch: usize,
+    ) -> Result<()> {
         if self.backend.is_local() {
             return Ok(());
         }
@@ -195,7 +201,7 @@ impl Repository {
 
     /// A volume, decoded and hashed: from the download cache when it was prefetched
     /// (hashed on arrival), else straight from the source (hashed as it is read).
-    fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<VolumeReader> {
+    fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<DecodedFile> {
         let (raw, sha1) = match self.fetcher.get().and_then(|f| f.take(&file.name)) {
             Some(cached) => (cached?, None),
             None => (
@@ -206,7 +212,7 @@ impl Repository {
                 Some(sha1),
             ),
         };
-        let counted = Box::new(Applying {
+        let counted = Box::new(MeteredVolume {
             inner: raw,
             meter: self.meter.clone(),
         });
@@ -240,12 +246,12 @@ impl Repository {
 }
 
 /// Counts the volume bytes the applier reads, for its progress bar.
-struct Applying {
+struct MeteredVolume {
     inner: Box<dyn Read + Send>,
     meter: Arc<Meter>,
 }
 
-impl Read for Applying {
+impl Read for MeteredVolume {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.meter.progress().applied(n as u64);

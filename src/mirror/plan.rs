@@ -19,14 +19,14 @@
 //! replays the chain's incrementals, even when DEST already held a later state of the
 //! same chain (a change of `--path`).
 
-use crate::apply::ApplyMode;
-use crate::collection::BackupSet;
-use crate::compare::{compare, CompareStats, ContentCheck, Difference};
-use crate::filter::PathFilter;
-use crate::manifest::Manifest;
+use crate::dest::state::MirrorState;
+use crate::mirror::apply::ApplyMode;
+use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference};
+use crate::mirror::filter::PathFilter;
+use crate::repo::collection::BackupSet;
+use crate::repo::manifest::Manifest;
+use crate::repo::time::{format_compact, Epoch};
 use crate::repo::Repository;
-use crate::state::MirrorState;
-use crate::timefmt::{format_compact, Epoch};
 use anyhow::{bail, Result};
 use std::path::Path;
 

@@ -7,7 +7,7 @@
 //! same filter, with the damaged paths as its subtrees, drives repairs.
 
 use crate::index::PathIndex;
-use crate::manifest::VolumeInfo;
+use crate::repo::manifest::VolumeInfo;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PathFilter {

@@ -13,8 +13,8 @@
 //! quoting (raw bytes, `\xNN` for whitespace and quotes), and a final `commit` line.
 
 use super::fsops::{self, Ancestors, Attrs};
+use crate::dest::state::{sync_dir, MirrorState, StateDir};
 use crate::index::{quote, unquote, PathIndex};
-use crate::state::{sync_dir, MirrorState, StateDir};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};

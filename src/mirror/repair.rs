@@ -15,14 +15,15 @@
 //! follows exactly the same rules as a sync. Limits: each set of the chain is visited (only
 //! its manifest is read when no volume of it overlaps the paths).
 
-use crate::apply::walk::DestWalker;
-use crate::apply::{fsops, ApplyMode, SetApplier};
-use crate::archive::{Record, RecordKind, RecordSink};
-use crate::collection::BackupSet;
-use crate::filter::PathFilter;
+use crate::decode::records::{Record, RecordKind, RecordSink};
+use crate::dest::fsops;
+use crate::dest::state::{MirrorState, StateDir};
+use crate::dest::walk::DestWalker;
 use crate::meta::{FileType, Metadata};
+use crate::mirror::apply::{ApplyMode, SetApplier};
+use crate::mirror::filter::PathFilter;
+use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
-use crate::state::{MirrorState, StateDir};
 use anyhow::{Context, Result};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

@@ -27,7 +27,6 @@ mod packets;
 mod status;
 mod stream;
 
-use crate::volume::Decryptor;
 use anyhow::{Context as _, Result};
 use gpgme::{Context, Data, PassphraseRequest, PinentryMode, Protocol};
 use serde::Serialize;
@@ -197,9 +196,21 @@ impl SignKey {
     }
 }
 
+/// Turns an encrypted stream into its plaintext stream.
+pub trait Decryptor: Send + Sync {
+    /// The plaintext of `input`. Its final read fails if the file does not decrypt or does
+    /// not pass the signature policy, so the plaintext counts only once read to the end.
+    fn decrypt(&self, input: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>>;
+    /// Called for each file that is not encrypted: an error refuses it (when signatures are
+    /// required, such a file cannot carry one).
+    fn check_unencrypted(&self) -> Result<()>;
+    /// What the signatures of the files decrypted so far said.
+    fn gpg_signatures(&self) -> GpgSignatureTally;
+}
+
 /// What the signatures of the encrypted files read so far said (for the sync report).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct SignatureTally {
+pub struct GpgSignatureTally {
     /// Encrypted files decrypted.
     pub encrypted_files: u64,
     /// Files with a good signature.
@@ -215,7 +226,7 @@ pub struct SignatureTally {
 pub struct GpgDecryptor {
     passphrase: Option<Arc<Passphrase>>,
     sign_key: Option<SignKey>,
-    tally: Arc<Mutex<SignatureTally>>,
+    tally: Arc<Mutex<GpgSignatureTally>>,
 }
 
 impl GpgDecryptor {
@@ -255,7 +266,7 @@ impl Decryptor for GpgDecryptor {
         }
     }
 
-    fn signatures(&self) -> SignatureTally {
+    fn gpg_signatures(&self) -> GpgSignatureTally {
         lock(&self.tally).clone()
     }
 }
@@ -270,7 +281,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Job {
     passphrase: Option<Arc<Passphrase>>,
     sign_key: Option<SignKey>,
-    tally: Arc<Mutex<SignatureTally>>,
+    tally: Arc<Mutex<GpgSignatureTally>>,
     protection: Protection,
 }
 

@@ -11,7 +11,8 @@
 //! after any prefix and the prefix is reported, so that the collection can accept a prefixed
 //! repository when every file of a kind carries the same prefix (duplicity itself cannot).
 
-use crate::timefmt::{parse_base36, parse_name_time, Epoch};
+pub use crate::decode::volume::Encoding;
+use crate::repo::time::{parse_base36, parse_name_time, Epoch};
 use regex::Regex;
 
 /// Full or incremental: the two kinds of backup set.
@@ -28,17 +29,6 @@ pub enum Content {
     Manifest,
     Signatures,
     JsonStat,
-}
-
-/// The outer layer of a file, from its suffix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    Plain,
-    Gzip,
-    Gpg,
-    /// CMS from `gpgsm` (duplicity 3.0.5+ with `--use-gpgsm`); recognised, not decoded.
-    P7m,
 }
 
 /// A repository file, identified by its name.

@@ -11,9 +11,9 @@
 //! is done with it, so the cache never holds what is applied. Files of an interrupted run
 //! stay for the next one, which keeps those it still wants and deletes the rest.
 
-use crate::backend::meter::Meter;
-use crate::backend::Backend;
 use crate::error::Error;
+use crate::source::meter::Meter;
+use crate::source::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
@@ -29,7 +29,7 @@ const BUF_SIZE: usize = 256 * 1024;
 
 /// One volume the plan will apply.
 #[derive(Clone, Debug)]
-pub struct Want {
+pub struct WantedVolume {
     pub name: String,
     pub size: Option<u64>,
     /// The SHA1 the manifest gives for it (hex).
@@ -57,7 +57,7 @@ struct Shared {
     backend: Arc<dyn Backend>,
     meter: Arc<Meter>,
     dir: PathBuf,
-    wants: Vec<Want>,
+    wants: Vec<WantedVolume>,
     /// Most volume files in the cache at once.
     limit: usize,
     state: Mutex<State>,
@@ -88,7 +88,7 @@ impl Fetcher {
     pub fn start(
         backend: Arc<dyn Backend>,
         meter: Arc<Meter>,
-        wants: Vec<Want>,
+        wants: Vec<WantedVolume>,
         cache_dir: &Path,
         prefetch: usize,
     ) -> Result<Fetcher> {
@@ -174,7 +174,7 @@ impl Drop for Fetcher {
 }
 
 /// Deletes cache files that are not among `keep` (complete or partial).
-fn clean_cache(dir: &Path, keep: &[Want]) -> Result<()> {
+fn clean_cache(dir: &Path, keep: &[WantedVolume]) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -240,7 +240,7 @@ impl Shared {
 
     /// Downloads one volume into the cache (resuming a partial file), checks its SHA1 and
     /// renames it into place; a mismatch is fetched once more from scratch.
-    fn download(&self, want: &Want) -> Result<PathBuf> {
+    fn download(&self, want: &WantedVolume) -> Result<PathBuf> {
         let done = self.dir.join(&want.name);
         if done.is_file() {
             return Ok(done); // downloaded and checked by an earlier run
@@ -274,7 +274,7 @@ impl Shared {
     }
 
     /// Completes `part` from the source and returns the SHA1 of all of it.
-    fn download_part(&self, want: &Want, part: &Path) -> Result<String> {
+    fn download_part(&self, want: &WantedVolume, part: &Path) -> Result<String> {
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -1,6 +1,6 @@
 //! Writing DEST: one backup set at a time, all or nothing.
 //!
-//! A [`SetApplier`] receives the records of one set (from `archive::RecordStream`) and
+//! A [`SetApplier`] receives the records of one set (from `decode::records::RecordStream`) and
 //! stages them; [`SetApplier::commit`] makes them part of DEST atomically.
 //!
 //! ```text
@@ -30,23 +30,18 @@
 //! paths it names. Directories are made writable by root only: a non-root sync into a
 //! read-only directory of the backup fails with a clear error.
 
-pub mod fsops;
-mod guard;
-pub mod journal;
-pub mod walk;
-
-use crate::archive::{Record, RecordKind, RecordSink};
-use crate::compare::{content_matches, DiffKind, Difference};
-use crate::delta::{self, Spool};
+use crate::decode::delta::{self, Spool};
+use crate::decode::records::{Record, RecordKind, RecordSink};
+use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
+use crate::dest::guard::PathGuard;
+use crate::dest::journal::{self, JournalWriter, Op};
+use crate::dest::state::{MirrorState, StateDir};
 use crate::error::Error;
-use crate::filter::PathFilter;
 use crate::index::PathIndex;
 use crate::meta::FileType;
-use crate::state::{MirrorState, StateDir};
+use crate::mirror::compare::{content_matches, DiffKind, Difference};
+use crate::mirror::filter::PathFilter;
 use anyhow::{bail, Context, Result};
-use fsops::{Attrs, NewFiles, OwnerMap};
-use guard::PathGuard;
-use journal::{JournalWriter, Op};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -80,7 +75,7 @@ pub struct ApplyStats {
     pub drifted: u64,
 }
 
-enum Current {
+enum OpenRecord {
     Idle,
     File {
         file: File,
@@ -121,7 +116,7 @@ pub struct SetApplier {
     detect_drift: bool,
     /// Paths whose patch could not be applied or checked out right.
     drifted: BTreeSet<PathIndex>,
-    current: Current,
+    current: OpenRecord,
     durable: bool,
     pub stats: ApplyStats,
 }
@@ -164,7 +159,7 @@ impl SetApplier {
             new_signatures: BTreeMap::new(),
             detect_drift: false,
             drifted: BTreeSet::new(),
-            current: Current::Idle,
+            current: OpenRecord::Idle,
             durable,
             stats: ApplyStats::default(),
         })
@@ -275,7 +270,7 @@ impl SetApplier {
 
     /// Makes the staged set part of DEST; returns after DEST and the state are updated.
     pub fn commit(mut self, state_dir: &StateDir) -> Result<ApplyStats> {
-        if !matches!(self.current, Current::Idle) {
+        if !matches!(self.current, OpenRecord::Idle) {
             bail!("the set ended in the middle of a record");
         }
         if let Some(p) = self.drifted.iter().next() {
@@ -376,7 +371,7 @@ impl RecordSink for SetApplier {
                     fs::remove_dir(&path)?; // a single-file backup: the tree is that file
                 }
                 let file = fsops::create_file(&path, &attrs)?;
-                self.current = Current::File {
+                self.current = OpenRecord::File {
                     file,
                     path,
                     attrs,
@@ -397,7 +392,7 @@ impl RecordSink for SetApplier {
                     return Err(Error::corrupt(format!("{index}: a full set holds a delta")).into());
                 }
                 let spool = Spool::new(self.staging.join("spool"));
-                self.current = Current::Delta {
+                self.current = OpenRecord::Delta {
                     index: index.clone(),
                     spool,
                     attrs,
@@ -414,7 +409,7 @@ impl RecordSink for SetApplier {
 
     fn data(&mut self, bytes: &mut dyn Read) -> Result<()> {
         match &mut self.current {
-            Current::File { file, path, .. } => {
+            OpenRecord::File { file, path, .. } => {
                 loop {
                     let n = bytes
                         .read(&mut self.copy_buf)
@@ -428,8 +423,8 @@ impl RecordSink for SetApplier {
                 }
                 Ok(())
             }
-            Current::Delta { spool, .. } => spool.fill_from(bytes).context("reading the volume"),
-            Current::Idle => {
+            OpenRecord::Delta { spool, .. } => spool.fill_from(bytes).context("reading the volume"),
+            OpenRecord::Idle => {
                 std::io::copy(bytes, &mut std::io::sink())?;
                 Ok(())
             }
@@ -437,9 +432,9 @@ impl RecordSink for SetApplier {
     }
 
     fn end(&mut self) -> Result<()> {
-        match std::mem::replace(&mut self.current, Current::Idle) {
-            Current::Idle => Ok(()),
-            Current::File {
+        match std::mem::replace(&mut self.current, OpenRecord::Idle) {
+            OpenRecord::Idle => Ok(()),
+            OpenRecord::File {
                 file,
                 path,
                 attrs,
@@ -453,7 +448,7 @@ impl RecordSink for SetApplier {
                 }
                 Ok(())
             }
-            Current::Delta {
+            OpenRecord::Delta {
                 index,
                 mut spool,
                 attrs,

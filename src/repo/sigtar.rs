@@ -7,12 +7,14 @@
 //! `ls` prints, and what `verify` compares DEST with. The merge streams: one tar reader per
 //! file, advanced together, so memory does not grow with the tree.
 
-use crate::archive::{entry_metadata, next_entry as next_tar_entry, parse_entry_name, RecordKind};
-use crate::collection::BackupSet;
+use crate::decode::tar::{
+    entry_metadata, next_entry as next_tar_entry, parse_entry_name, RecordKind,
+};
+use crate::decode::volume::DecodedFile;
 use crate::index::PathIndex;
 use crate::meta::Metadata;
+use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
-use crate::volume::VolumeReader;
 use anyhow::{anyhow, Context, Result};
 use std::io::Read;
 
@@ -34,7 +36,7 @@ impl SigEntry {
 }
 
 fn next_entry(
-    entries: &mut tar::Entries<'_, VolumeReader>,
+    entries: &mut tar::Entries<'_, DecodedFile>,
     with_signatures: bool,
     name: &str,
 ) -> Result<Option<SigEntry>> {
@@ -88,11 +90,11 @@ pub fn merge_chain(
         })?;
         files.push(f);
     }
-    let mut archives: Vec<tar::Archive<VolumeReader>> = files
+    let mut archives: Vec<tar::Archive<DecodedFile>> = files
         .iter()
         .map(|f| repo.open_stream(f).map(tar::Archive::new))
         .collect::<Result<_>>()?;
-    let mut streams: Vec<tar::Entries<'_, VolumeReader>> = archives
+    let mut streams: Vec<tar::Entries<'_, DecodedFile>> = archives
         .iter_mut()
         .map(|a| a.entries().map(|e| e.raw(true)).map_err(Into::into))
         .collect::<Result<_>>()?;

@@ -16,7 +16,7 @@
 //! editing DEST behind its back is caught by `verify`, not here.
 
 use crate::error::Error;
-use crate::timefmt::Epoch;
+use crate::repo::time::Epoch;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};

@@ -1,19 +1,19 @@
 //! Reading one repository file: hash check, then decryption or decompression.
 //!
-//! A [`VolumeReader`] runs the raw bytes through SHA1 and the decoder on a helper thread
+//! A [`DecodedFile`] runs the raw bytes through SHA1 and the decoder on a helper thread
 //! and hands decoded buffers to the caller over a small bounded channel, so inflating one
 //! volume overlaps with writing the previous buffers to disk while memory stays fixed
 //! (a few buffers, whatever the volume size). The hash covers the file exactly as stored
 //! (§3.1): the thread reads to the end of the raw file even when the tar stream inside
-//! stops early, and [`VolumeReader::finish`] reports a mismatch. Callers apply nothing from
+//! stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply nothing from
 //! a set before every volume of it has finished cleanly.
 //!
 //! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
 //! gzip is inflated straight from the read buffer, and consumed buffers travel back to it
 //! for reuse instead of being freed and allocated (and zeroed) again.
 
+use crate::decode::crypto::Decryptor;
 use crate::error::Error;
-use crate::naming::Encoding;
 use anyhow::{anyhow, Result};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read};
@@ -22,20 +22,19 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The outer layer of a file, from its suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Plain,
+    Gzip,
+    Gpg,
+    /// CMS from `gpgsm` (duplicity 3.0.5+ with `--use-gpgsm`); recognised, not decoded.
+    P7m,
+}
+
 const BUF_SIZE: usize = 256 * 1024;
 const BUFS_IN_FLIGHT: usize = 4;
-
-/// Turns an encrypted stream into its plaintext stream. Implemented by `crypto`.
-pub trait Decryptor: Send + Sync {
-    /// The plaintext of `input`. Its final read fails if the file does not decrypt or does
-    /// not pass the signature policy, so the plaintext counts only once read to the end.
-    fn decrypt(&self, input: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>>;
-    /// Called for each file that is not encrypted: an error refuses it (when signatures are
-    /// required, such a file cannot carry one).
-    fn check_unencrypted(&self) -> Result<()>;
-    /// What the signatures of the files decrypted so far said.
-    fn signatures(&self) -> crate::crypto::SignatureTally;
-}
 
 enum Msg {
     Data(Vec<u8>),
@@ -43,7 +42,7 @@ enum Msg {
 }
 
 /// Decoded bytes of one repository file, produced on a helper thread.
-pub struct VolumeReader {
+pub struct DecodedFile {
     rx: Receiver<Msg>,
     /// Tells the helper thread to stop decoding (the caller gave up on the content).
     stop: Arc<AtomicBool>,
@@ -108,7 +107,7 @@ impl Drop for HashingReader {
     }
 }
 
-impl VolumeReader {
+impl DecodedFile {
     pub fn spawn(src: VolumeSource, decryptor: Option<std::sync::Arc<dyn Decryptor>>) -> Self {
         let (tx, rx) = sync_channel(BUFS_IN_FLIGHT);
         let stop = Arc::new(AtomicBool::new(false));
@@ -121,7 +120,7 @@ impl VolumeReader {
                 let _ = tx.send(Msg::Done(verdict));
             })
             .expect("spawning a thread");
-        VolumeReader {
+        DecodedFile {
             rx,
             stop,
             recycle,
@@ -156,7 +155,7 @@ impl VolumeReader {
     }
 }
 
-impl Read for VolumeReader {
+impl Read for DecodedFile {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
             if let Some(v) = &self.verdict {

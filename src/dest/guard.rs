@@ -8,7 +8,7 @@
 //! ancestors the set does not mention, and each one once per run of siblings.
 
 use super::fsops;
-use crate::archive::{Record, RecordKind};
+use crate::decode::records::{Record, RecordKind};
 use crate::error::Error;
 use crate::index::PathIndex;
 use anyhow::Result;

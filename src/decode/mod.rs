@@ -1,0 +1,13 @@
+//! From a volume's stored bytes to duplicity records, with nothing about where the bytes
+//! came from or where the records go.
+//!
+//! `volume` checks the SHA1 of the stored bytes and undoes the encoding (`crypto` for gpg,
+//! gzip, or nothing); `tar` reads the tar entries with their checked names and metadata;
+//! `records` assembles them into one record per path, stitching split files across volumes;
+//! `delta` applies and checks librsync deltas and signatures.
+
+pub mod crypto;
+pub mod delta;
+pub mod records;
+pub mod tar;
+pub mod volume;

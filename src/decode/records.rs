@@ -1,0 +1,313 @@
+//! Duplicity's records: from the tar entries of a set's volumes to one record per path.
+//!
+//! Each tar entry of a difftar (docs/format.md §4.3) is a record about one path:
+//! `snapshot/P` (the whole object), `diff/P` (a librsync delta against the previous
+//! content), `deleted/P`, or a chunk `multivol_snapshot/P/k` / `multivol_diff/P/k` of a file
+//! too big for one entry. Chunks of one file follow each other, also across the end of one
+//! volume file and the start of the next, so [`RecordStream`] keeps the open record between
+//! volumes and hands the sink each chunk's bytes as they stream by: no file is ever held in
+//! memory. Signature tars use the same names with `signature/P`, read by `repo::sigtar`.
+//!
+//! Records must come in strictly increasing index order (the order every merge and every
+//! safety check downstream relies on); names are checked by `tar`.
+
+pub use super::tar::RecordKind;
+use super::tar::{entry_metadata, next_entry, parse_entry_name, EntryName, Extensions};
+use crate::error::Error;
+use crate::index::PathIndex;
+use crate::meta::Metadata;
+use anyhow::{Context, Result};
+use std::io::Read;
+
+/// The header of one record; its bytes (if any) follow through [`RecordSink::data`].
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub index: PathIndex,
+    pub kind: RecordKind,
+    pub meta: Metadata,
+    /// A chunk run that did not start with chunk 1: the head of this file lies in volumes
+    /// that were not read.
+    pub headless: bool,
+}
+
+/// Receives the records of one set in order.
+pub trait RecordSink {
+    fn begin(&mut self, record: &Record) -> Result<()>;
+    /// Called once per tar entry of the record (several times for a split file).
+    fn data(&mut self, bytes: &mut dyn Read) -> Result<()>;
+    fn end(&mut self) -> Result<()>;
+}
+
+/// Counts the bytes a sink reads from an entry, so that an entry the volume cuts short is
+/// caught (the tar crate just stops giving data when its input ends).
+struct Counted<'r> {
+    inner: &'r mut dyn Read,
+    n: u64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// Hands an entry's data to the sink and checks that all of it was there.
+fn pass_data<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    index: &PathIndex,
+    sink: &mut dyn RecordSink,
+) -> Result<()> {
+    let size = entry.size();
+    let mut counted = Counted { inner: entry, n: 0 };
+    sink.data(&mut counted)?;
+    std::io::copy(&mut counted, &mut std::io::sink()).context("reading the volume")?;
+    if counted.n < size {
+        return Err(Error::corrupt(format!(
+            "the volume ends inside the data of {index}: {} of {size} bytes (truncated tar)",
+            counted.n
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Turns the tar entries of a set's volumes, in order, into records.
+#[derive(Default)]
+pub struct RecordStream {
+    /// The record whose chunks may continue (index and kind of a multivol run).
+    open: Option<(PathIndex, RecordKind, bool)>,
+    last: Option<PathIndex>,
+}
+
+impl RecordStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads one volume's tar stream. The stream ends at the first zero block or at EOF,
+    /// whichever comes first (§4.7): gzip volumes before 3.2 have no footer, and gpg
+    /// volumes carry junk after a single zero block.
+    pub fn read_volume(
+        &mut self,
+        tar_stream: &mut dyn Read,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
+        let mut archive = tar::Archive::new(tar_stream);
+        let mut entries = archive
+            .entries()
+            .context("reading the tar stream")?
+            .raw(true);
+        while let Some((mut entry, ext)) = next_entry(&mut entries)? {
+            let name = parse_entry_name(&ext.path(entry.header()))?;
+            self.entry(name, &mut entry, &ext, sink)?;
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        name: EntryName,
+        entry: &mut tar::Entry<R>,
+        ext: &Extensions,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
+        if let (Some(_), Some((index, kind, _))) = (name.chunk, &self.open) {
+            if *index == name.index && *kind == name.kind {
+                return pass_data(entry, &name.index, sink);
+            }
+        }
+        self.close(sink)?;
+        // A deletion of the root is a no-op everywhere (LP #929067 wrote such entries).
+        if name.kind == RecordKind::Deleted && name.index.is_root() {
+            return Ok(());
+        }
+        if let Some(last) = &self.last {
+            if name.index <= *last {
+                return Err(Error::corrupt(format!(
+                    "entry {:?} comes after {:?}: entries are out of order",
+                    name.index, last
+                ))
+                .into());
+            }
+        }
+        self.last = Some(name.index.clone());
+        let meta = entry_metadata(entry, ext, name.kind)?;
+        let record = Record {
+            index: name.index.clone(),
+            kind: name.kind,
+            meta,
+            headless: name.chunk.is_some_and(|k| k > 1),
+        };
+        sink.begin(&record)?;
+        let has_data = matches!(name.kind, RecordKind::Diff | RecordKind::Signature)
+            || (name.kind == RecordKind::Snapshot && record.meta.is_regular());
+        if has_data {
+            pass_data(entry, &name.index, sink)?;
+        }
+        if name.chunk.is_some() {
+            self.open = Some((name.index, name.kind, true));
+            Ok(())
+        } else {
+            sink.end()
+        }
+    }
+
+    /// Ends the set: closes a split file whose last chunk was the last entry.
+    pub fn close(&mut self, sink: &mut dyn RecordSink) -> Result<()> {
+        if self.open.take().is_some() {
+            sink.end()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::FileType;
+
+    /// A ustar header block (name, typeflag, size), checksum filled in.
+    fn header(name: &[u8], typeflag: u8, size: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name);
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = typeflag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn entry(name: &[u8], typeflag: u8, data: &[u8]) -> Vec<u8> {
+        let mut v = header(name, typeflag, data.len() as u64);
+        v.extend_from_slice(data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    /// Records every begin, with the bytes of each record.
+    #[derive(Default)]
+    struct Collect(Vec<(PathIndex, RecordKind, Vec<u8>, Metadata)>);
+
+    impl RecordSink for Collect {
+        fn begin(&mut self, r: &Record) -> Result<()> {
+            self.0
+                .push((r.index.clone(), r.kind, Vec::new(), r.meta.clone()));
+            Ok(())
+        }
+        fn data(&mut self, bytes: &mut dyn Read) -> Result<()> {
+            if let Some(last) = self.0.last_mut() {
+                bytes.read_to_end(&mut last.2)?;
+            }
+            Ok(())
+        }
+        fn end(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn read(tar: &[u8]) -> Result<Collect> {
+        let mut sink = Collect::default();
+        let mut stream = RecordStream::new();
+        stream.read_volume(&mut &tar[..], &mut sink)?;
+        stream.close(&mut sink)?;
+        Ok(sink)
+    }
+
+    #[test]
+    fn extension_headers_name_the_entry() {
+        let mut tar = entry(b"././@PaxHeader", b'x', b"27 path=snapshot/from-pax\xff\n");
+        tar.extend(entry(b"snapshot/lossy?", b'0', b"pax"));
+        tar.extend(entry(b"././@LongLink", b'L', b"snapshot/gnu-long\0"));
+        tar.extend(entry(b"snapshot/cut", b'0', b"gnu"));
+        tar.extend(entry(b"././@LongLink", b'K', b"target\0"));
+        tar.extend(header(b"snapshot/link", b'2', 0));
+        let got = read(&tar).unwrap().0;
+        let names: Vec<Vec<u8>> = got.iter().map(|r| r.0.to_bytes()).collect();
+        assert_eq!(names, [&b"from-pax\xff"[..], b"gnu-long", b"link"]);
+        assert_eq!(got[0].2, b"pax");
+        assert_eq!(got[2].3.file_type, FileType::Symlink(b"target".to_vec()));
+    }
+
+    /// Regression: a PAX header declaring 1 GiB was read into memory whole by the tar crate
+    /// (a gzip bomb made that cheap for an attacker). It is refused before any read.
+    #[test]
+    fn oversized_extension_headers_are_refused_unread() {
+        for typeflag in [b'x', b'L', b'K'] {
+            let tar = header(b"././@PaxHeader", typeflag, 1 << 30);
+            let err = read(&tar).err().expect("refused");
+            assert!(
+                format!("{err:#}").contains("declares 1073741824 bytes"),
+                "{err:#}"
+            );
+        }
+    }
+
+    /// Regression: an entry whose data the volume cuts short was handed on truncated.
+    #[test]
+    fn an_entry_cut_short_is_an_error() {
+        let mut tar = header(b"snapshot/f", b'0', 1000);
+        tar.extend_from_slice(&[7u8; 300]);
+        let err = read(&tar).err().expect("refused");
+        assert!(format!("{err:#}").contains("truncated tar"), "{err:#}");
+        let mut tar = header(b"multivol_snapshot/f/1", b'0', 1 << 32);
+        tar.extend_from_slice(&[7u8; 512]);
+        assert!(read(&tar).is_err());
+    }
+
+    #[test]
+    fn a_stream_ending_after_an_extension_header_is_an_error() {
+        let tar = entry(b"././@PaxHeader", b'x', b"19 path=snapshot/x\n");
+        assert!(read(&tar).is_err());
+        let mut tar = entry(b"././@PaxHeader", b'x', b"19 path=snapshot/x\n");
+        tar.extend(entry(b"././@PaxHeader", b'x', b"19 path=snapshot/y\n"));
+        tar.extend(entry(b"snapshot/z", b'0', b""));
+        assert!(read(&tar).is_err(), "two PAX headers for one entry");
+    }
+
+    #[test]
+    fn entry_names() {
+        let n = parse_entry_name(b"snapshot/./").unwrap();
+        assert!(n.index.is_root());
+        assert_eq!(n.kind, RecordKind::Snapshot);
+        for root in [
+            &b"snapshot/"[..],
+            b"snapshot",
+            b"snapshot/.",
+            b"diff",
+            b"deleted",
+        ] {
+            assert!(parse_entry_name(root).unwrap().index.is_root(), "{root:?}");
+        }
+        let n = parse_entry_name(b"multivol_snapshot/./3").unwrap();
+        assert!(n.index.is_root());
+        assert_eq!(n.chunk, Some(3));
+        let n = parse_entry_name(b"multivol_diff/a/b c/12").unwrap();
+        assert_eq!(n.index, PathIndex::from_bytes(b"a/b c"));
+        assert_eq!((n.kind, n.chunk), (RecordKind::Diff, Some(12)));
+        assert!(matches!(
+            parse_entry_name(b"diff/../warning-security-error"),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(matches!(
+            parse_entry_name(b"snapshot//etc/passwd"),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(matches!(
+            parse_entry_name(b"/etc/passwd"),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            parse_entry_name(b"multivol_snapshot/a/x"),
+            Err(Error::Corrupt(_))
+        ));
+    }
+}
