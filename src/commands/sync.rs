@@ -6,9 +6,10 @@
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
-use crate::dest::fsops;
-use crate::dest::journal;
+use crate::dest::journal::Recovery;
+use crate::dest::session::Session;
 use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::dest::tree::Dest;
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
@@ -20,7 +21,7 @@ use crate::source::cache::FetchTimes;
 use crate::source::meter::Transfer;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 pub struct SyncOptions {
@@ -75,6 +76,13 @@ pub struct SyncReport {
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
+    /// Paths that the completed commit found replaced by a symlink or file and replaced
+    /// by a directory again (`verify --repair` restores what they held).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered_replaced: Vec<String>,
+    /// An interrupted commit that was dropped: made for a DEST folder that is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<String>,
     pub restart_reason: Option<String>,
     pub sets: Vec<SetReport>,
     pub bytes_read: u64,
@@ -98,15 +106,6 @@ pub struct Phases {
     pub fetch: FetchTimes,
 }
 
-fn is_empty_or_missing(dest: &Path) -> Result<bool> {
-    match std::fs::read_dir(dest) {
-        Ok(mut it) => Ok(it.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", dest.display())),
-    }
-}
-
 pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let started = Instant::now();
     let dest = absolute_dest(&opts.dest)?;
@@ -120,30 +119,36 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             state_root.display()
         );
     }
-    let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
-    let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
-    let mut state = state_dir.load()?;
-    if let Some(st) = &state {
-        if st.dest != dest {
-            bail!(
-                "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
-                state_root.display(),
-                st.dest.display(),
-                dest.display()
-            );
-        }
-        if !dest.exists() {
-            // DEST was removed: rebuild it from scratch.
-            state = None;
-        }
-    }
+    let Session {
+        state_dir,
+        dest: mut dest_dir,
+        recovery,
+        state,
+        stale,
+    } = Session::open(&dest, &state_root, opts.wait, opts.durable)?;
+    let (recovered, recovered_replaced, discarded) = match recovery {
+        Recovery::Nothing => (None, Vec::new(), None),
+        Recovery::Completed { state, replaced } => (
+            Some(format_iso(state.end_time)),
+            replaced.iter().map(ToString::to_string).collect(),
+            None,
+        ),
+        Recovery::Discarded { state } => (None, Vec::new(), Some(format_iso(state.end_time))),
+    };
     let mut phases = Phases::default();
     let phase = Instant::now();
     let repo = open_repository(&opts.source, &opts.repo)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
-    let dest_empty = is_empty_or_missing(&dest)?;
+    let dest_empty = dest_dir.is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
+        if stale.is_some() {
+            bail!(
+                "DEST {} is not the folder dupmirror synced (it was replaced since); pass \
+                 --adopt to make it the backup (files not in the backup are removed)",
+                dest.display()
+            );
+        }
         bail!(
             "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \
              folder, or pass --adopt to make it the backup (files not in the backup are removed)",
@@ -152,7 +157,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let filter = PathFilter::from_args(&opts.paths);
     let phase = Instant::now();
-    let plan = Plan::build(&repo, state.as_ref(), &dest, dest_empty, time, &filter)?;
+    let plan = Plan::build(
+        &repo,
+        state.as_ref(),
+        dest_dir.tree(),
+        dest_empty,
+        time,
+        &filter,
+    )?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
@@ -162,6 +174,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         to: format_iso(plan.end_time),
         up_to_date: plan.steps.is_empty(),
         recovered,
+        recovered_replaced,
+        discarded,
         restart_reason: plan.restart_reason.clone(),
         sets: plan
             .steps
@@ -222,26 +236,28 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             dest.clone(),
             filter.to_strings(),
         );
-        let staged = stage_step(&repo, &plan, step, &dest, &state_dir, &target, opts.durable);
+        let staged = dest_dir
+            .recheck()
+            .and_then(|()| stage_step(&repo, &plan, step, &dest_dir, &state_dir, &target));
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
                 // Nothing was committed: DEST is as the previous set left it.
-                let _ = fsops::remove_any(state_dir.staging());
+                let _ = state_dir.remove_staging();
                 return Err(e.context(format!(
                     "set {} was not applied; DEST is unchanged by it",
                     step.set.label()
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir) {
+        let stats = match applier.commit(&state_dir, &mut dest_dir, opts.durable) {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
                 // not be written or renamed): DEST is unchanged, and staging goes as above.
                 // With one, the staging it points to must stay for the next run's replay.
-                if !state_dir.journal_path().exists() {
-                    let _ = fsops::remove_any(state_dir.staging());
+                if !state_dir.has_journal() {
+                    let _ = state_dir.remove_staging();
                 }
                 return Err(e);
             }
@@ -261,19 +277,11 @@ fn stage_step(
     repo: &Repository,
     plan: &Plan,
     step: &Step,
-    dest: &Path,
+    dest: &Dest,
     state_dir: &StateDir,
     target: &MirrorState,
-    durable: bool,
 ) -> Result<(SetApplier, Option<RepairStats>)> {
-    let mut applier = SetApplier::new(
-        step.mode,
-        dest,
-        state_dir,
-        target,
-        step.filter.clone(),
-        durable,
-    )?;
+    let mut applier = SetApplier::new(step.mode, dest, state_dir, target, step.filter.clone())?;
     for diff in step.differences.iter().filter(|d| !d.needs_data()) {
         applier.add_fix(diff)?;
     }
@@ -293,11 +301,11 @@ fn stage_step(
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
     let paths = PathFilter::subtrees(drifted.iter().cloned());
-    let scratch_root = state_dir.repair_scratch();
-    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
+    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, state_dir)?;
+    let tree = scratch.tree().context("the repair restored no tree")?;
     // Every drifted path was patched by this set, so the chain must hold it.
     for index in &drifted {
-        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
+        if tree.stat(index)?.is_none() {
             bail!(
                 "cannot apply the change to {index}: the file in DEST differs from what the \
                  previous backup left (the delta does not fit its basis), and no volume of \
@@ -305,6 +313,6 @@ fn stage_step(
             );
         }
     }
-    repair::graft(&scratch.tree, &paths, &mut applier)?;
+    repair::graft(tree, &paths, &mut applier)?;
     Ok((applier, Some(stats)))
 }

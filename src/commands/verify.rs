@@ -3,8 +3,8 @@
 //! differ (reading only the volumes that hold them), atomically, and verify again.
 
 use super::open_repository;
-use crate::dest::journal;
-use crate::dest::state::{absolute_dest, default_state_dir, StateDir};
+use crate::dest::session::Session;
+use crate::dest::state::{absolute_dest, default_state_dir};
 use crate::mirror::apply::{ApplyMode, SetApplier};
 use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference};
 use crate::mirror::filter::PathFilter;
@@ -73,14 +73,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         Some(s) => std::path::absolute(s)?,
         None => default_state_dir(&dest)?,
     };
-    let state_dir = StateDir::open(&state_root, &dest, false)?;
-    journal::recover(&state_dir, &dest)?;
-    let state = state_dir.load()?.ok_or_else(|| {
-        anyhow!(
+    let Session {
+        state_dir,
+        dest: mut dest_dir,
+        state,
+        stale,
+        ..
+    } = Session::open(&dest, &state_root, false, opts.durable)?;
+    let state = match (state, stale) {
+        (Some(st), _) => st,
+        (None, Some(_)) => bail!(
+            "DEST {} is not the folder dupmirror synced (it was removed or replaced since); \
+             run sync",
+            dest.display()
+        ),
+        (None, None) => bail!(
             "DEST {} was never synced by dupmirror: nothing to verify against",
             dest.display()
-        )
-    })?;
+        ),
+    };
     let repo = open_repository(&opts.source, &opts.repo)?;
     let chain = repo
         .collection
@@ -110,7 +121,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
     } else {
         ContentCheck::Signatures
     };
-    let (diffs, stats) = compare(&repo, &sets, &dest, &filter, check)?;
+    let (diffs, stats) = compare(&repo, &sets, dest_dir.tree(), &filter, check)?;
     let mut report = VerifyReport {
         dest: dest.clone(),
         state: format_iso(state.end_time),
@@ -129,25 +140,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
         );
         let mut applier = SetApplier::new(
             ApplyMode::Update,
-            &dest,
+            &dest_dir,
             &state_dir,
             &state,
             filter.clone(),
-            opts.durable,
         )?;
         for d in diffs.iter().filter(|d| !d.needs_data()) {
             applier.add_fix(d)?;
         }
         let mut repair_stats = RepairStats::default();
         if !need.roots().is_empty() {
-            let scratch_root = state_dir.repair_scratch();
-            let (scratch, stats) = repair::restore_paths(&repo, &sets, &need, &scratch_root)?;
-            repair::graft(&scratch.tree, &need, &mut applier)?;
+            let (scratch, stats) = repair::restore_paths(&repo, &sets, &need, &state_dir)?;
+            if let Some(tree) = scratch.tree() {
+                repair::graft(tree, &need, &mut applier)?;
+            }
             repair_stats = stats;
         }
-        applier.commit(&state_dir)?;
+        applier.commit(&state_dir, &mut dest_dir, opts.durable)?;
         report.repaired = Some(repair_stats);
-        let (after, _) = compare(&repo, &sets, &dest, &filter, check)?;
+        let (after, _) = compare(&repo, &sets, dest_dir.tree(), &filter, check)?;
         report.remaining = Some(after.iter().map(DiffReport::of).collect());
     }
     report.seconds = started.elapsed().as_secs_f64();

@@ -20,6 +20,7 @@
 //! same chain (a change of `--path`).
 
 use crate::dest::state::MirrorState;
+use crate::dest::tree::Tree;
 use crate::mirror::apply::ApplyMode;
 use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference};
 use crate::mirror::filter::PathFilter;
@@ -28,7 +29,6 @@ use crate::repo::manifest::Manifest;
 use crate::repo::time::{format_compact, Epoch};
 use crate::repo::Repository;
 use anyhow::{bail, Result};
-use std::path::Path;
 
 /// One set to apply.
 pub struct Step {
@@ -61,7 +61,7 @@ impl Plan {
     pub fn build(
         repo: &Repository,
         state: Option<&MirrorState>,
-        dest: &Path,
+        dest: Option<&Tree>,
         dest_is_empty: bool,
         time: Epoch,
         filter: &PathFilter,

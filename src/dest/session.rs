@@ -1,0 +1,57 @@
+//! Opening DEST and its state folder for a command that may change DEST, in an order that
+//! keeps a wrong, shared or planted state folder from touching anything.
+//!
+//! ```text
+//! open(DEST path, state folder path):
+//!     state folder: not a symlink, the user's own, not writable by others; locked
+//!     DEST: a real folder or missing, never a symlink (refused, not followed); locked too
+//!           (flock on DEST itself), so two syncs with different state folders never meet
+//!     the state and any pending journal must name this DEST path    <- before any replay
+//!     finish an interrupted commit, or drop it when DEST is no longer the folder it was
+//!           made for (dest::journal::recover)
+//!     the state counts only while it describes this very folder (device and inode): a
+//!           DEST removed or replaced since is treated as never synced
+//! ```
+
+use super::journal::{self, Recovery};
+use super::state::{MirrorState, StateDir};
+use super::tree::Dest;
+use anyhow::Result;
+use std::path::Path;
+
+/// DEST and its state folder, both locked, with what DEST holds.
+pub struct Session {
+    pub state_dir: StateDir,
+    pub dest: Dest,
+    /// What finishing an interrupted commit did.
+    pub recovery: Recovery,
+    /// The state DEST is in; `None` when never synced, or when DEST is not the folder the
+    /// recorded state describes (removed or replaced since).
+    pub state: Option<MirrorState>,
+    /// The state recorded for another folder at DEST's path (`state` is then `None`).
+    pub stale: Option<MirrorState>,
+}
+
+impl Session {
+    pub fn open(dest: &Path, state_root: &Path, wait: bool, durable: bool) -> Result<Session> {
+        let state_dir = StateDir::open(state_root, dest, wait)?;
+        let mut dest = Dest::open(dest)?;
+        dest.lock(wait)?;
+        state_dir.check_belongs_to(dest.path(), None)?;
+        let recovery = journal::recover(&state_dir, &mut dest, durable)?;
+        let (state, stale) = match state_dir.load()? {
+            Some(st) if dest.tree().is_some() && st.describes(dest.path(), dest.id()) => {
+                (Some(st), None)
+            }
+            Some(st) => (None, Some(st)),
+            None => (None, None),
+        };
+        Ok(Session {
+            state_dir,
+            dest,
+            recovery,
+            state,
+            stale,
+        })
+    }
+}
