@@ -176,7 +176,7 @@ fn run_case(strace: &Path, bench: Bench<'_>, oracles: &[(i64, Tree)], case: &Cas
             point.phase,
             point.line
         );
-        kill::copy_tree(&template, &host.dir);
+        kill::restore_host(&template, &host);
         tally.tried += 1;
         *tally.by_phase.entry(point.phase).or_default() += 1;
         let r = kill::kill_at(strace, &args, point);

@@ -540,7 +540,7 @@ fn an_io_error_anywhere_fails_cleanly() {
             "{errno} at {} #{} ({}): {}",
             p.syscall, p.nth, p.phase, p.line
         );
-        kill::copy_tree(&template, &host.dir);
+        kill::restore_host(&template, &host);
         let r = kill::fail_at(&strace, &args, p, errno);
         if r.success() {
             // e.g. a failed fsync of a file that is rewritten anyway; the result must hold.

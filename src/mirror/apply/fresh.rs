@@ -3,7 +3,7 @@
 //! ```text
 //! begin(record), records in index order:
 //!     close the directories on the stack that do not hold the record: each gets its own
-//!         attributes (owner, mode, mtime) through its parent's handle, after its contents
+//!         attributes (owner, mode, mtime) through its handle, after its contents
 //!     make missing ancestors (a filtered sync may not read every ancestor's record)
 //!     root dir       -> its attributes wait for the commit (they belong to DEST)
 //!     dir            -> mkdirat 0700 in the parent's handle; pushed on the stack
@@ -64,18 +64,13 @@ impl FreshBuild {
         }
     }
 
-    /// Gives the top directory of the stack its attributes and closes it.
+    /// Gives the top directory of the stack its attributes (through its own handle) and
+    /// closes it.
     fn close_top(&mut self) -> Result<()> {
-        let Some((index, dir, attrs)) = self.open_dirs.pop() else {
-            return Ok(());
-        };
-        drop(dir);
-        if let (Some(attrs), Some(name), Some((_, parent, _))) =
-            (attrs, index.components().last(), self.open_dirs.last())
-        {
-            attrs.apply(parent, name)?;
+        match self.open_dirs.pop() {
+            Some((_, dir, Some(attrs))) => attrs.apply_to_dir(&dir),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The handle of the directory that holds `index` (not the root): closes what lies

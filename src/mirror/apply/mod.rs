@@ -186,7 +186,9 @@ impl SetApplier {
                 stats.replaced = replaced.iter().map(PathIndex::to_string).collect();
                 Ok(stats)
             }
-            Recovery::Discarded { .. } | Recovery::Nothing => bail!(
+            // The first try failed after the state was saved and the journal removed.
+            Recovery::Nothing => Ok(stats),
+            Recovery::Discarded { .. } => bail!(
                 "DEST {} was moved or replaced during the sync; the set was not applied",
                 dest.path().display()
             ),
