@@ -90,62 +90,8 @@ fn reference_trees(root: &Path, repo: &Path) -> (Tree, Tree) {
     (t0, t1)
 }
 
-fn fail_line(r: &Run, ctx: &str, keywords: &[&str]) {
-    r.assert_refused(ctx, keywords);
-    assert_eq!(r.status.code(), Some(1), "{ctx}: exit status\n{}", r.stderr);
-    let lines = r.stderr.lines().filter(|l| !l.trim().is_empty()).count();
-    assert_eq!(lines, 1, "{ctx}: one error line expected:\n{}", r.stderr);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Locking
-
-/// Starts a sync that takes the lock and then holds it for `hold` (strace delays the return
-/// of its first `flock`). Waits until the lock is really held.
-fn start_holder(strace: &Path, args: &[OsString], state: &Path, hold: Duration) -> Child {
-    let mut cmd = Command::new(strace);
-    cmd.arg("-f")
-        .arg("-qq")
-        .arg("-o")
-        .arg("/dev/null")
-        .arg("-etrace=flock")
-        .arg(format!(
-            "-einject=flock:delay_exit={}:when=1",
-            hold.as_micros()
-        ))
-        .arg(dupmirror_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("start strace");
-    let lock = state.join("lock");
-    let start = Instant::now();
-    while !lock_is_held(&lock) {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the first sync never took the lock");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-/// Whether another process holds the flock on `path` (a probe that takes and drops it).
-fn lock_is_held(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = fs::File::open(path) else {
-        return false;
-    };
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-        false
-    } else {
-        std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
-    }
-}
 
 #[test]
 fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
@@ -159,15 +105,11 @@ fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
     let args = sync_args(&repo, &dest, &state, t(1), &["--wait"]);
     let hold = Duration::from_secs(6);
     let started = Instant::now();
-    let mut holder = start_holder(&strace, &args, &state, hold);
+    let mut holder = kill::start_holder(&strace, &args, &state.join("lock"), 1, hold);
 
     // Without --wait: refused at once, nothing touched.
     let r = dupmirror(sync_args(&repo, &dest, &state, t(1), &[]));
-    fail_line(
-        &r,
-        "second sync",
-        &["another dupmirror sync holds the lock"],
-    );
+    r.assert_one_line_refusal("second sync", &["another dupmirror sync holds the lock"]);
     assert!(
         started.elapsed() < hold,
         "the refusal should not wait for the lock"
@@ -240,7 +182,13 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
     let (_, t1) = reference_trees(tmp.path(), &repo);
     let (dest, state) = (tmp.path().join("d"), tmp.path().join("s"));
     let args = sync_args(&repo, &dest, &state, t(1), &["--wait"]);
-    let mut holder = start_holder(&strace, &args, &state, Duration::from_secs(60));
+    let mut holder = kill::start_holder(
+        &strace,
+        &args,
+        &state.join("lock"),
+        1,
+        Duration::from_secs(60),
+    );
     // SIGKILL dupmirror itself (strace's child), as the OOM killer would.
     let children = fs::read_to_string(format!(
         "/proc/{}/task/{}/children",
@@ -262,7 +210,7 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
     // dying a moment after strace does): that must happen promptly, not never.
     let lock = state.join("lock");
     let killed_at = Instant::now();
-    while lock_is_held(&lock) {
+    while kill::lock_is_held(&lock) {
         assert!(
             killed_at.elapsed() < Duration::from_secs(10),
             "the lock outlived the killed sync"
@@ -282,58 +230,6 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
 
 // ---------------------------------------------------------------------------------------------
 // Full disks
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs with `options` at `dir`; `None` (with a printed reason) when this
-    /// machine cannot, unless `DUPMIRROR_REQUIRE_ORACLE=1`.
-    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                if require_oracle() {
-                    panic!("cannot mount a tmpfs ({why}) and DUPMIRROR_REQUIRE_ORACLE=1");
-                }
-                eprintln!("skipped: cannot mount a tmpfs here ({why}); run as root");
-                None
-            }
-        }
-    }
-
-    fn remount(&self, options: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{options}")])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "remount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 #[derive(Default, Debug)]
 struct FullDiskTally {
@@ -405,7 +301,7 @@ fn full_disk_attempt(
     tally: &mut FullDiskTally,
 ) {
     let ctx = format!("tmpfs {options}, sync to {}", target.0);
-    let Some(mnt) = Tmpfs::mount(&root.join("mnt"), options) else {
+    let Some(mnt) = tmpfs::Tmpfs::mount(&root.join("mnt"), options) else {
         return;
     };
     let (dest, state) = (mnt.dir.join("d"), mnt.dir.join("s"));
@@ -424,7 +320,7 @@ fn full_disk_attempt(
             .1
             .assert_same(&Tree::capture(&dest), Compare::default(), &ctx);
     } else {
-        fail_line(&r, &ctx, &["no space left on device"]);
+        r.assert_one_line_refusal(&ctx, &["no space left on device"]);
         let now = Tree::capture_opt(&dest);
         match after_failure(&ctx, &state, &now, baseline.map(|b| b.1), target.1) {
             Outcome::Unchanged => tally.failed_before_commit += 1,
@@ -549,7 +445,7 @@ fn an_io_error_anywhere_fails_cleanly() {
             continue;
         }
         let words = ["input/output error", "no space left on device"];
-        fail_line(&r, &ctx, &words);
+        r.assert_one_line_refusal(&ctx, &words);
         match after_failure(&ctx, &host.state, &host.tree_opt(), Some(&t0), &t1) {
             Outcome::Unchanged => before_commit += 1,
             Outcome::Complete => after_commit += 1,

@@ -15,6 +15,7 @@
 
 use super::*;
 use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Stdio};
 
 /// Syscalls that change files, directories, attributes or durability: the kill points.
 pub const MUTATING: &[&str] = &[
@@ -372,4 +373,58 @@ pub fn state_leftovers(state: &Path) -> Vec<String> {
     };
     v.sort();
     v
+}
+
+/// Starts a sync that takes a lock and then holds it for `hold` (strace delays the return
+/// of its `nth` `flock`: 1 for the state folder's lock, 2 for DEST's). Waits until `lock`
+/// (the lock file, or DEST) is really held.
+pub fn start_holder(
+    strace: &Path,
+    args: &[OsString],
+    lock: &Path,
+    nth: u32,
+    hold: Duration,
+) -> Child {
+    let mut cmd = Command::new(strace);
+    cmd.arg("-f")
+        .arg("-qq")
+        .arg("-o")
+        .arg("/dev/null")
+        .arg("-etrace=flock")
+        .arg(format!(
+            "-einject=flock:delay_exit={}:when={nth}",
+            hold.as_micros()
+        ))
+        .arg(dupmirror_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start strace");
+    let start = Instant::now();
+    while !lock_is_held(lock) {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the first sync never took the lock");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Whether another process holds the flock on `path`, a file or a folder (a probe that
+/// takes and drops it).
+pub fn lock_is_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = fs::File::open(path) else {
+        return false;
+    };
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        false
+    } else {
+        std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    }
 }

@@ -15,6 +15,7 @@
 //! encryption tests give it their own (`gpg`).
 #![allow(dead_code, unused_imports)]
 
+pub mod bed;
 pub mod forge;
 pub mod gpg;
 /// One `#[test]` per upstream version (0.8 and 3.x) for each scenario function
@@ -43,6 +44,7 @@ pub mod json;
 pub mod kill;
 pub mod remote;
 pub mod scenario;
+pub mod tmpfs;
 pub mod tree;
 
 pub use tree::{Compare, Kind, Node, Tree};
@@ -149,6 +151,25 @@ impl Run {
             );
         }
         eprintln!("{context}: refused as expected: {line}");
+        self
+    }
+
+    /// A refusal as every hostile-input case must end: exit status 1 and exactly one
+    /// error line, which mentions one of `keywords`.
+    pub fn assert_one_line_refusal(&self, context: &str, keywords: &[&str]) -> &Self {
+        self.assert_refused(context, keywords);
+        assert_eq!(
+            self.status.code(),
+            Some(1),
+            "{context}: exit status\n{}",
+            self.stderr
+        );
+        let lines = self.stderr.lines().filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(
+            lines, 1,
+            "{context}: one error line expected:\n{}",
+            self.stderr
+        );
         self
     }
 }
