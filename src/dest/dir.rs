@@ -459,40 +459,23 @@ impl Dir {
 
     /// Creates a new regular file, private (0600) until its final mode is set.
     pub fn create_file(&self, name: &[u8]) -> Result<File> {
-        let c = self::name(name)?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            &c,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-        )
-        .with_context(|| format!("cannot create {}", self.show(name).display()))?;
-        Ok(File::from(fd))
+        self.open_private(name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
     }
 
     /// Creates (or truncates) a private scratch file for reading and writing.
     pub fn create_scratch(&self, name: &[u8]) -> Result<File> {
-        let c = self::name(name)?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            &c,
-            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
-            0o600,
-        )
-        .with_context(|| format!("cannot create {}", self.show(name).display()))?;
-        Ok(File::from(fd))
+        self.open_private(name, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC)
     }
 
     /// Opens (creating, private) file `name` for writing without truncating it: a lock.
     pub fn create_or_open(&self, name: &[u8]) -> Result<File> {
+        self.open_private(name, libc::O_RDWR | libc::O_CREAT)
+    }
+
+    fn open_private(&self, name: &[u8], flags: libc::c_int) -> Result<File> {
         let c = self::name(name)?;
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            &c,
-            libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW,
-            0o600,
-        )
-        .with_context(|| format!("cannot open {}", self.show(name).display()))?;
+        let fd = openat(self.fd.as_raw_fd(), &c, flags | libc::O_NOFOLLOW, 0o600)
+            .with_context(|| format!("cannot create {}", self.show(name).display()))?;
         Ok(File::from(fd))
     }
 
@@ -685,13 +668,7 @@ impl Dir {
     /// The names in this directory (without `.` and `..`), unsorted.
     pub fn list(&self) -> Result<Vec<Vec<u8>>> {
         let ctx = || format!("cannot list {}", self.path.display());
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .with_context(ctx)?;
+        let fd = self.open_readable().with_context(ctx)?;
         let mut d = nix::dir::Dir::from_fd(fd.as_raw_fd())
             .map_err(io::Error::from)
             .with_context(ctx)?;
@@ -786,29 +763,27 @@ impl Dir {
             .with_context(|| format!("cannot set the mtime of {}", self.path.display()))
     }
 
-    /// Makes the entries of this directory durable (renames and creations in it).
-    pub fn sync(&self) -> Result<()> {
-        let ctx = || format!("cannot sync {}", self.path.display());
-        let fd = openat(
+    /// A readable descriptor of this directory (a handle may be `O_PATH`).
+    fn open_readable(&self) -> io::Result<OwnedFd> {
+        openat(
             self.fd.as_raw_fd(),
             c".",
             libc::O_RDONLY | libc::O_DIRECTORY,
             0,
         )
-        .with_context(ctx)?;
+    }
+
+    /// Makes the entries of this directory durable (renames and creations in it).
+    pub fn sync(&self) -> Result<()> {
+        let ctx = || format!("cannot sync {}", self.path.display());
+        let fd = self.open_readable().with_context(ctx)?;
         File::from(fd).sync_all().with_context(ctx)
     }
 
     /// Flushes the whole file system this directory is on.
     pub fn sync_filesystem(&self) -> Result<()> {
         let ctx = || format!("cannot sync the file system of {}", self.path.display());
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .with_context(ctx)?;
+        let fd = self.open_readable().with_context(ctx)?;
         retry(|| unsafe { libc::syncfs(fd.as_raw_fd()) })
             .map(drop)
             .with_context(ctx)
