@@ -41,63 +41,63 @@ fn build_chain(lab: &mut Lab) -> Vec<(i64, Tree)> {
 fn chain<'a>() -> Vec<Step<'a>> {
     vec![
         full(|fs| {
-        for n in ["a", "b", "c", "d", "e"] {
-            fs.write(format!("docs/{n}.txt"), format!("doc {n}\n").as_bytes());
-        }
-        for i in 1..=8 {
-            fs.write(
-                format!("src/mod/x{i}.rs"),
-                format!("fn x{i}() {{}}\n").as_bytes(),
-            );
-        }
-        fs.write("big.bin", &random_bytes(1, 1_500_000));
-        fs.symlink("link", "docs/a.txt");
-        fs.symlink("dirlink", "src");
-        fs.fifo("pipe");
-        fs.write("mode", b"private\n");
-        fs.chmod("mode", 0o600);
-        fs.write("ro/inside", b"read-only dir\n");
-        fs.chmod("ro", 0o555);
-        fs.mkdir("empty");
+            for n in ["a", "b", "c", "d", "e"] {
+                fs.write(format!("docs/{n}.txt"), format!("doc {n}\n").as_bytes());
+            }
+            for i in 1..=8 {
+                fs.write(
+                    format!("src/mod/x{i}.rs"),
+                    format!("fn x{i}() {{}}\n").as_bytes(),
+                );
+            }
+            fs.write("big.bin", &random_bytes(1, 1_500_000));
+            fs.symlink("link", "docs/a.txt");
+            fs.symlink("dirlink", "src");
+            fs.fifo("pipe");
+            fs.write("mode", b"private\n");
+            fs.chmod("mode", 0o600);
+            fs.write("ro/inside", b"read-only dir\n");
+            fs.chmod("ro", 0o555);
+            fs.mkdir("empty");
         }),
         inc(|fs| {
-        fs.write("docs/a.txt", b"doc a, changed\n");
-        let mut big = random_bytes(1, 1_500_000);
-        big.extend_from_slice(b"appended");
-        fs.write("big.bin", &big);
-        fs.remove("docs/b.txt");
-        fs.write("new/deep/n.txt", b"new\n");
-        fs.chmod("mode", 0o640);
-        fs.remove("src/mod/x1.rs");
-        fs.write("src/mod/x1.rs/now_a_dir", b"file became dir\n");
-        fs.remove("dirlink");
-        fs.write("dirlink/real", b"symlink became dir\n");
+            fs.write("docs/a.txt", b"doc a, changed\n");
+            let mut big = random_bytes(1, 1_500_000);
+            big.extend_from_slice(b"appended");
+            fs.write("big.bin", &big);
+            fs.remove("docs/b.txt");
+            fs.write("new/deep/n.txt", b"new\n");
+            fs.chmod("mode", 0o640);
+            fs.remove("src/mod/x1.rs");
+            fs.write("src/mod/x1.rs/now_a_dir", b"file became dir\n");
+            fs.remove("dirlink");
+            fs.write("dirlink/real", b"symlink became dir\n");
         }),
         inc(|fs| {
-        fs.remove("src");
-        // A directory with contents becomes a symlink (its old subdirectories still get
-        // journal lines: see apply::journal::below_real_dirs).
-        fs.write("new/deep/sub/s.txt", b"gone soon\n");
-        fs.remove("new/deep");
-        fs.symlink("new/deep", "../docs");
-        for i in 0..20 {
-            fs.write(format!("many/f{i:02}"), format!("many {i}\n").as_bytes());
-        }
-        let mut big = random_bytes(1, 1_500_000);
-        big[700_000] ^= 1;
-        fs.write("big.bin", &big);
+            fs.remove("src");
+            // A directory with contents becomes a symlink (its old subdirectories still get
+            // journal lines: see apply::journal::below_real_dirs).
+            fs.write("new/deep/sub/s.txt", b"gone soon\n");
+            fs.remove("new/deep");
+            fs.symlink("new/deep", "../docs");
+            for i in 0..20 {
+                fs.write(format!("many/f{i:02}"), format!("many {i}\n").as_bytes());
+            }
+            let mut big = random_bytes(1, 1_500_000);
+            big[700_000] ^= 1;
+            fs.write("big.bin", &big);
         }),
         inc(|fs| {
-        fs.touch("docs/c.txt", t(3) - 5000);
-        fs.chmod("new", 0o700);
-        fs.write("docs/d.txt", b"");
-        fs.symlink("link", "docs/c.txt");
+            fs.touch("docs/c.txt", t(3) - 5000);
+            fs.chmod("new", 0o700);
+            fs.write("docs/d.txt", b"");
+            fs.symlink("link", "docs/c.txt");
         }),
         full(|fs| {
-        fs.remove("many");
-        fs.write("docs/e.txt", b"doc e in the new chain\n");
-        fs.write("chain2/only", b"new chain\n");
-        fs.remove("pipe");
+            fs.remove("many");
+            fs.write("docs/e.txt", b"doc e in the new chain\n");
+            fs.write("chain2/only", b"new chain\n");
+            fs.remove("pipe");
         }),
     ]
 }

@@ -24,8 +24,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use tempfile::TempDir;
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 /// A repository with a full set (t0) and an incremental (t1) that needs far more space.
 fn forged_repo(root: &Path) -> PathBuf {
@@ -153,17 +153,24 @@ fn lock_is_held(path: &Path) -> bool {
     }
 }
 
+/// A bed whose host a sync (to t1, `--wait`) holds the lock of for `hold`, the holder, and
+/// when it started; `None` without strace.
+fn locked_bed(hold: Duration) -> Option<(Bed, Child, Instant)> {
+    let strace = strace::find()?;
+    let bed = Bed::new();
+    let args = bed.sync_args(&bed.host, t(1), &["--wait"]);
+    let started = Instant::now();
+    let holder = start_holder(&strace, &args, &bed.host.state, hold);
+    Some((bed, holder, started))
+}
+
 #[test]
 fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
-    let Some(strace) = strace::find() else {
+    let hold = Duration::from_secs(6);
+    let Some((bed, mut holder, started)) = locked_bed(hold) else {
         return;
     };
-    let bed = Bed::new();
     let host = &bed.host;
-    let args = bed.sync_args(host, t(1), &["--wait"]);
-    let hold = Duration::from_secs(6);
-    let started = Instant::now();
-    let mut holder = start_holder(&strace, &args, &host.state, hold);
 
     // Without --wait: refused at once, nothing touched.
     dupmirror(bed.sync_args(host, t(1), &[]))
@@ -215,23 +222,17 @@ fn concurrent_waiting_syncs_serialize() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    bed.t1.assert_same(
-        &host.tree(),
-        Compare::default(),
-        "after 4 concurrent syncs",
-    );
+    bed.t1
+        .assert_same(&host.tree(), Compare::default(), "after 4 concurrent syncs");
     assert_eq!(host.state_leftovers(), Vec::<String>::new());
 }
 
 #[test]
 fn a_lock_left_by_a_killed_sync_does_not_block() {
-    let Some(strace) = strace::find() else {
+    let Some((bed, mut holder, _)) = locked_bed(Duration::from_secs(60)) else {
         return;
     };
-    let bed = Bed::new();
     let host = &bed.host;
-    let args = bed.sync_args(host, t(1), &["--wait"]);
-    let mut holder = start_holder(&strace, &args, &host.state, Duration::from_secs(60));
     // SIGKILL dupmirror itself (strace's child), as the OOM killer would.
     let children = fs::read_to_string(format!(
         "/proc/{}/task/{}/children",
@@ -264,11 +265,8 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
     let r = dupmirror(bed.sync_args(host, t(1), &[]));
     r.assert_ok("sync after the lock holder was killed");
     assert!(started.elapsed() < Duration::from_secs(30));
-    bed.t1.assert_same(
-        &host.tree(),
-        Compare::default(),
-        "after the killed holder",
-    );
+    bed.t1
+        .assert_same(&host.tree(), Compare::default(), "after the killed holder");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +302,10 @@ impl Tmpfs {
     }
 
     fn remount(&self, options: &str) {
-        run_tool("mount", [os("-o"), os(format!("remount,{options}")), os(&self.dir)]);
+        run_tool(
+            "mount",
+            [os("-o"), os(format!("remount,{options}")), os(&self.dir)],
+        );
     }
 }
 
@@ -368,24 +369,21 @@ fn after_failure(ctx: &str, host: &Host, before: Option<&Tree>, target: &Tree) -
     Outcome::Unchanged
 }
 
-/// One sweep of full-disk attempts: for each tmpfs mount option set, a sync from `baseline`
-/// (None: a first sync) to `target`.
-struct Sweep {
-    options: Vec<String>,
-    baseline: Option<(i64, Tree)>,
-    target: (i64, Tree),
-}
+/// One sweep of full-disk attempts: for each tmpfs mount option set, a sync from a baseline
+/// (time and tree; None: a first sync) to a target.
+type Sweep<'a> = (Vec<String>, Option<(i64, &'a Tree)>, (i64, &'a Tree));
 
 /// One full-disk attempt: the sync to `target` on a filesystem mounted with `options` fails
 /// cleanly or succeeds; then, with room, the next sync finishes.
 fn full_disk_attempt(bed: &Bed, options: &str, sweep: &Sweep, tally: &mut FullDiskTally) {
-    let (time, target) = (sweep.target.0, &sweep.target.1);
+    let (_, baseline, (time, target)) = sweep;
+    let time = *time;
     let ctx = format!("tmpfs {options}, sync to {time}");
     let Some(mnt) = Tmpfs::mount(&bed.root.join("mnt"), options) else {
         return;
     };
     let host = Host::at(mnt.dir.clone());
-    if let Some((time, tree)) = &sweep.baseline {
+    if let Some((time, tree)) = baseline {
         let r = dupmirror(bed.sync_args(&host, *time, &["--no-fsync"]));
         if !r.success() {
             return; // too small even for the baseline: not this sweep's point
@@ -399,8 +397,7 @@ fn full_disk_attempt(bed: &Bed, options: &str, sweep: &Sweep, tally: &mut FullDi
         target.assert_same(&host.tree(), Compare::default(), &ctx);
     } else {
         r.assert_one_error_line(&ctx, &["no space left on device"]);
-        let before = sweep.baseline.as_ref().map(|b| &b.1);
-        match after_failure(&ctx, &host, before, target) {
+        match after_failure(&ctx, &host, baseline.map(|b| b.1), target) {
             Outcome::Unchanged => tally.failed_before_commit += 1,
             Outcome::Complete => tally.failed_after_commit += 1,
             Outcome::MidReplay => tally.failed_mid_replay += 1,
@@ -418,37 +415,30 @@ fn full_disk_attempt(bed: &Bed, options: &str, sweep: &Sweep, tally: &mut FullDi
 
 #[test]
 fn a_full_disk_fails_cleanly_and_a_later_sync_succeeds() {
-    if !is_root() {
-        skip("mounting a tmpfs needs root");
+    if !root_for("mounting a tmpfs") {
         return;
     }
     let bed = Bed::new();
-    let sweeps = [
+    // Mount options over a range of sizes (KiB) or of inode counts.
+    let sizes = |kib: std::iter::StepBy<std::ops::RangeInclusive<u32>>| {
+        kib.map(|k| format!("size={k}k")).collect()
+    };
+    let inodes: Vec<String> = (14..=60)
+        .step_by(4)
+        .map(|n| format!("size=16m,nr_inodes={n}"))
+        .collect();
+    let (at_t0, at_t1) = ((t(0), &bed.t0), (t(1), &bed.t1));
+    let sweeps: [Sweep; 3] = [
         // First sync: from 8 KiB up to where it fits.
-        Sweep {
-            options: (8..=200).step_by(24).map(|k| format!("size={k}k")).collect(),
-            baseline: None,
-            target: (t(0), bed.t0.clone()),
-        },
+        (sizes((8..=200).step_by(24)), None, at_t0),
         // Incremental: the baseline fits, the new set does not, at every stage.
-        Sweep {
-            options: (160..=1200).step_by(80).map(|k| format!("size={k}k")).collect(),
-            baseline: Some((t(0), bed.t0.clone())),
-            target: (t(1), bed.t1.clone()),
-        },
+        (sizes((160..=1200).step_by(80)), Some(at_t0), at_t1),
         // Out of inodes instead of blocks.
-        Sweep {
-            options: (14..=60)
-                .step_by(4)
-                .map(|n| format!("size=16m,nr_inodes={n}"))
-                .collect(),
-            baseline: Some((t(0), bed.t0.clone())),
-            target: (t(1), bed.t1.clone()),
-        },
+        (inodes, Some(at_t0), at_t1),
     ];
     let mut tally = FullDiskTally::default();
     for sweep in &sweeps {
-        for options in &sweep.options {
+        for options in &sweep.0 {
             full_disk_attempt(&bed, options, sweep, &mut tally);
         }
     }

@@ -83,6 +83,15 @@ impl Bed {
         set
     }
 
+    /// A bed synced to the baseline, with an incremental of `entries` over it in the
+    /// repository.
+    fn with_inc(entries: Vec<Entry>) -> Bed {
+        let bed = Bed::new();
+        bed.baseline();
+        bed.forge.inc(t(0), t(1), entries);
+        bed
+    }
+
     fn outside_tree(&self) -> Tree {
         Tree::capture(&self.outside)
     }
@@ -140,10 +149,7 @@ impl Bed {
 
 /// One incremental case over the baseline.
 fn inc_case(ctx: &str, entries: Vec<Entry>, keywords: &[&str]) {
-    let bed = Bed::new();
-    bed.baseline();
-    bed.forge.inc(t(0), t(1), entries);
-    bed.expect_refused(ctx, keywords);
+    Bed::with_inc(entries).expect_refused(ctx, keywords);
 }
 
 /// Where a case's bad set goes.
@@ -169,10 +175,11 @@ fn refusals(cases: Vec<Case>) {
     }
 }
 
-/// One first-sync case: the full set itself is bad.
+/// One first-sync case: the full set itself is bad (`entries` after the root directory).
 fn full_case(ctx: &str, entries: Vec<Entry>, keywords: &[&str]) {
     let bed = Bed::new();
-    bed.forge.full(t(0), entries);
+    bed.forge
+        .full(t(0), [vec![Entry::dir(".")], entries].concat());
     bed.expect_refused(ctx, keywords);
 }
 
@@ -222,7 +229,7 @@ fn dot_dot_components_are_refused() {
         (
             Set::Full,
             "first sync: snapshot/.. as a directory",
-            vec![Entry::dir("."), Entry::dir("..")],
+            vec![Entry::dir("..")],
             unsafe_words,
         ),
     ]);
@@ -309,18 +316,13 @@ fn paths_through_symlinks_are_refused() {
         (
             Set::Full,
             "first sync: symlink made earlier in the same (full) set",
-            vec![
-                Entry::dir("."),
-                Entry::symlink("l", &target),
-                Entry::file("l/evil", b"x"),
-            ],
+            vec![Entry::symlink("l", &target), Entry::file("l/evil", b"x")],
             words,
         ),
         (
             Set::Full,
             "first sync: relative symlink then a directory below it",
             vec![
-                Entry::dir("."),
                 Entry::symlink("l", "../outside"),
                 Entry::dir("l/sub"),
                 Entry::file("l/sub/evil", b"x"),
@@ -340,18 +342,12 @@ fn paths_through_symlinks_are_refused() {
 /// vanished directory); it must not follow the link to delete the canary.
 #[test]
 fn deletions_below_symlinks_remove_nothing_outside() {
-    let bed = Bed::new();
-    bed.baseline();
+    let bed = Bed::with_inc(vec![
+        Entry::deleted("out/canary"),
+        Entry::deleted("out/sub"),
+        Entry::deleted("outrel/canary"),
+    ]);
     let outside = bed.outside_tree();
-    bed.forge.inc(
-        t(0),
-        t(1),
-        vec![
-            Entry::deleted("out/canary"),
-            Entry::deleted("out/sub"),
-            Entry::deleted("outrel/canary"),
-        ],
-    );
     // Either refusing or applying is acceptable; touching the canary is not.
     bed.sync().assert_no_crash("deleted below symlink");
     outside.assert_same(
@@ -368,17 +364,11 @@ fn deletions_below_symlinks_remove_nothing_outside() {
 /// lands inside DEST, never at the old link's target.
 #[test]
 fn replacing_a_symlink_by_a_directory_stays_inside_dest() {
-    let bed = Bed::new();
-    bed.baseline();
+    let bed = Bed::with_inc(vec![
+        Entry::dir("out"),
+        Entry::file("out/canary", b"inside DEST\n"),
+    ]);
     let outside = bed.outside_tree();
-    bed.forge.inc(
-        t(0),
-        t(1),
-        vec![
-            Entry::dir("out"),
-            Entry::file("out/canary", b"inside DEST\n"),
-        ],
-    );
     bed.sync().assert_ok("symlink -> dir");
     outside.assert_same(&bed.outside_tree(), Compare::default(), "symlink -> dir");
     let tree = bed.host.tree();
@@ -436,8 +426,7 @@ fn hard_links_and_unknown_types_are_refused() {
 /// nothing written.
 #[test]
 fn device_nodes_as_non_root_are_refused() {
-    if !is_root() {
-        skip("running dupmirror as another user needs root");
+    if !root_for("running dupmirror as another user") {
         return;
     }
     let bed = Bed::new();
@@ -816,7 +805,7 @@ fn entries_out_of_order_or_headless_are_refused() {
         (
             Set::Full,
             "a full set holding a delta",
-            vec![Entry::dir("."), Entry::diff("x", &literal_delta(b"x"))],
+            vec![Entry::diff("x", &literal_delta(b"x"))],
             &["delta"],
         ),
     ]);

@@ -19,16 +19,15 @@ both_versions!(
 const FILE_SIZE: usize = 40_000;
 
 /// 4 directories of 20 incompressible files: several 1 MB volumes.
-fn populate(lab: &Lab) {
+fn populate(fs: &Fs) {
     for i in 0..80u64 {
         let rel = format!("d{}/f{:02}", i / 20, i);
-        lab.fs
-            .write_at(&rel, &random_bytes(i, FILE_SIZE), T0 - 5000);
+        fs.write_at(&rel, &random_bytes(i, FILE_SIZE), T0 - 5000);
     }
     for d in 0..4 {
-        lab.fs.touch(format!("d{d}"), T0 - 5000);
+        fs.touch(format!("d{d}"), T0 - 5000);
     }
-    lab.fs.touch(".", T0 - 5000);
+    fs.touch(".", T0 - 5000);
 }
 
 fn sync_json(host: &Host, lab: &Lab, extra: &[&str]) -> SyncReport {
@@ -72,7 +71,7 @@ fn volumes_holding(lab: &Lab, manifest_parts: &[&str], paths: &[&str]) -> BTreeS
 
 fn new_full_fetches_changed_volumes(dup: Duplicity) {
     let mut lab = Lab::new(dup).backup_opts(&["--volsize", "1"]);
-    populate(&lab);
+    populate(&lab.fs);
     lab.full(t(0));
     let host = lab.host("h");
     host.sync(lab.url(), &[]).assert_ok("first sync");
@@ -146,7 +145,7 @@ fn new_full_fetches_changed_volumes(dup: Duplicity) {
 
 fn path_mirrors(dup: Duplicity) {
     let mut lab = Lab::new(dup).backup_opts(&["--volsize", "1"]);
-    populate(&lab);
+    populate(&lab.fs);
     lab.fs.write_at("d2/sub/deep", b"deep file", T0 - 5000);
     lab.fs.touch("d2/sub", T0 - 5000);
     lab.fs.touch("d2", T0 - 5000);
@@ -187,13 +186,13 @@ fn path_mirrors(dup: Duplicity) {
         !host.tree().paths().contains(b"d2".as_slice()),
         "the dropped subtree is removed"
     );
-    host.verify_env(lab.url(), &[], &[])
+    host.run("verify", lab.url(), &[], &[])
         .assert_ok("verify of a subtree mirror");
 }
 
 fn verify_and_repair(dup: Duplicity) {
     let mut lab = Lab::new(dup).backup_opts(&["--volsize", "1"]);
-    populate(&lab);
+    populate(&lab.fs);
     lab.fs.symlink("link", "d0/f00");
     lab.fs.touch(".", T0 - 5000);
     lab.full(t(0));
@@ -205,7 +204,7 @@ fn verify_and_repair(dup: Duplicity) {
     let verify = |extra: &[&str]| {
         let mut a = vec!["--json"];
         a.extend_from_slice(extra);
-        host.verify_env(lab.url(), &a, &[])
+        host.run("verify", lab.url(), &a, &[])
     };
     verify(&[]).assert_ok("verify of a clean tree");
 
@@ -321,15 +320,10 @@ fn set_mtime(p: &std::path::Path, mtime: i64) {
 /// exactly the volumes (and bytes) that dupmirror's report says it read.
 #[test]
 fn new_full_over_http_reads_only_changed_volumes() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let Some(mut published) = served(dup, plain_nginx) else {
+    let Some(mut published) = served(Version::V08, plain_nginx, populate) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    populate(lab);
-    lab.full(t(0));
     let host = lab.host("h");
     host.sync(&server.url, &[])
         .assert_ok("first sync over HTTP");

@@ -1,8 +1,8 @@
 //! Encrypted repositories written by upstream duplicity 0.8.22 and 3.2.1 — symmetric,
 //! public-key, hidden recipient, signed — must sync like `duplicity restore` restores them:
 //! an incremental host after every backup, a late host once at the end, and a fresh host for
-//! every backup time (the scenario driver in tests/support/scenario.rs). Each test has its own
-//! GNUPGHOME and stops its agent at the end.
+//! every backup time (the scenario driver in tests/it/support/scenario.rs). Each test has its
+//! own GNUPGHOME and stops its agent at the end.
 
 use crate::support::gpg::{encrypted_lab, GpgHome};
 use crate::support::report::{self, Signatures, SyncReport};
@@ -10,6 +10,13 @@ use crate::support::scenario::{self, full, inc, Step};
 use crate::support::*;
 use std::ffi::OsString;
 use std::fs;
+
+both_versions!(symmetric, signed);
+
+both_versions!(
+    public_key => |d| public_key(d, false),
+    hidden_recipient => |d| public_key(d, true),
+);
 
 /// Test passphrases (not secrets: they protect throwaway test data).
 const PASS: &str = "pw-sym-4c1d";
@@ -53,8 +60,7 @@ fn signatures(lab: &Lab, opts: &[&str], env: &[(OsString, OsString)]) -> Signatu
     report.signatures.expect("signatures in the report")
 }
 
-fn symmetric(v: Version) {
-    let Some(dup) = duplicity(v) else { return };
+fn symmetric(dup: Duplicity) {
     let Some(home) = GpgHome::new() else { return };
     // dupmirror reads the passphrase from a file here; upstream from PASSPHRASE.
     let pass_file = home.dir.join("passphrase");
@@ -105,8 +111,7 @@ fn symmetric(v: Version) {
     assert_eq!(sigs.signed, 0, "{sigs:?}");
 }
 
-fn public_key(v: Version, hidden: bool) {
-    let Some(dup) = duplicity(v) else { return };
+fn public_key(dup: Duplicity, hidden: bool) {
     let Some(home) = GpgHome::new() else { return };
     let fpr = home.gen_key("backup", KEY_PASS);
     let flag = if hidden {
@@ -136,8 +141,7 @@ fn public_key(v: Version, hidden: bool) {
     );
 }
 
-fn signed(v: Version) {
-    let Some(dup) = duplicity(v) else { return };
+fn signed(dup: Duplicity) {
     let Some(master) = GpgHome::new() else { return };
     let Some(host_home) = GpgHome::new() else {
         return;
@@ -177,7 +181,7 @@ fn signed(v: Version) {
     let verify = |extra: &[&str], env: &[(OsString, OsString)]| {
         let mut a = vec!["--sign-key", short];
         a.extend(extra);
-        host.verify_env(&lab.repo, &a, env)
+        host.run("verify", &lab.repo, &a, env)
     };
     verify(&[], &env).assert_refused("verify of an edited file", &["differs"]);
     verify(&["--repair"], &host_home.env(None))
@@ -189,44 +193,4 @@ fn signed(v: Version) {
         Compare::default(),
         &format!("after verify --repair, at {last}"),
     );
-}
-
-#[test]
-fn symmetric_08() {
-    symmetric(Version::V08)
-}
-
-#[test]
-fn symmetric_3() {
-    symmetric(Version::V3)
-}
-
-#[test]
-fn public_key_08() {
-    public_key(Version::V08, false)
-}
-
-#[test]
-fn public_key_3() {
-    public_key(Version::V3, false)
-}
-
-#[test]
-fn hidden_recipient_08() {
-    public_key(Version::V08, true)
-}
-
-#[test]
-fn hidden_recipient_3() {
-    public_key(Version::V3, true)
-}
-
-#[test]
-fn signed_08() {
-    signed(Version::V08)
-}
-
-#[test]
-fn signed_3() {
-    signed(Version::V3)
 }

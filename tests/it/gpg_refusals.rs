@@ -41,6 +41,25 @@ fn build(lab: &mut Lab) {
     }
 }
 
+/// Upstream `v` writes [`build`]'s backups encrypted with `home` and `passphrase`
+/// (`crypt_opts` as for [`encrypted_lab`]; the passphrase also signs, with `--sign-key`), and
+/// a host syncs to the second backup with `host_opts` and `host_env` ([`host_at_t1`]).
+/// `None` when upstream is missing.
+fn encrypted_setup(
+    v: Version,
+    home: &GpgHome,
+    passphrase: &str,
+    crypt_opts: &[&str],
+    host_opts: &[&str],
+    host_env: &Env,
+) -> Option<(Lab, Host)> {
+    let mut lab = encrypted_lab(Lab::new(duplicity(v)?), home, passphrase, crypt_opts)
+        .env("SIGN_PASSPHRASE", passphrase);
+    build(&mut lab);
+    let host = host_at_t1(&lab, host_opts, host_env);
+    Some((lab, host))
+}
+
 /// A host that holds the second backup.
 fn host_at_t1(lab: &Lab, opts: &[&str], env: &Env) -> Host {
     let host = lab.host("h");
@@ -104,14 +123,11 @@ fn flip_middle_byte(p: &Path) {
 
 #[test]
 fn symmetric_refusals() {
-    let Some(dup) = duplicity(Version::V08) else {
+    let Some(home) = GpgHome::new() else { return };
+    let right = home.env(Some(PASS));
+    let Some((lab, host)) = encrypted_setup(Version::V08, &home, PASS, &[], &[], &right) else {
         return;
     };
-    let Some(home) = GpgHome::new() else { return };
-    let mut lab = encrypted_lab(Lab::new(dup), &home, PASS, &[]);
-    build(&mut lab);
-    let right = home.env(Some(PASS));
-    let host = host_at_t1(&lab, &[], &right);
     let wrong_file = lab.fresh("pw");
     fs::write(&wrong_file, format!("{WRONG}\n")).unwrap();
 
@@ -209,16 +225,14 @@ fn symmetric_refusals() {
 
 #[test]
 fn wrong_passphrase_after_right_one_with_agent_cache() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
     // gpg's default agent settings: symmetric passphrases would be cached for 10 minutes.
     let Some(home) = GpgHome::with_agent_cache() else {
         return;
     };
-    let mut lab = encrypted_lab(Lab::new(dup), &home, PASS, &[]);
-    build(&mut lab);
-    let host = host_at_t1(&lab, &[], &home.env(Some(PASS)));
+    let right = home.env(Some(PASS));
+    let Some((lab, host)) = encrypted_setup(Version::V3, &home, PASS, &[], &[], &right) else {
+        return;
+    };
     refusals(
         &host,
         &lab.repo,
@@ -233,18 +247,18 @@ fn wrong_passphrase_after_right_one_with_agent_cache() {
 
 #[test]
 fn public_key_refusals() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
     let Some(home) = GpgHome::new() else { return };
     let Some(public_only) = GpgHome::new() else {
         return;
     };
     let fpr = home.gen_key("owner", KEY_PASS);
     home.export_public_to(&fpr, &public_only);
-    let mut lab = encrypted_lab(Lab::new(dup), &home, KEY_PASS, &["--encrypt-key", &fpr]);
-    build(&mut lab);
-    let host = host_at_t1(&lab, &[], &home.env(Some(KEY_PASS)));
+    let crypt = ["--encrypt-key", &fpr];
+    let right = home.env(Some(KEY_PASS));
+    let Some((lab, host)) = encrypted_setup(Version::V08, &home, KEY_PASS, &crypt, &[], &right)
+    else {
+        return;
+    };
     refusals(
         &host,
         &lab.repo,
@@ -273,21 +287,16 @@ fn public_key_refusals() {
 
 #[test]
 fn hidden_recipient_refusals() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
     let Some(home) = GpgHome::new() else { return };
     let Some(other) = GpgHome::new() else { return };
     let fpr = home.gen_key("owner", KEY_PASS);
     other.gen_key("stranger", KEY_PASS);
-    let mut lab = encrypted_lab(
-        Lab::new(dup),
-        &home,
-        KEY_PASS,
-        &["--hidden-encrypt-key", &fpr],
-    );
-    build(&mut lab);
-    let host = host_at_t1(&lab, &[], &home.env(Some(KEY_PASS)));
+    let crypt = ["--hidden-encrypt-key", &fpr];
+    let right = home.env(Some(KEY_PASS));
+    let Some((lab, host)) = encrypted_setup(Version::V3, &home, KEY_PASS, &crypt, &[], &right)
+    else {
+        return;
+    };
     let runs = refusals(
         &host,
         &lab.repo,
@@ -347,9 +356,6 @@ fn forge_bad_signature(lab: &Lab, home: &GpgHome, fpr: &str, manifest: &Path) {
 
 #[test]
 fn signature_refusals() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
     let Some(master) = GpgHome::new() else { return };
     let Some(host_home) = GpgHome::new() else {
         return;
@@ -362,11 +368,11 @@ fn signature_refusals() {
     master.export_public_to(&fpr, &host_home);
     master.export_public_to(&other, &host_home);
     let short = &fpr[24..];
-    let mut lab = encrypted_lab(Lab::new(dup.clone()), &master, PASS, &["--sign-key", short])
-        .env("SIGN_PASSPHRASE", PASS);
-    build(&mut lab);
+    let sign = ["--sign-key", short];
     let env = host_home.env(Some(PASS));
-    let host = host_at_t1(&lab, &["--sign-key", short], &env);
+    let Some((lab, host)) = encrypted_setup(Version::V3, &master, PASS, &sign, &sign, &env) else {
+        return;
+    };
 
     refusals(
         &host,
@@ -417,7 +423,7 @@ fn signature_refusals() {
     );
 
     // An unencrypted repository carries no signature at all.
-    let mut plain_lab = Lab::new(dup);
+    let mut plain_lab = Lab::new(lab.dup.clone());
     build(&mut plain_lab);
     refusals(
         &plain_lab.host("p"),

@@ -41,12 +41,18 @@ fn awkward_tree(fs: &Fs) {
     }
 }
 
-#[test]
-fn tree_text_round_trips() {
+/// A fresh directory holding [`awkward_tree`], and its builder.
+fn awkward() -> (tempfile::TempDir, Fs) {
     let dir = tempfile::tempdir().unwrap();
     let fs = Fs::new(dir.path());
     fs.set_now(1_600_000_000);
     awkward_tree(&fs);
+    (dir, fs)
+}
+
+#[test]
+fn tree_text_round_trips() {
+    let (dir, _) = awkward();
     let tree = Tree::capture(dir.path());
     let text = tree.to_text();
     assert_eq!(Tree::parse(&text), tree, "parse(to_text(t)) != t");
@@ -91,10 +97,7 @@ fn tree_text_round_trips() {
 
 #[test]
 fn tree_diff_reports_each_kind_of_difference() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Fs::new(dir.path());
-    fs.set_now(1_600_000_000);
-    awkward_tree(&fs);
+    let (dir, fs) = awkward();
     let before = Tree::capture(dir.path());
     assert!(before.diff(&before, Compare::default()).is_empty());
 
@@ -158,10 +161,15 @@ fn subtree_reroots() {
 
 #[test]
 fn json_reader() {
-    let v: serde_json::Value =
-        report::parse(r#" {"a": [1, -2.5e3, "x\u00e9\n", true, null], "b": {}} "#, "doc");
+    let v: serde_json::Value = report::parse(
+        r#" {"a": [1, -2.5e3, "x\u00e9\n", true, null], "b": {}} "#,
+        "doc",
+    );
     assert_eq!(v["b"], serde_json::json!({}));
-    assert_eq!(report::scalars(&v), vec!["a", "1", "-2500.0", "x\u{e9}\n", "b"]);
+    assert_eq!(
+        report::scalars(&v),
+        vec!["a", "1", "-2500.0", "x\u{e9}\n", "b"]
+    );
     for bad in [
         "",
         "{",

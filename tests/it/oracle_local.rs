@@ -1,7 +1,7 @@
 //! Oracle tests on local repositories: upstream duplicity (0.8 and 3.x) writes a repository
 //! step by step, and after every step dupmirror must reproduce `duplicity restore --time T`
 //! exactly: on a host that syncs after every backup, on a host that syncs once at the end, and
-//! on fresh hosts that sync `--time T` (see tests/support/scenario.rs).
+//! on fresh hosts that sync `--time T` (see tests/it/support/scenario.rs).
 
 use crate::support::scenario::{self, full, inc, Step};
 use crate::support::*;
@@ -411,9 +411,8 @@ fn long_chain(dup: Duplicity) {
     }
     // Every step is checked on the incremental host; fresh hosts check every 4th time.
     scenario::run_from(
-        dup,
+        Lab::new(dup),
         "long chain",
-        |l| l,
         &[],
         steps,
         4,
@@ -529,45 +528,38 @@ fn plain_volumes(dup: Duplicity) {
     );
 }
 
-/// 0.8 only: `--short-filenames` (base-36 times) and `--old-filenames` with a zone offset.
-#[test]
-fn short_filenames_dup08() {
+/// 0.8 only: the scenario with the file names of `naming` (`--short-filenames`,
+/// `--old-filenames`), which must show in the repository as `is_named` says.
+fn naming_scenario(what: &str, setup: impl FnOnce(Lab) -> Lab, is_named: fn(&str) -> bool) {
     let Some(dup) = duplicity(Version::V08) else {
         return;
     };
-    let out = scenario::run(
-        dup,
+    let out = scenario::run(dup, what, setup, &[], naming_steps());
+    let names = out.lab.repo_files();
+    assert!(names.iter().any(|n| is_named(n)), "{what}: {names:?}");
+}
+
+/// Base-36 times.
+#[test]
+fn short_filenames_dup08() {
+    naming_scenario(
         "short filenames",
         |l| l.backup_opts(&["--short-filenames"]),
-        &[],
-        naming_steps(),
-    );
-    let names = out.lab.repo_files();
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("di.") && n.ends_with(".dt.z")),
-        "{names:?}"
+        |n| n.starts_with("di.") && n.ends_with(".dt.z"),
     );
 }
 
+/// W3 times with a zone offset.
 #[test]
 fn old_filenames_dup08() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let out = scenario::run(
-        dup,
+    naming_scenario(
         "old filenames",
         |l| {
             l.backup_opts(&["--old-filenames"])
                 .env("TZ", "America/New_York")
         },
-        &[],
-        naming_steps(),
+        |n| n.contains("-05:00.to."),
     );
-    let names = out.lab.repo_files();
-    assert!(names.iter().any(|n| n.contains("-05:00.to.")), "{names:?}");
 }
 
 fn naming_steps() -> Vec<Step<'static>> {

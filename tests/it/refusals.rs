@@ -17,21 +17,29 @@ both_versions!(
     orphaned_incremental_is_not_applied,
     missing_volume,
     flipped_byte,
-    truncated_gzip_volume,
-    truncated_plain_volume,
-    dotdot_snapshot,
-    dotdot_nested,
-    dotdot_deleted,
-    dotdot_diff,
-    write_through_symlink_from_earlier_set,
-    write_through_relative_symlink,
-    delete_through_symlink,
-    write_through_symlink_from_same_set,
-    dotdot_snapshot_volume_only,
-    dotdot_deleted_volume_only,
-    dotdot_diff_volume_only,
-    write_through_symlink_from_earlier_set_volume_only,
-    delete_through_symlink_volume_only,
+);
+
+both_versions!(
+    truncated_gzip_volume => |d| truncated(d, false),
+    truncated_plain_volume => |d| truncated(d, true),
+    dotdot_snapshot => |d| hostile(d, Rename::VolumeAndSigtar, &DOTDOT_SNAPSHOT),
+    dotdot_nested => |d| hostile(d, Rename::VolumeAndSigtar, &DOTDOT_NESTED),
+    dotdot_deleted => |d| hostile(d, Rename::VolumeAndSigtar, &DOTDOT_DELETED),
+    dotdot_diff => |d| hostile(d, Rename::VolumeAndSigtar, &DOTDOT_DIFF),
+    write_through_symlink_from_earlier_set =>
+        |d| hostile(d, Rename::VolumeAndSigtar, &WRITE_THROUGH_SYMLINK),
+    write_through_relative_symlink =>
+        |d| hostile(d, Rename::VolumeAndSigtar, &WRITE_THROUGH_RELATIVE_SYMLINK),
+    delete_through_symlink => |d| hostile(d, Rename::VolumeAndSigtar, &DELETE_THROUGH_SYMLINK),
+    write_through_symlink_from_same_set =>
+        |d| hostile(d, Rename::VolumeAndSigtar, &SYMLINK_FROM_SAME_SET),
+    dotdot_snapshot_volume_only => |d| hostile(d, Rename::VolumeOnly, &DOTDOT_SNAPSHOT),
+    dotdot_deleted_volume_only => |d| hostile(d, Rename::VolumeOnly, &DOTDOT_DELETED),
+    dotdot_diff_volume_only => |d| hostile(d, Rename::VolumeOnly, &DOTDOT_DIFF),
+    write_through_symlink_from_earlier_set_volume_only =>
+        |d| hostile(d, Rename::VolumeOnly, &WRITE_THROUGH_SYMLINK),
+    delete_through_symlink_volume_only =>
+        |d| hostile(d, Rename::VolumeOnly, &DELETE_THROUGH_SYMLINK),
 );
 
 const ROOT_MTIME: i64 = T0 - 1_000_000;
@@ -347,14 +355,6 @@ fn truncated(dup: Duplicity, plain: bool) {
     repaired_sync(&lab, &host, &o1, "truncated volume");
 }
 
-fn truncated_gzip_volume(dup: Duplicity) {
-    truncated(dup, false)
-}
-
-fn truncated_plain_volume(dup: Duplicity) {
-    truncated(dup, true)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Hostile entry names.
 
@@ -438,62 +438,6 @@ fn hostile(dup: Duplicity, mode: Rename, case: &Hostile) {
         .sync(&lab.repo, &["--time", &t(0).to_string()])
         .assert_ok(&ctx);
     o0.assert_same(&o0_again.tree(), Compare::default(), &ctx);
-}
-
-fn dotdot_snapshot(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &DOTDOT_SNAPSHOT)
-}
-
-fn dotdot_nested(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &DOTDOT_NESTED)
-}
-
-fn dotdot_deleted(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &DOTDOT_DELETED)
-}
-
-fn dotdot_diff(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &DOTDOT_DIFF)
-}
-
-fn write_through_symlink_from_earlier_set(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &WRITE_THROUGH_SYMLINK)
-}
-
-fn write_through_relative_symlink(dup: Duplicity) {
-    hostile(
-        dup,
-        Rename::VolumeAndSigtar,
-        &WRITE_THROUGH_RELATIVE_SYMLINK,
-    )
-}
-
-fn delete_through_symlink(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &DELETE_THROUGH_SYMLINK)
-}
-
-fn write_through_symlink_from_same_set(dup: Duplicity) {
-    hostile(dup, Rename::VolumeAndSigtar, &SYMLINK_FROM_SAME_SET)
-}
-
-fn dotdot_snapshot_volume_only(dup: Duplicity) {
-    hostile(dup, Rename::VolumeOnly, &DOTDOT_SNAPSHOT)
-}
-
-fn dotdot_deleted_volume_only(dup: Duplicity) {
-    hostile(dup, Rename::VolumeOnly, &DOTDOT_DELETED)
-}
-
-fn dotdot_diff_volume_only(dup: Duplicity) {
-    hostile(dup, Rename::VolumeOnly, &DOTDOT_DIFF)
-}
-
-fn write_through_symlink_from_earlier_set_volume_only(dup: Duplicity) {
-    hostile(dup, Rename::VolumeOnly, &WRITE_THROUGH_SYMLINK)
-}
-
-fn delete_through_symlink_volume_only(dup: Duplicity) {
-    hostile(dup, Rename::VolumeOnly, &DELETE_THROUGH_SYMLINK)
 }
 
 fn no_file(p: &Path, what: &str) {

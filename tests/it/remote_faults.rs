@@ -8,6 +8,7 @@
 
 use crate::support::proxy::{Fault, FaultProxy};
 use crate::support::remote::*;
+use crate::support::report::SyncReport;
 use crate::support::*;
 use std::fs;
 use std::time::Duration;
@@ -24,11 +25,12 @@ struct Setup {
 }
 
 fn setup(start: impl FnOnce(&Site) -> Option<Server>) -> Option<Setup> {
-    let mut published = served(duplicity(Version::V08)?, start)?;
-    let lab = &mut published.lab;
-    lab.fs.write("big.bin", &random_bytes(7, 2_200_000));
-    lab.fs.write("small", b"small\n");
-    lab.full(t(0));
+    let big_and_small = |fs: &Fs| {
+        fs.write("big.bin", &random_bytes(7, 2_200_000));
+        fs.write("small", b"small\n");
+    };
+    let published = served(Version::V08, start, big_and_small)?;
+    let lab = &published.lab;
     let oracle = lab.restore(t(0));
     let clean = lab.host("c");
     let url = &published.server.url;
@@ -45,6 +47,31 @@ fn setup(start: impl FnOnce(&Site) -> Option<Server>) -> Option<Setup> {
 impl Setup {
     fn host(&self) -> Host {
         self.published.lab.host("f")
+    }
+
+    /// A fresh host's sync (`--json` and `extra`) through a proxy that spoils the first
+    /// `faults` connections with `fault`: it must succeed, with DEST equal to the oracle and
+    /// every planned fault spent. Returns the host, the run and its report.
+    fn sync_despite(
+        &self,
+        fault: Fault,
+        faults: usize,
+        extra: &[&str],
+        ctx: &str,
+    ) -> (Host, Run, SyncReport) {
+        let host = self.host();
+        let mut opts = vec!["--json"];
+        opts.extend_from_slice(extra);
+        let (proxy, run) = self.sync_through(&host, fault, faults, &opts);
+        let r = sync_report(run.assert_ok(ctx));
+        self.oracle
+            .assert_same(&host.tree(), Compare::default(), ctx);
+        assert_eq!(
+            proxy.faults(),
+            faults,
+            "{ctx}: the proxy spoiled fewer connections than planned"
+        );
+        (host, run, r)
     }
 
     /// `host`'s sync with `extra` options through a proxy that spoils the first `faults`
@@ -68,24 +95,9 @@ fn cut_connections_resume_with_range() {
     let Some(s) = setup(plain_nginx) else {
         return;
     };
-    let host = s.host();
-    let (proxy, run) = s.sync_through(&host, Fault::CutAfter(CUT), 3, &["--json"]);
-    let r = sync_report(run.assert_ok("sync through cuts"));
-    s.oracle
-        .assert_same(&host.tree(), Compare::default(), "sync through cuts");
-    assert_eq!(
-        proxy.faults(),
-        3,
-        "the proxy cut fewer connections than planned"
-    );
-    let downloaded = r.transfer.bytes_downloaded;
-    let refetched = r.transfer.bytes_refetched;
-    eprintln!(
-        "cuts with Range: downloaded {downloaded} (clean {}), refetched {refetched}, resumed {}, retries {}",
-        s.clean_bytes,
-        r.transfer.bytes_resumed,
-        r.transfer.retries
-    );
+    let (host, _, r) = s.sync_despite(Fault::CutAfter(CUT), 3, &[], "sync through cuts");
+    let (downloaded, refetched) = (r.transfer.bytes_downloaded, r.transfer.bytes_refetched);
+    eprintln!("cuts with Range, clean {}: {:?}", s.clean_bytes, r.transfer);
     assert!(r.transfer.retries >= 3);
     assert!(r.transfer.bytes_resumed > 0);
     // Every byte that arrived was kept: nothing is fetched twice.
@@ -103,17 +115,11 @@ fn cut_connections_without_range_start_the_file_over() {
     let Some(s) = setup(|site| http_server(&site.www, &site.srv)) else {
         return;
     };
-    let host = s.host();
-    let (proxy, run) = s.sync_through(&host, Fault::CutAfter(CUT), 2, &["--json"]);
-    let r = sync_report(run.assert_ok("sync through cuts, no Range"));
-    s.oracle
-        .assert_same(&host.tree(), Compare::default(), "no Range");
-    assert_eq!(proxy.faults(), 2);
-    let refetched = r.transfer.bytes_refetched;
-    let downloaded = r.transfer.bytes_downloaded;
+    let (_, _, r) = s.sync_despite(Fault::CutAfter(CUT), 2, &[], "sync through cuts, no Range");
+    let (downloaded, refetched) = (r.transfer.bytes_downloaded, r.transfer.bytes_refetched);
     eprintln!(
-        "cuts without Range: downloaded {downloaded} (clean {}), refetched {refetched}",
-        s.clean_bytes
+        "cuts without Range, clean {}: {:?}",
+        s.clean_bytes, r.transfer
     );
     // What a cut connection had delivered comes again, no more.
     assert!(
@@ -129,18 +135,13 @@ fn a_silent_server_times_out_and_the_download_resumes() {
     let Some(s) = setup(plain_nginx) else {
         return;
     };
-    let host = s.host();
     let started = std::time::Instant::now();
-    let (proxy, run) = s.sync_through(
-        &host,
+    let (_, run, r) = s.sync_despite(
         Fault::StallAfter(CUT),
         1,
-        &["--json", "--timeout", "1"],
+        &["--timeout", "1"],
+        "sync through a stall",
     );
-    let r = sync_report(run.assert_ok("sync through a stall"));
-    s.oracle
-        .assert_same(&host.tree(), Compare::default(), "stall");
-    assert_eq!(proxy.faults(), 1);
     assert!(run.stderr.contains("timed out"), "{}", run.stderr);
     assert_eq!(r.transfer.retries, 1);
     assert_eq!(r.transfer.bytes_refetched, 0);
@@ -153,12 +154,7 @@ fn unavailable_answers_are_retried() {
     let Some(s) = setup(plain_nginx) else {
         return;
     };
-    let host = s.host();
-    let (proxy, run) = s.sync_through(&host, Fault::Unavailable, 3, &["--json"]);
-    let r = sync_report(run.assert_ok("sync through 503s"));
-    s.oracle
-        .assert_same(&host.tree(), Compare::default(), "503s");
-    assert_eq!(proxy.faults(), 3);
+    let (host, run, r) = s.sync_despite(Fault::Unavailable, 3, &[], "sync through 503s");
     assert_eq!(r.transfer.retries, 3);
     assert_eq!(r.transfer.bytes_downloaded, s.clean_bytes);
     assert!(

@@ -30,28 +30,27 @@ fn ftp_with_login_matches_the_oracle() {
 }
 
 /// A full backup of a big file spanning volumes and a small one.
-fn big_and_small(lab: &mut Lab) {
-    lab.fs.write("big.bin", &random_bytes(5, 2_200_000));
-    lab.fs.write("d/small", b"small\n");
-    lab.full(t(0));
+fn big_and_small(fs: &Fs) {
+    fs.write("big.bin", &random_bytes(5, 2_200_000));
+    fs.write("d/small", b"small\n");
 }
 
 /// A server without MLSD and REST: the listing comes from LIST, and a partial download
 /// cannot resume, so the volume comes whole again.
 #[test]
 fn minimal_ftp_server_without_mlsd_or_rest() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
     let opts = FtpOptions {
         minimal: true,
         ..FtpOptions::default()
     };
-    let Some(mut published) = served(dup, |s| ftp_server(&s.www, &s.srv, &opts)) else {
+    let Some(mut published) = served(
+        Version::V3,
+        |s| ftp_server(&s.www, &s.srv, &opts),
+        big_and_small,
+    ) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    big_and_small(lab);
     let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
     let host = lab.host("h");
     let cache = host.state.join("cache");
@@ -68,43 +67,25 @@ fn minimal_ftp_server_without_mlsd_or_rest() {
 
 #[test]
 fn ftps_with_a_private_ca() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let mut ca = None;
-    let ftps = |site: &Site| {
-        let (ca_file, cert, key) = make_certs(&site.srv.join("pki"))?;
-        ca = Some(ca_file);
+    let ftps = |site: &Site, tls| {
         let opts = FtpOptions {
             login: login(),
-            tls: Some((cert, key)),
+            tls: Some(tls),
             ..FtpOptions::default()
         };
         ftp_server(&site.www, &site.srv, &opts)
     };
-    let Some(mut published) = served(dup, ftps) else {
+    let Some((mut published, ca)) = served_tls(Version::V08, ftps, |fs| fs.write("x", b"x\n"))
+    else {
         return;
     };
     let (lab, server, site) = (&mut published.lab, &published.server, &published.site);
-    lab.fs.write("x", b"x\n");
-    lab.full(t(0));
     let host = lab.host("n");
-    let run = host.sync(&server.url, &["--quiet", "--retries", "0"]);
-    assert_one_clear_line(
-        &run,
-        "ftps without the CA",
-        &["certificate", "issuer"],
-        "ftp-pa55",
-    );
-    assert_dest_unchanged(&None, &host.tree_opt(), "ftps without the CA");
-
-    let ca = ca
-        .expect("the CA made with the server")
-        .display()
-        .to_string();
+    assert_untrusted(&host, &server.url, "ftps without the CA", "ftp-pa55");
     let mut lab2 = served_lab(Lab::new(lab.dup.clone()), &site.www);
     fs::remove_dir_all(site.www.join("repo")).unwrap();
-    big_and_small(&mut lab2);
+    big_and_small(&lab2.fs);
+    lab2.full(t(0));
     let host = lab2.host("h");
     host.sync(&server.url, &["--ca-file", &ca])
         .assert_ok("ftps with --ca-file");
@@ -147,15 +128,12 @@ fn wrong_password_and_unreachable_server() {
 /// rest with REST, and a damaged partial file is detected by its SHA1 and fetched again.
 #[test]
 fn partial_downloads_resume_with_rest() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let Some(mut published) = served(dup, anonymous_ftp) else {
+    let Some(mut published) = served(Version::V08, anonymous_ftp, |fs| {
+        fs.write("big.bin", &random_bytes(6, 2_200_000))
+    }) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("big.bin", &random_bytes(6, 2_200_000));
-    lab.full(t(0));
     let oracle = lab.restore(t(0));
     let (vol1, size1) = volume_sizes(&lab.repo)[0].clone();
     let data = read(&lab.repo.join(&vol1));
@@ -202,16 +180,13 @@ fn partial_downloads_resume_with_rest() {
 /// `ls` and `status` read a remote source as they read the same folder locally.
 #[test]
 fn ls_and_status_over_ftp() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
-    let Some(mut published) = served(dup, anonymous_ftp) else {
+    let Some(mut published) = served(Version::V3, anonymous_ftp, |fs| {
+        fs.write("a/b", b"b\n");
+        fs.write("c", &random_bytes(10, 1_200_000));
+    }) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("a/b", b"b\n");
-    lab.fs.write("c", &random_bytes(10, 1_200_000));
-    lab.full(t(0));
     lab.fs.remove("a/b");
     lab.fs.write("d", b"d\n");
     lab.inc(t(1));

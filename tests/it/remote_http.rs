@@ -39,15 +39,12 @@ fn python_http_server_without_ranges_matches_the_oracle() {
 /// With nothing new, a sync costs one listing: one request, no file fetched.
 #[test]
 fn nothing_new_costs_one_listing() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let Some(mut published) = served(dup, plain_nginx) else {
+    let Some(mut published) = served(Version::V08, plain_nginx, |fs| {
+        fs.write("f", &random_bytes(3, 1_500_000))
+    }) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("f", &random_bytes(3, 1_500_000));
-    lab.full(t(0));
     lab.fs.write("g", b"more\n");
     lab.inc(t(1));
     let host = lab.host("p");
@@ -88,40 +85,21 @@ fn nothing_new_costs_one_listing() {
 
 #[test]
 fn https_with_a_private_ca() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let mut ca = None;
-    let https = |site: &Site| {
-        let (ca_file, cert, key) = make_certs(&site.srv.join("pki"))?;
-        ca = Some(ca_file);
+    let https = |site: &Site, tls| {
         let opts = NginxOptions {
-            tls: Some((cert, key)),
+            tls: Some(tls),
             ..NginxOptions::default()
         };
         nginx(&site.www, &site.srv, &opts)
     };
-    let Some(mut published) = served(dup, https) else {
+    let Some((mut published, ca)) = served_tls(Version::V08, https, |fs| {
+        fs.write("f", &random_bytes(4, 1_200_000))
+    }) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("f", &random_bytes(4, 1_200_000));
-    lab.full(t(0));
     let host = lab.host("s");
-
-    let run = host.sync(&server.url, &["--quiet", "--retries", "0"]);
-    assert_one_clear_line(
-        &run,
-        "https without the CA",
-        &["certificate", "issuer"],
-        "\u{0}",
-    );
-    assert_dest_unchanged(&None, &host.tree_opt(), "DEST after the failure");
-
-    let ca = ca
-        .expect("the CA made with the server")
-        .display()
-        .to_string();
+    assert_untrusted(&host, &server.url, "https without the CA", "\u{0}");
     host.sync(&server.url, &["--ca-file", &ca])
         .assert_ok("https with --ca-file");
     lab.restore(t(0))
@@ -134,19 +112,18 @@ fn env(key: &str, value: impl Into<OsString>) -> (OsString, OsString) {
 
 #[test]
 fn basic_auth_from_url_environment_and_netrc() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
     let opts = NginxOptions {
         login: Some(("alice".into(), "s3cr3t-pw".into())),
         ..NginxOptions::default()
     };
-    let Some(mut published) = served(dup, |s| nginx(&s.www, &s.srv, &opts)) else {
+    let Some(mut published) = served(
+        Version::V08,
+        |s| nginx(&s.www, &s.srv, &opts),
+        |fs| fs.write("f", b"behind a login\n"),
+    ) else {
         return;
     };
     let (lab, server, site) = (&mut published.lab, &published.server, &published.site);
-    lab.fs.write("f", b"behind a login\n");
-    lab.full(t(0));
     let oracle = lab.restore(t(0));
     let port = server.port;
     let bare = format!("http://127.0.0.1:{port}/repo/");
@@ -226,15 +203,12 @@ fn unreachable_host_fails_with_one_line() {
 /// slowed by `--bwlimit`), the cache ends empty, and `--bwlimit` holds the rate down.
 #[test]
 fn prefetch_bound_and_bandwidth_limit() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let Some(mut published) = served(dup, plain_nginx) else {
+    let Some(mut published) = served(Version::V08, plain_nginx, |fs| {
+        fs.write("big.bin", &random_bytes(8, 3_500_000))
+    }) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("big.bin", &random_bytes(8, 3_500_000));
-    lab.full(t(0));
     let oracle = lab.restore(t(0));
     let volumes: u64 = volume_sizes(&lab.repo).iter().map(|(_, s)| s).sum();
     let rate: u64 = 4 << 20;
@@ -289,15 +263,14 @@ fn prefetch_bound_and_bandwidth_limit() {
 /// (`NAME [SIZE]` per line) and give its URL as SOURCE.
 #[test]
 fn plain_index_file_as_source() {
-    let Some(dup) = duplicity(Version::V08) else {
-        return;
-    };
-    let Some(mut published) = served(dup, |s| http_server(&s.www, &s.srv)) else {
+    let Some(mut published) = served(
+        Version::V08,
+        |s| http_server(&s.www, &s.srv),
+        |fs| fs.write("f", &random_bytes(9, 1_500_000)),
+    ) else {
         return;
     };
     let (lab, server) = (&mut published.lab, &published.server);
-    lab.fs.write("f", &random_bytes(9, 1_500_000));
-    lab.full(t(0));
     lab.fs.write("g", b"g\n");
     lab.inc(t(1));
     let mut index = String::from("# made by the publishing job\n");

@@ -18,21 +18,17 @@ use crate::support::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Whether this run may rewrite testdata/; if not, says how to.
-fn enabled() -> bool {
-    let on = std::env::var("DUPMIRROR_MAKE_TESTDATA").is_ok_and(|v| v == "1");
-    if !on {
+/// Upstream 0.8 and 3.x, when this run may rewrite testdata/; if it may not, says how to.
+fn upstreams() -> Option<(Duplicity, Duplicity)> {
+    if !std::env::var("DUPMIRROR_MAKE_TESTDATA").is_ok_and(|v| v == "1") {
         eprintln!("testdata_gen: run scripts/make-testdata.sh or scripts/make-testdata-gpg.sh");
+        return None;
     }
-    if on && !is_root() {
+    if !is_root() {
         eprintln!("testdata_gen: warning: not root; the owners in the expected trees are yours");
     }
-    on
-}
-
-fn both_versions() -> (Duplicity, Duplicity) {
     let get = |v| duplicity(v).unwrap_or_else(|| panic!("upstream {} is needed", v.label()));
-    (get(Version::V08), get(Version::V3))
+    Some((get(Version::V08), get(Version::V3)))
 }
 
 /// Backs up every step of `steps` (see [`back_up`]) with the source's directories set to the
@@ -63,7 +59,8 @@ fn expect(lab: &Lab, dups: &[&Duplicity], dir: &Path) -> Vec<String> {
             .collect();
         for (d, text) in dups.iter().zip(&trees).skip(1) {
             assert_eq!(
-                text, &trees[0],
+                text,
+                &trees[0],
                 "{} and {} restore {} at {time} differently",
                 dups[0].version_text,
                 d.version_text,
@@ -201,10 +198,9 @@ fn inc_set_files(lab: &Lab, end: i64) -> Vec<PathBuf> {
 #[test]
 #[ignore = "rewrites testdata/repos and testdata/expected: run scripts/make-testdata.sh"]
 fn repos() {
-    if !enabled() {
+    let Some((dup08, dup3)) = upstreams() else {
         return;
-    }
-    let (dup08, dup3) = both_versions();
+    };
     let both = [&dup08, &dup3];
     let (repos, expected) = (testdata().join("repos"), testdata().join("expected"));
     remove_tree(&repos);
@@ -216,7 +212,13 @@ fn repos() {
         "--file-prefix-signature=S_",
     ];
     // (name, writer, backup options, repository options, steps)
-    type Spec<'a> = (&'a str, &'a Duplicity, &'a [&'a str], &'a [&'a str], Vec<Step<'a>>);
+    type Spec<'a> = (
+        &'a str,
+        &'a Duplicity,
+        &'a [&'a str],
+        &'a [&'a str],
+        Vec<Step<'a>>,
+    );
     let volsize = vec![
         full(|fs: &Fs| {
             fs.write("a.txt", b"before the big file\n");
@@ -235,8 +237,20 @@ fn repos() {
         ("prefix-08", &dup08, &[], &prefixes, basic(3)),
         ("prefix-3", &dup3, &[], &prefixes, basic(3)),
         ("volsize-08", &dup08, &["--volsize", "1"], &[], volsize),
-        ("edge-08", &dup08, &[], &[], vec![full(edge0), inc(edge1), inc(edge2)]),
-        ("edge-3", &dup3, &[], &[], vec![full(edge0), inc(edge1), inc(edge2)]),
+        (
+            "edge-08",
+            &dup08,
+            &[],
+            &[],
+            vec![full(edge0), inc(edge1), inc(edge2)],
+        ),
+        (
+            "edge-3",
+            &dup3,
+            &[],
+            &[],
+            vec![full(edge0), inc(edge1), inc(edge2)],
+        ),
         ("chains-08", &dup08, &[], &[], chains()),
         ("chains-3", &dup3, &[], &[], chains()),
     ];
@@ -290,10 +304,9 @@ fn chains<'a>() -> Vec<Step<'a>> {
 #[test]
 #[ignore = "rewrites testdata/encrypted: run scripts/make-testdata-gpg.sh"]
 fn encrypted() {
-    if !enabled() {
+    let Some((dup08, dup3)) = upstreams() else {
         return;
-    }
-    let (dup08, dup3) = both_versions();
+    };
     let out = testdata().join("encrypted");
     let passphrase = fs::read_to_string(out.join("passphrase")).unwrap();
     let passphrase = passphrase.lines().next().expect("a passphrase");

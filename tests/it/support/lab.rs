@@ -108,7 +108,12 @@ impl Lab {
         a.extend(self.repo_opts.iter().cloned());
         a.extend(self.crypt_opts.iter().cloned());
         a.extend(extra.iter().cloned());
-        a.extend([os("--archive-dir"), os(archive), os("--name"), os(&self.name)]);
+        a.extend([
+            os("--archive-dir"),
+            os(archive),
+            os("--name"),
+            os(&self.name),
+        ]);
         a
     }
 
@@ -283,17 +288,19 @@ impl Host {
         extra: &[&str],
         env: &[(OsString, OsString)],
     ) -> Run {
-        dupmirror_env(self.args("sync", source, extra), env)
+        self.run("sync", source, extra, env)
     }
 
-    /// `dupmirror verify SOURCE DEST --state-dir S EXTRA...` with extra environment.
-    pub fn verify_env(
+    /// `dupmirror COMMAND SOURCE DEST --state-dir S EXTRA...` (sync or verify) with extra
+    /// environment (see [`dupmirror_env`]).
+    pub fn run(
         &self,
+        command: &str,
         source: impl AsRef<OsStr>,
         extra: &[&str],
         env: &[(OsString, OsString)],
     ) -> Run {
-        dupmirror_env(self.args("verify", source, extra), env)
+        dupmirror_env(self.args(command, source, extra), env)
     }
 
     pub fn tree(&self) -> Tree {
@@ -331,7 +338,11 @@ impl Host {
             Vec::<String>::new(),
             "{ctx}: leftovers in the state directory"
         );
-        assert_eq!(self.strays(), Vec::<String>::new(), "{ctx}: files beside DEST");
+        assert_eq!(
+            self.strays(),
+            Vec::<String>::new(),
+            "{ctx}: files beside DEST"
+        );
     }
 
     /// The end time the state directory records, if any.

@@ -57,22 +57,29 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// One `#[test]` per upstream version (0.8 and 3.x) for each scenario function
-/// `fn(Duplicity)` named; a missing version skips (or fails, see the module doc).
+/// One `#[test]` per upstream version (0.8 and 3.x), `NAME::dup08` and `NAME::dup3`, for each
+/// scenario function `fn NAME(Duplicity)` named, or for each `NAME => RUN` with `RUN` an
+/// `FnOnce(Duplicity)` (which sees the items of the module the macro is used in). A missing
+/// version skips (or fails, see the module doc).
 macro_rules! both_versions {
-    ($($name:ident),* $(,)?) => {$(
+    ($($name:ident),* $(,)?) => {
+        both_versions!($($name => $name),*);
+    };
+    ($($name:ident => $run:expr),* $(,)?) => {$(
         mod $name {
+            #[allow(unused_imports)]
+            use super::*;
             use $crate::support::{duplicity, Version};
             #[test]
             fn dup08() {
                 if let Some(d) = duplicity(Version::V08) {
-                    super::$name(d)
+                    ($run)(d)
                 }
             }
             #[test]
             fn dup3() {
                 if let Some(d) = duplicity(Version::V3) {
-                    super::$name(d)
+                    ($run)(d)
                 }
             }
         }
@@ -92,6 +99,15 @@ pub fn skip(why: &str) {
         panic!("{why}, and DUPMIRROR_REQUIRE_ORACLE=1");
     }
     eprintln!("skipped: {why}");
+}
+
+/// Whether the tests run as root; if not, skips (see [`skip`]) saying `what` needs root.
+pub fn root_for(what: &str) -> bool {
+    let root = is_root();
+    if !root {
+        skip(&format!("{what} needs root"));
+    }
+    root
 }
 
 /// True when the tests run as root (ownership and device nodes can be tested).

@@ -151,4 +151,3 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &At
     let _ = to.shutdown(Shutdown::Write);
     let _ = up.join();
 }
-

@@ -12,13 +12,14 @@
 //! `DUPMIRROR_REQUIRE_ORACLE=1`, which makes it a failure, as for upstream duplicity.
 //! Ports come from binding port 0.
 
-use super::lab::Lab;
-use super::oracle::Duplicity;
+use super::lab::{assert_dest_unchanged, Host, Lab};
+use super::oracle::{duplicity, Duplicity, Version};
 use super::process::{find_on_path, Run};
 use super::report::{self, SyncReport};
 use super::scenario::{self, full, inc, Step};
-use super::source::random_bytes;
 use super::skip;
+use super::source::{random_bytes, Fs};
+use super::time::t;
 use std::ffi::OsString;
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -461,16 +462,21 @@ pub struct Served {
     pub site: Site,
 }
 
-/// A site, the server `start` runs on it, and a [`served_lab`] of `dup`; `None` when the
-/// server program is missing.
-pub fn served(dup: Duplicity, start: impl FnOnce(&Site) -> Option<Server>) -> Option<Served> {
+/// A site, the server `start` runs on it, and a [`served_lab`] of upstream version `v` that
+/// holds a first full backup, at t(0), of the tree `first` makes. `None` (the test is
+/// skipped) when upstream or the server program is missing.
+pub fn served(
+    v: Version,
+    start: impl FnOnce(&Site) -> Option<Server>,
+    first: impl FnOnce(&Fs),
+) -> Option<Served> {
+    let dup = duplicity(v)?;
     let site = Site::new();
     let server = start(&site)?;
-    Some(Served {
-        lab: served_lab(Lab::new(dup), &site.www),
-        server,
-        site,
-    })
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    first(&lab.fs);
+    lab.full(t(0));
+    Some(Served { lab, server, site })
 }
 
 /// The scenario of [`multivolume_steps`] (see [`scenario::run`]), with every host reading
@@ -480,14 +486,39 @@ pub fn oracle_over(dup: Duplicity, what: &str, start: impl FnOnce(&Site) -> Opti
     let Some(server) = start(&site) else { return };
     let url = server.url.clone();
     scenario::run_from(
-        dup,
+        served_lab(Lab::new(dup), &site.www),
         what,
-        |l| served_lab(l, &site.www),
         &[],
         multivolume_steps(),
         1,
         |_, _| OsString::from(&url),
     );
+}
+
+/// Like [`served`] over TLS: `start` gets the site and a certificate and key for 127.0.0.1
+/// signed by a private CA (see [`make_certs`]); returns the CA file, for `--ca-file`, too.
+pub fn served_tls(
+    v: Version,
+    start: impl FnOnce(&Site, (PathBuf, PathBuf)) -> Option<Server>,
+    first: impl FnOnce(&Fs),
+) -> Option<(Served, String)> {
+    let mut ca = None;
+    let tls = |site: &Site| {
+        let (ca_file, cert, key) = make_certs(&site.srv.join("pki"))?;
+        ca = Some(ca_file.display().to_string());
+        start(site, (cert, key))
+    };
+    let published = served(v, tls, first)?;
+    Some((published, ca?))
+}
+
+/// A sync by `host` from a server that only the private CA vouches for, without
+/// `--ca-file`: refused with one clear line naming the certificate, without `secret`, and no
+/// DEST made.
+pub fn assert_untrusted(host: &Host, url: &str, ctx: &str, secret: &str) {
+    let run = host.sync(url, &["--quiet", "--retries", "0"]);
+    assert_one_clear_line(&run, ctx, &["certificate", "issuer"], secret);
+    assert_dest_unchanged(&None, &host.tree_opt(), ctx);
 }
 
 /// nginx with the default options, as a `start` for [`served`].

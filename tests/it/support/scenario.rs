@@ -81,7 +81,7 @@ pub fn run(
     sync_opts: &[&str],
     steps: Vec<Step<'_>>,
 ) -> Outcome {
-    run_from(dup, what, setup, sync_opts, steps, 1, url_or_path)
+    run_from(setup(Lab::new(dup)), what, sync_opts, steps, 1, url_or_path)
 }
 
 /// The SOURCE argument of the `k`-th sync: the `file://` URL for even `k`, the plain path for
@@ -94,21 +94,20 @@ pub fn url_or_path(lab: &Lab, k: usize) -> OsString {
     }
 }
 
-/// Like [`run`], with the SOURCE argument the `k`-th sync of a host passes given by
-/// `source_of` (a server's URL, for the remote tests): the incremental host uses k = step,
-/// the second sync with nothing new k = 0, the late host and the time travellers k = 1.
+/// Like [`run`] on a `lab` already set up, with the SOURCE argument the `k`-th sync of a host
+/// passes given by `source_of` (a server's URL, for the remote tests): the incremental host
+/// uses k = step, the second sync with nothing new k = 0, the late host and the time
+/// travellers k = 1.
 /// The fresh hosts of the time-travel phase sync only every `every`-th backup time (and the
 /// last one); the incremental host still checks every step (`every` > 1 is for long chains).
 pub fn run_from(
-    dup: Duplicity,
+    mut lab: Lab,
     what: &str,
-    setup: impl FnOnce(Lab) -> Lab,
     sync_opts: &[&str],
     steps: Vec<Step<'_>>,
     every: usize,
     source_of: impl Fn(&Lab, usize) -> OsString,
 ) -> Outcome {
-    let mut lab = setup(Lab::new(dup));
     let label = lab.dup.label();
     let cmp = Compare::default();
     let inc_host = lab.host("i");

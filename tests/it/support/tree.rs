@@ -196,23 +196,19 @@ pub fn show(raw: &[u8]) -> String {
 fn node_of(path: &Path) -> Node {
     let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
     let ft = md.file_type();
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_file() {
-        Kind::File
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::Chr
-    } else if ft.is_block_device() {
-        Kind::Blk
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        panic!("unknown file type at {}", path.display())
-    };
+    let kinds = [
+        (ft.is_dir(), Kind::Dir),
+        (ft.is_file(), Kind::File),
+        (ft.is_symlink(), Kind::Symlink),
+        (ft.is_fifo(), Kind::Fifo),
+        (ft.is_char_device(), Kind::Chr),
+        (ft.is_block_device(), Kind::Blk),
+        (ft.is_socket(), Kind::Socket),
+    ];
+    let kind = kinds
+        .iter()
+        .find_map(|&(is, kind)| is.then_some(kind))
+        .unwrap_or_else(|| panic!("unknown file type at {}", path.display()));
     let symlink = kind == Kind::Symlink;
     Node {
         kind,
