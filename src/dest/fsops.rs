@@ -2,7 +2,7 @@
 //!
 //! Every call goes through a directory handle (`dir`), never by path. Owners are set only
 //! when running as root, mapping user and group names to local ids as duplicity does
-//! (docs/format.md §4.4).
+//! (docs/format.md §5.4).
 //!
 //! Regular files are most of a bootstrap's system calls, so a new file gets its attributes
 //! through its open descriptor (no lookups) and only those it does not already have: it is
