@@ -29,7 +29,8 @@
 //! (devices and owners are half of a root restore), it would add rustix and a dozen crates
 //! beside `nix` and `libc`, which are here already, and the calls above are few and small.
 //!
-//! Limits: a directory that a local user can write may be *moved* by that user while
+//! Limits: Linux only, and `/proc` must be mounted (the pinned-descriptor calls above). A
+//! directory that a local user can write may be *moved* by that user while
 //! dupmirror works inside it (a handle follows the directory, not its name); what then lands
 //! in it is content the backup puts in that user's directory anyway. Nothing a user cannot
 //! write themselves is ever reached through them.
