@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::decode::crypto::Decryptor;
 use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
-use dupmirror::progress::Progress;
+use dupmirror::progress::Reporter;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
-use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::meter::parse_rate;
 use dupmirror::source::SourceOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -107,17 +107,13 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 impl RemoteOptions {
-    /// `bars`: show progress bars; `notices`: print retry notices on stderr.
-    fn source_options(&self, bars: bool, notices: bool) -> Result<SourceOptions> {
+    fn source_options(&self) -> Result<SourceOptions> {
         Ok(SourceOptions {
             retries: self.retries,
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
-            meter: Arc::new(Meter::new(
-                self.bwlimit,
-                Arc::new(Progress::new(bars, notices)),
-            )),
+            bwlimit: self.bwlimit,
         })
     }
 }
@@ -189,11 +185,9 @@ struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn options(&self, bars: bool, notices: bool) -> Result<RepoOptions> {
-        self.names.repo_options(
-            Some(&self.crypto),
-            self.remote.source_options(bars, notices)?,
-        )
+    fn options(&self) -> Result<RepoOptions> {
+        self.names
+            .repo_options(Some(&self.crypto), self.remote.source_options()?)
     }
 }
 
@@ -496,12 +490,22 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Where sync's progress and notices go: bars only on a terminal, nothing with `--quiet`.
+fn sync_reporter(quiet: bool) -> Arc<Reporter> {
+    let bars = !quiet && std::io::stderr().is_terminal();
+    Arc::new(Reporter::new(bars, !quiet))
+}
+
+/// The other commands draw no bars but tell about retries.
+fn notices_only() -> Arc<Reporter> {
+    Arc::new(Reporter::new(false, true))
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sync(a) => {
-            let bars = !a.quiet && std::io::stderr().is_terminal();
-            let report = sync::sync(&sync::SyncOptions {
-                repo: a.repo.options(bars, !a.quiet)?,
+            let options = sync::SyncOptions {
+                repo: a.repo.options()?,
                 source: a.source,
                 dest: a.dest,
                 time: a.time,
@@ -512,7 +516,11 @@ fn run(cli: Cli) -> Result<()> {
                 wait: a.wait,
                 durable: !a.no_fsync,
                 prefetch: a.prefetch as usize,
-            })?;
+            };
+            let reporter = sync_reporter(a.quiet);
+            let result = sync::sync(&options, &reporter);
+            reporter.finish(); // the bars go before the summary or the error
+            let report = result?;
             if a.json {
                 print_json(&report)?;
             } else if !a.quiet {
@@ -520,15 +528,16 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Verify(a) => {
-            let report = verify::verify(&verify::VerifyOptions {
-                repo: a.repo.options(false, true)?,
+            let options = verify::VerifyOptions {
+                repo: a.repo.options()?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
                 repair: a.repair,
                 quick: a.quick,
                 durable: !a.no_fsync,
-            })?;
+            };
+            let report = verify::verify(&options, &notices_only())?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -558,7 +567,8 @@ fn run(cli: Cli) -> Result<()> {
                 &source,
                 dest.as_deref(),
                 state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options(false, true)?)?,
+                &names.repo_options(None, remote.source_options()?)?,
+                &notices_only(),
             )?;
             if json {
                 print_json(&report)?;
@@ -567,9 +577,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ls { source, time, repo } => {
-            let repo = repo.options(false, true)?;
+            let repo = repo.options()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls::list(&source, time.as_deref(), &repo, |e| {
+            ls::list(&source, time.as_deref(), &repo, &notices_only(), |e| {
                 out.write_all(&e.index.to_bytes())?;
                 out.write_all(b"\n")?;
                 Ok(())

@@ -99,6 +99,7 @@ fn every_manifest_parses_and_hashes_match() {
         let repo = Repository::open(
             Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
             &RepoOptions::default(),
+            Default::default(),
         )
         .unwrap();
         for chain in &repo.collection.chains {
@@ -160,6 +161,7 @@ fn a_file_split_across_volumes_is_stitched_in_order() {
     let repo = Repository::open(
         Box::new(LocalBackend::new(repo_dir("volsize-08").to_str().unwrap()).unwrap()),
         &RepoOptions::default(),
+        Default::default(),
     )
     .unwrap();
     let full = &repo.collection.chains[0].full;

@@ -3,6 +3,7 @@
 
 use super::open_repository;
 use crate::dest::state::{absolute_dest, default_state_dir};
+use crate::progress::Reporter;
 use crate::repo::collection::BackupSet;
 use crate::repo::filename::SetKind;
 use crate::repo::time::format_iso;
@@ -10,6 +11,7 @@ use crate::repo::RepoOptions;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Serialize)]
 pub struct SetStatus {
@@ -76,8 +78,9 @@ pub fn status(
     dest: Option<&std::path::Path>,
     state_dir: Option<&std::path::Path>,
     options: &RepoOptions,
+    reporter: &Arc<Reporter>,
 ) -> Result<StatusReport> {
-    let repo = open_repository(source, options)?;
+    let repo = open_repository(source, options, reporter)?;
     let c = &repo.collection;
     let dest = match dest {
         None => None,

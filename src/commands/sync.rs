@@ -13,14 +13,15 @@ use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::progress::{Reporter, Transfer};
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
-use crate::source::meter::Transfer;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SyncOptions {
@@ -107,7 +108,7 @@ fn is_empty_or_missing(dest: &Path) -> Result<bool> {
     }
 }
 
-pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
+pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
     let started = Instant::now();
     let dest = absolute_dest(&opts.dest)?;
     let state_root = match &opts.state_dir {
@@ -139,7 +140,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let repo = open_repository(&opts.source, &opts.repo)?;
+    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let dest_empty = is_empty_or_missing(&dest)?;
@@ -198,7 +199,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .as_ref()
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
-        report.transfer = opts.repo.source.meter.snapshot();
+        report.transfer = reporter.transfer();
         report.phases = phases;
         Ok(report)
     };
@@ -212,8 +213,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         wants.extend(repo.wants(&step.set, &step.manifest, &step.volumes)?);
     }
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
-    let progress = opts.repo.source.meter.progress();
-    progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
+    reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let target = MirrorState::new(
             repo.display(),
@@ -250,7 +250,6 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    progress.finish();
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
     finish(report, phases)

@@ -9,12 +9,14 @@ use crate::mirror::apply::{ApplyMode, SetApplier};
 use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::repair::{self, RepairStats};
+use crate::progress::Reporter;
 use crate::repo::collection::BackupSet;
 use crate::repo::time::{format_compact, format_iso};
 use crate::repo::RepoOptions;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct VerifyOptions {
@@ -66,7 +68,7 @@ impl VerifyReport {
     }
 }
 
-pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
+pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyReport> {
     let started = Instant::now();
     let dest = absolute_dest(&opts.dest)?;
     let state_root = match &opts.state_dir {
@@ -81,7 +83,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
             dest.display()
         )
     })?;
-    let repo = open_repository(&opts.source, &opts.repo)?;
+    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     let chain = repo
         .collection
         .chains

@@ -12,7 +12,7 @@
 //! stay for the next one, which keeps those it still wants and deletes the rest.
 
 use crate::error::Error;
-use crate::source::meter::Meter;
+use crate::progress::Reporter;
 use crate::source::Backend;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub struct Fetcher {
 
 struct Shared {
     backend: Arc<dyn Backend>,
-    meter: Arc<Meter>,
+    reporter: Arc<Reporter>,
     dir: PathBuf,
     wants: Vec<WantedVolume>,
     /// Most volume files in the cache at once.
@@ -84,22 +84,20 @@ impl Shared {
 
 impl Fetcher {
     /// Starts downloading `wants`, in this order, into `cache_dir`, keeping at most
-    /// `prefetch` (≥ 1) files there.
+    /// `prefetch` (≥ 1) files there; shows the download bar and re-downloads on `reporter`.
     pub fn start(
         backend: Arc<dyn Backend>,
-        meter: Arc<Meter>,
+        reporter: Arc<Reporter>,
         wants: Vec<WantedVolume>,
         cache_dir: &Path,
         prefetch: usize,
     ) -> Result<Fetcher> {
         let limit = prefetch.max(1);
         clean_cache(cache_dir, &wants[..limit.min(wants.len())])?;
-        meter
-            .progress()
-            .start_download(wants.iter().filter_map(|w| w.size).sum());
+        reporter.start_download(wants.iter().filter_map(|w| w.size).sum());
         let shared = Arc::new(Shared {
             backend,
-            meter,
+            reporter,
             dir: cache_dir.to_path_buf(),
             state: Mutex::new(State {
                 results: wants.iter().map(|_| None).collect(),
@@ -264,11 +262,11 @@ impl Shared {
                 }
                 .into());
             }
-            self.meter.progress().notice(&format!(
+            self.reporter.notice(&format!(
                 "{}: SHA1 does not match the manifest; downloading it again",
                 want.name
             ));
-            self.meter.refetched(bad);
+            self.reporter.refetched(bad);
             again = true;
         }
     }
@@ -286,7 +284,7 @@ impl Shared {
         let opened = self.backend.open(&want.name, have)?;
         // The source may start earlier than asked (no range support): keep only what
         // comes before its start, and hash that; the rest of the partial comes again.
-        self.meter.refetched(have - opened.offset);
+        self.reporter.refetched(have - opened.offset);
         file.set_len(opened.offset)?;
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha1::new();

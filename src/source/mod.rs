@@ -3,9 +3,9 @@
 //! A [`Backend`] is deliberately narrow, like restic's: list the folder (names and sizes) and
 //! open one file for reading from an offset (so a cut download can resume). Everything
 //! else wraps a backend instead of living inside each one: [`retry::RetryBackend`] retries
-//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts and
-//! throttles the bytes, and `crate::source::cache` caches and prefetches volumes. Nothing downstream
-//! knows which backend the bytes came from.
+//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts the
+//! bytes into the run's [`Reporter`] and throttles them, and [`cache`] caches and
+//! prefetches volumes. Nothing downstream knows which backend the bytes came from.
 //!
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
 //! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
@@ -23,8 +23,8 @@ pub mod url;
 
 pub use local::LocalBackend;
 
+use crate::progress::Reporter;
 use anyhow::Result;
-use meter::Meter;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +105,7 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// How to reach remote sources. The defaults suit a timer-driven sync over the internet.
+/// What a source transfers is counted elsewhere, in the run's [`Reporter`].
 #[derive(Clone)]
 pub struct SourceOptions {
     /// Retries after a transient failure (0: fail at the first one).
@@ -114,8 +115,8 @@ pub struct SourceOptions {
     pub read_timeout: Duration,
     /// Extra trusted root certificates (PEM), for a server with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Counts and throttles the bytes of every remote read; reports retries.
-    pub meter: Arc<Meter>,
+    /// Cap on the download rate, bytes per second (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for SourceOptions {
@@ -125,15 +126,19 @@ impl Default for SourceOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             ca_file: None,
-            meter: Arc::new(Meter::default()),
+            bwlimit: None,
         }
     }
 }
 
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
 /// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
-/// [`retry::RetryBackend`].
-pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
+/// [`retry::RetryBackend`], which counts what they transfer into `reporter`.
+pub fn open_source(
+    source: &str,
+    options: &SourceOptions,
+    reporter: &Arc<Reporter>,
+) -> Result<Box<dyn Backend>> {
     if let Some(path) = source.strip_prefix("file://") {
         return Ok(Box::new(LocalBackend::new(path)?));
     }
@@ -145,5 +150,10 @@ pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Back
         url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
         url::Scheme::Http | url::Scheme::Https => Box::new(http::HttpBackend::new(url, options)?),
     };
-    Ok(Box::new(retry::RetryBackend::new(inner, options)))
+    let meter = meter::Meter::new(options.bwlimit, reporter.clone());
+    Ok(Box::new(retry::RetryBackend::new(
+        inner,
+        options.retries,
+        meter,
+    )))
 }

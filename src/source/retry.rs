@@ -8,10 +8,10 @@
 //! reached (HTTP `Range`, FTP `REST`), or, when the server can only start from the top,
 //! read and drop what they already had. The retry budget applies to failures in a row; a
 //! reader that makes progress between cuts starts afresh. Every byte and retry is counted
-//! in the [`Meter`].
+//! through the [`Meter`].
 
 use super::meter::Meter;
-use super::{is_transient_io, root_cause, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{is_transient_io, root_cause, Backend, ListEntry, Opened, SourceError};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -58,7 +58,7 @@ impl RetryPolicy {
 struct Shared {
     inner: Box<dyn Backend>,
     policy: RetryPolicy,
-    meter: Arc<Meter>,
+    meter: Meter,
     /// Sizes from the last listing: a read that ends short of one was cut.
     sizes: Mutex<HashMap<String, u64>>,
 }
@@ -66,11 +66,12 @@ struct Shared {
 pub struct RetryBackend(Arc<Shared>);
 
 impl RetryBackend {
-    pub fn new(inner: Box<dyn Backend>, options: &SourceOptions) -> RetryBackend {
+    /// Retries `inner`'s transient failures up to `retries` times in a row.
+    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Meter) -> RetryBackend {
         RetryBackend(Arc::new(Shared {
             inner,
-            policy: RetryPolicy::new(options.retries),
-            meter: options.meter.clone(),
+            policy: RetryPolicy::new(retries),
+            meter,
             sizes: Mutex::new(HashMap::new()),
         }))
     }
@@ -80,7 +81,7 @@ impl Shared {
     /// Announces retry `n` (1-based) after `failure` and waits for it.
     fn back_off(&self, failure: &str, n: u32) {
         let wait = self.policy.delay(n - 1);
-        self.meter.retrying(&format!(
+        self.meter.reporter().retrying(&format!(
             "{failure}; retry {n} of {} in {:.1}s",
             self.policy.retries,
             wait.as_secs_f64()
@@ -112,7 +113,7 @@ impl Shared {
                 opened.offset
             ))));
         }
-        self.meter.resumed(opened.offset);
+        self.meter.reporter().resumed(opened.offset);
         Ok(opened)
     }
 }
@@ -121,7 +122,7 @@ impl Backend for RetryBackend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let s = &self.0;
         let listing = s.with_retries(|| {
-            s.meter.listed();
+            s.meter.reporter().listed();
             s.inner.list()
         })?;
         if let Ok(mut sizes) = s.sizes.lock() {
@@ -136,7 +137,7 @@ impl Backend for RetryBackend {
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let s = &self.0;
         let opened = s.with_retries(|| s.open_once(name, offset))?;
-        s.meter.file_opened();
+        s.meter.reporter().file_opened();
         let size = s.sizes.lock().ok().and_then(|m| m.get(name).copied());
         Ok(Opened {
             offset: opened.offset,
@@ -195,7 +196,7 @@ impl ResumingReader {
                 Ok(n) => {
                     self.shared.meter.transferred(n);
                     if self.skip > 0 {
-                        self.shared.meter.refetched(n as u64);
+                        self.shared.meter.reporter().refetched(n as u64);
                         self.skip -= n as u64;
                         continue;
                     }
@@ -261,6 +262,7 @@ impl Read for ResumingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Reporter;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A file served in pieces: each open delivers at most `cut` bytes, then fails.
@@ -308,13 +310,8 @@ mod tests {
         }
     }
 
-    fn backend(ranges: bool, failing_opens: u32, retries: u32) -> (RetryBackend, Arc<Meter>) {
-        let meter = Arc::new(Meter::default());
-        let options = SourceOptions {
-            retries,
-            meter: meter.clone(),
-            ..SourceOptions::default()
-        };
+    fn backend(ranges: bool, failing_opens: u32, retries: u32) -> (RetryBackend, Arc<Reporter>) {
+        let reporter = Arc::new(Reporter::default());
         let mut b = RetryBackend::new(
             Box::new(Flaky {
                 data: (0..100_000u32).map(|i| (i % 251) as u8).collect(),
@@ -323,12 +320,13 @@ mod tests {
                 opens: AtomicU32::new(0),
                 failing_opens,
             }),
-            &options,
+            retries,
+            Meter::new(None, reporter.clone()),
         );
         if let Some(s) = Arc::get_mut(&mut b.0) {
             s.policy.base = Duration::from_millis(1);
         }
-        (b, meter)
+        (b, reporter)
     }
 
     fn read_all(b: &RetryBackend) -> Result<Vec<u8>> {
@@ -344,7 +342,7 @@ mod tests {
         let data = read_all(&b).unwrap();
         assert_eq!(data.len(), 100_000);
         assert!(data.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
-        let t = meter.snapshot();
+        let t = meter.transfer();
         assert_eq!(t.bytes_downloaded, 100_000);
         assert_eq!(t.bytes_refetched, 0);
         assert_eq!(t.bytes_resumed, 30_000 + 60_000 + 90_000);
@@ -370,7 +368,7 @@ mod tests {
             format!("{err:#}").contains("gave up after 3 retries"),
             "{err:#}"
         );
-        assert!(meter.snapshot().bytes_refetched >= 60_000);
+        assert!(meter.transfer().bytes_refetched >= 60_000);
     }
 
     #[test]
@@ -389,19 +387,13 @@ mod tests {
                 "denied".into()
             }
         }
-        let meter = Arc::new(Meter::default());
-        let b = RetryBackend::new(
-            Box::new(Denied),
-            &SourceOptions {
-                meter: meter.clone(),
-                ..SourceOptions::default()
-            },
-        );
+        let meter = Arc::new(Reporter::default());
+        let b = RetryBackend::new(Box::new(Denied), 5, Meter::new(None, meter.clone()));
         assert_eq!(
             format!("{:#}", b.list().unwrap_err()),
             "530 login incorrect"
         );
-        assert_eq!(meter.snapshot().retries, 0);
+        assert_eq!(meter.transfer().retries, 0);
     }
 
     #[test]
