@@ -148,21 +148,7 @@ enum Command {
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify(VerifyArgs),
     /// Show the repository's chains and sets (like duplicity collection-status)
-    Status {
-        source: String,
-        /// Also show what this DEST would need
-        #[arg(long)]
-        dest: Option<PathBuf>,
-        /// The state directory of --dest, when not the default
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    Status(StatusArgs),
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
         source: String,
@@ -231,6 +217,29 @@ struct SyncArgs {
     prefetch: u32,
     #[command(flatten)]
     repo: RepoArgs,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    source: String,
+    /// Also show what a sync of this DEST would do
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// The state directory of --dest, when not the default
+    #[arg(long, value_name = "DIR", requires = "dest")]
+    state_dir: Option<PathBuf>,
+    /// With --dest: the --time that sync would be given (default: the latest backup)
+    #[arg(long, short = 't', requires = "dest")]
+    time: Option<String>,
+    /// With --dest: the --path subtrees that sync would be given (repeatable)
+    #[arg(long = "path", value_name = "P", requires = "dest")]
+    paths: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 #[derive(Args)]
@@ -438,18 +447,21 @@ fn print_status(r: &status::StatusReport) {
     if let Some(d) = &r.dest {
         match &d.holds {
             Some(t) => println!("DEST {} holds {t}", d.dest.display()),
-            None => println!("DEST {} was never synced", d.dest.display()),
+            None => println!(
+                "DEST {} holds no synced state (never synced, or removed)",
+                d.dest.display()
+            ),
         }
+        let to = d.to.as_deref().unwrap_or("nothing (no complete backup)");
         println!(
-            "a sync would apply {} set(s), {}{}",
+            "a sync would apply {} set(s), {} at most, to reach {to}",
             d.pending_sets,
-            human_bytes(d.pending_bytes),
-            if d.needs_full {
-                ", starting from a full set"
-            } else {
-                ""
-            }
+            human_bytes(d.pending_bytes)
         );
+        if d.needs_full {
+            let why = d.restart_reason.as_deref().unwrap_or("DEST is empty");
+            println!("starting from a full set: {why}");
+        }
     }
 }
 
@@ -555,22 +567,17 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Status {
-            source,
-            dest,
-            state_dir,
-            json,
-            names,
-            remote,
-        } => {
-            let report = status::status(
-                &source,
-                dest.as_deref(),
-                state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options()?)?,
-                &notices_only(),
-            )?;
-            if json {
+        Command::Status(a) => {
+            let options = status::StatusOptions {
+                repo: a.names.repo_options(None, a.remote.source_options()?)?,
+                source: a.source,
+                dest: a.dest,
+                state_dir: a.state_dir,
+                time: a.time,
+                paths: a.paths,
+            };
+            let report = status::status(&options, &notices_only())?;
+            if a.json {
                 print_json(&report)?;
             } else {
                 print_status(&report);
