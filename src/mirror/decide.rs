@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! decide(state of DEST, collection, time T, paths, DEST empty?):
-//!     chain  = the chain duplicity would restore T from (collection.select)
+//!     chain  = the chain duplicity would restore T from (docs/format.md §3.3)
 //!              none: the source holds no complete backup -> no decision
 //!     wanted = its full and the incrementals ending at or before T; DEST ends at the last
 //!     no state, DEST empty          -> full (Fresh), then each incremental (Update)
