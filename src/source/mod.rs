@@ -8,20 +8,27 @@
 //! prefetches volumes. Nothing downstream knows which backend the bytes came from.
 //!
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
-//! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
-//! SOURCE URLs, finds credentials and redacts passwords from everything shown.
+//! listing from the server's directory index, see [`autoindex`]), and [`MemoryBackend`] for
+//! tests. [`url`] parses remote SOURCE URLs, finds credentials and redacts passwords from
+//! everything shown. Every backend keeps the contract written on [`Backend`], and
+//! `tests/` runs one conformance suite against each of them; `faulty` (tests only) breaks
+//! the contract on purpose, to test what wraps a backend.
 
 mod autoindex;
 pub mod cache;
+#[cfg(test)]
+pub mod faulty;
 mod ftp;
 mod http;
 mod local;
+mod memory;
 pub mod meter;
 pub mod retry;
 mod tls;
 pub mod url;
 
 pub use local::LocalBackend;
+pub use memory::MemoryBackend;
 
 use crate::progress::Reporter;
 use anyhow::Result;
@@ -45,8 +52,30 @@ pub struct Opened {
     pub offset: u64,
 }
 
+/// One repository folder, reachable somehow. The contract every backend keeps (the
+/// conformance suite in `tests/` checks it for each one):
+///
+/// * **Listing**: [`Backend::list`] gives every regular file directly in the folder, once,
+///   by its plain name (no `/`), with its exact size in bytes when the protocol tells it
+///   (`None` only when it does not, such as a directory index without sizes). No
+///   subfolders; names that are not UTF-8 may be left out (they cannot be duplicity's);
+///   order does not matter. A file added to the folder shows in the next listing.
+/// * **Ranged open**: [`Backend::open`] of a listed file returns a reader of its bytes from
+///   [`Opened::offset`] to the end, where that offset is the one asked for or 0 (a server
+///   that cannot start elsewhere; also allowed for an offset at or past the end). Never
+///   any other offset. Readers are independent: several may be open at once, on any
+///   thread (the download thread reads volumes while the repository reads a manifest).
+/// * **Errors say whether to retry**: a failure the same request may get past later
+///   (connection refused, reset or cut, a timeout, HTTP 5xx/408/429, FTP 4xx) is a
+///   [`SourceError::Transient`] or an [`io::Error`] that [`is_transient_io`] accepts;
+///   anything that will only repeat (a missing file, a refused login or certificate,
+///   HTTP 4xx, FTP 5xx) is a [`SourceError::Permanent`] or another error. A reader that
+///   fails mid-stream returns any `io::Error`: the retry layer treats every broken read as a
+///   cut and resumes it. A backend does not retry by itself; [`retry::RetryBackend`] does.
+/// * **Display**: [`Backend::display`] says which source this is, for messages and
+///   reports (a path, a URL), and never contains a password; neither does any error.
 pub trait Backend: Send + Sync {
-    /// The files of the repository folder (not recursive).
+    /// The files of the repository folder (not recursive), with their sizes.
     fn list(&self) -> Result<Vec<ListEntry>>;
 
     /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
