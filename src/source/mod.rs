@@ -90,6 +90,22 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A shared backend is a backend (so a test can keep a handle on one it hands over).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn list(&self) -> Result<Vec<ListEntry>> {
+        (**self).list()
+    }
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
+        (**self).open(name, offset)
+    }
+    fn display(&self) -> String {
+        (**self).display()
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
+    }
+}
+
 /// How a backend failure should be handled. Backends wrap their library's errors in this,
 /// so that [`retry`] can tell a failure worth retrying from one that will only repeat.
 #[derive(Debug, thiserror::Error)]
