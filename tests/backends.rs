@@ -22,11 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::remote::{self, FtpOptions, NginxOptions, Server};
 
+/// Adds a file to what is published.
+type AddFile = Box<dyn Fn(&str, &[u8])>;
+
 /// A published folder, as the suite sees it.
 struct Published {
     backend: Box<dyn Backend>,
-    /// Adds a file to what is published.
-    add: Box<dyn Fn(&str, &[u8])>,
+    add: AddFile,
     /// The listing must give sizes (some protocols cannot).
     sizes: bool,
     /// What must never be shown (a password in the URL).
