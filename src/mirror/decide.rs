@@ -172,8 +172,6 @@ pub fn decide<'c>(
 mod tests {
     use super::*;
     use crate::index::PathIndex;
-    use crate::repo::filename::{NameParser, Prefixes};
-    use crate::source::ListEntry;
     use std::path::PathBuf;
     use ApplyMode::*;
 
@@ -211,15 +209,7 @@ mod tests {
             self
         }
         fn collection(&self) -> Collection {
-            let listing: Vec<ListEntry> = self
-                .0
-                .iter()
-                .map(|n| ListEntry {
-                    name: n.clone(),
-                    size: Some(100),
-                })
-                .collect();
-            Collection::from_listing(&listing, &NameParser::new(&Prefixes::default(), ':')).unwrap()
+            Collection::from_names(&self.0).unwrap()
         }
     }
 
