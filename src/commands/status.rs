@@ -124,11 +124,17 @@ pub fn status(opts: &StatusOptions, reporter: &Arc<Reporter>) -> Result<StatusRe
 /// What a sync of `dest` would do. A read-only look: no lock, no recovery of an
 /// interrupted commit (the sync would complete it first).
 fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<DestStatus> {
-    let paths = DestPaths::resolve(dest, opts.state_dir.as_deref())?;
-    let state = paths.held(paths.peek()?);
+    let dest_paths = DestPaths::resolve(dest, opts.state_dir.as_deref())?;
+    let state = dest_paths.held(dest_paths.peek()?);
     let time = resolve_time(opts.time.as_deref())?;
     let filter = PathFilter::from_args(&opts.paths);
-    let decision = decide(state.as_ref(), c, time, &filter, paths.dest_is_empty()?)?;
+    let decision = decide(
+        state.as_ref(),
+        c,
+        time,
+        &filter,
+        dest_paths.dest_is_empty()?,
+    )?;
     let steps = decision.as_ref().map_or(&[][..], |d| &d.steps[..]);
     Ok(DestStatus {
         holds: state.map(|s| format_iso(s.end_time)),
@@ -140,7 +146,7 @@ fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<Dest
             .as_ref()
             .and_then(|d| d.restart.as_ref())
             .map(|r| r.to_string()),
-        dest: paths.dest,
+        dest: dest_paths.dest,
     })
 }
 

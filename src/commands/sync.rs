@@ -2,8 +2,8 @@
 //!
 //! Order of work: lock the state directory, finish or roll back an interrupted commit,
 //! list the source, decide (`mirror::decide`), plan, then stage and commit one set at a
-//! time. A failure leaves DEST as
-//! the last committed set left it and cleans the staging area.
+//! time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! area.
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
@@ -99,17 +99,17 @@ pub struct Phases {
 
 pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
     let started = Instant::now();
-    let paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
-    let dest = &paths.dest;
-    let state_dir = paths.lock(opts.wait)?;
+    let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    let dest = &dest_paths.dest;
+    let state_dir = dest_paths.lock(opts.wait)?;
     let recovered = journal::recover(&state_dir, dest)?.map(|s| format_iso(s.end_time));
-    let state = paths.held(state_dir.load()?);
+    let state = dest_paths.held(state_dir.load()?);
     let mut phases = Phases::default();
     let phase = Instant::now();
     let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
-    let dest_empty = paths.dest_is_empty()?;
+    let dest_empty = dest_paths.dest_is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
         bail!(
             "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \

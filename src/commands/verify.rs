@@ -56,9 +56,9 @@ impl VerifyReport {
 
 pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyReport> {
     let started = Instant::now();
-    let paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
-    let dest = &paths.dest;
-    let state_dir = paths.lock(false)?;
+    let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    let dest = &dest_paths.dest;
+    let state_dir = dest_paths.lock(false)?;
     journal::recover(&state_dir, dest)?;
     let state = state_dir.load()?.ok_or_else(|| {
         anyhow!(
