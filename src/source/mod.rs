@@ -11,8 +11,8 @@
 //! listing from the server's directory index, see [`autoindex`]), and [`MemoryBackend`] for
 //! tests. [`url`] parses remote SOURCE URLs, finds credentials and redacts passwords from
 //! everything shown. Every backend keeps the contract written on [`Backend`], and
-//! `tests/` runs one conformance suite against each of them; `faulty` (tests only) breaks
-//! the contract on purpose, to test what wraps a backend.
+//! `tests/it/backends.rs` runs one conformance suite against each of them; `faulty` (tests
+//! only) breaks the contract on purpose, to test what wraps a backend.
 
 mod autoindex;
 pub mod cache;
@@ -53,7 +53,7 @@ pub struct Opened {
 }
 
 /// One repository folder, reachable somehow. The contract every backend keeps (the
-/// conformance suite in `tests/` checks it for each one):
+/// conformance suite in `tests/it/backends.rs` checks it for each one):
 ///
 /// * **Listing**: [`Backend::list`] gives every regular file directly in the folder, once,
 ///   by its plain name (no `/`), with its exact size in bytes when the protocol tells it

@@ -1,8 +1,8 @@
 //! One conformance suite for every backend: the contract written on `source::Backend`
 //! (listing with sizes, ranged open, independent readers, which errors are transient, what
 //! `display` may show), checked the same way against each one, as rclone's `fstests` and
-//! restic's backend tests do. Unlike the other integration tests this one drives the
-//! library, not the command line: the contract is the library's.
+//! restic's backend tests do. Unlike the other modules this one drives the library, not
+//! the command line: the contract is the library's.
 //!
 //! A backend joins with one test naming a fixture: a function that publishes a folder (a
 //! live one: files written into it later must show too) and returns the backend reading it
@@ -10,8 +10,7 @@
 //! installed returns `None` and the test skips, or fails under
 //! `DUPMIRROR_REQUIRE_ORACLE=1`.
 
-mod support;
-
+use crate::support::remote::{self, FtpOptions, NginxOptions, Server};
 use dupmirror::progress::Reporter;
 use dupmirror::source::retry::is_transient;
 use dupmirror::source::{open_source, Backend, LocalBackend, MemoryBackend, SourceOptions};
@@ -20,7 +19,6 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use support::remote::{self, FtpOptions, NginxOptions, Server};
 
 /// Adds a file to what is published.
 type AddFile = Box<dyn Fn(&str, &[u8])>;
