@@ -1,27 +1,33 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
-//! Order of work: lock the state directory, finish or roll back an interrupted commit,
-//! list the source, plan, then stage and commit one set at a time. A failure leaves DEST as
-//! the last committed set left it and cleans the staging area.
+//! Order of work: open and lock DEST and its state directory (`dest::session`), finish or
+//! roll back an interrupted commit,
+//! list the source, decide (`mirror::decide`), plan, then stage and commit one set at a
+//! time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! area.
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::journal::Recovery;
 use crate::dest::session::Session;
-use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::dest::state::{DestPaths, MirrorState, StateDir};
 use crate::dest::tree::Dest;
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
+use crate::mirror::compare::{Difference, DifferenceReport};
+use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::progress::{Reporter, Transfer};
+use crate::repo::collection::BackupSet;
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
-use crate::source::meter::Transfer;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SyncOptions {
@@ -52,16 +58,10 @@ pub struct SetReport {
     pub volumes_in_set: usize,
     pub bytes: u64,
     /// Replace: the paths that differ from the full, and how.
-    pub differences: Vec<PathReport>,
+    pub differences: Vec<DifferenceReport>,
     pub applied: Option<ApplyStats>,
     /// Paths found drifted while patching, restored from the chain.
     pub repaired: Option<RepairStats>,
-}
-
-#[derive(Serialize)]
-pub struct PathReport {
-    pub path: String,
-    pub what: String,
 }
 
 #[derive(Serialize)]
@@ -106,26 +106,17 @@ pub struct Phases {
     pub fetch: FetchTimes,
 }
 
-pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
+pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
     let started = Instant::now();
-    let dest = absolute_dest(&opts.dest)?;
-    let state_root = match &opts.state_dir {
-        Some(s) => std::path::absolute(s)?,
-        None => default_state_dir(&dest)?,
-    };
-    if state_root.starts_with(&dest) {
-        bail!(
-            "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
-            state_root.display()
-        );
-    }
+    let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    let dest = &dest_paths.dest;
     let Session {
         state_dir,
         dest: mut dest_dir,
         recovery,
         state,
         stale,
-    } = Session::open(&dest, &state_root, opts.wait, opts.durable)?;
+    } = Session::open(&dest_paths, opts.wait, opts.durable)?;
     let (recovered, recovered_replaced, discarded) = match recovery {
         Recovery::Nothing => (None, Vec::new(), None),
         Recovery::Completed { state, replaced } => (
@@ -137,7 +128,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     };
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let repo = open_repository(&opts.source, &opts.repo)?;
+    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let dest_empty = dest_dir.is_empty()?;
@@ -157,26 +148,21 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let filter = PathFilter::from_args(&opts.paths);
     let phase = Instant::now();
-    let plan = Plan::build(
-        &repo,
-        state.as_ref(),
-        dest_dir.tree(),
-        dest_empty,
-        time,
-        &filter,
-    )?;
+    let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
+        .ok_or_else(|| no_backup(&repo))?;
+    let plan = Plan::build(&repo, decision, dest_dir.tree(), &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
         dest: dest.clone(),
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
-        to: format_iso(plan.end_time),
-        up_to_date: plan.steps.is_empty(),
+        to: format_iso(plan.decision.end_time),
+        up_to_date: plan.decision.is_up_to_date(),
         recovered,
         recovered_replaced,
         discarded,
-        restart_reason: plan.restart_reason.clone(),
+        restart_reason: plan.decision.restart.as_ref().map(|r| r.to_string()),
         sets: plan
             .steps
             .iter()
@@ -186,14 +172,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 volumes: s.volumes.len(),
                 volumes_in_set: s.manifest.volumes.len(),
                 bytes: s.bytes,
-                differences: s
-                    .differences
-                    .iter()
-                    .map(|d| PathReport {
-                        path: d.index.to_string(),
-                        what: d.describe(),
-                    })
-                    .collect(),
+                differences: s.differences.iter().map(Difference::report).collect(),
                 applied: None,
                 repaired: None,
             })
@@ -212,7 +191,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .as_ref()
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
-        report.transfer = opts.repo.source.meter.snapshot();
+        report.transfer = reporter.transfer();
         report.phases = phases;
         Ok(report)
     };
@@ -223,15 +202,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let phase = Instant::now();
     let mut wants = Vec::new();
     for step in &plan.steps {
-        wants.extend(repo.wants(&step.set, &step.manifest, &step.volumes)?);
+        wants.extend(repo.wants(step.set, &step.manifest, &step.volumes)?);
     }
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
-    let progress = opts.repo.source.meter.progress();
-    progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
+    reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let target = MirrorState::new(
             repo.display(),
-            plan.chain_start,
+            plan.decision.chain_start,
             step.set.end_time,
             dest.clone(),
             filter.to_strings(),
@@ -266,10 +244,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    progress.finish();
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
     finish(report, phases)
+}
+
+/// Why there is nothing to sync to.
+fn no_backup(repo: &Repository) -> anyhow::Error {
+    let incomplete = repo.collection.incomplete.len();
+    if incomplete > 0 {
+        anyhow!(
+            "the source holds no complete backup yet: {incomplete} set(s) have no manifest (a \
+             backup in progress?)"
+        )
+    } else {
+        anyhow!("the source holds no duplicity backup ({})", repo.display())
+    }
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.
@@ -286,33 +276,25 @@ fn stage_step(
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
-        applier.detect_drift(set_signatures(repo, &step.set)?);
+        applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
+    repo.read_set(step.set, &step.manifest, &step.volumes, &mut applier)?;
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
         return Ok((applier, None));
     }
     // DEST did not hold what the previous set left: restore those paths as this set
     // leaves them, from the chain, and commit them with the set.
-    let sets: Vec<&crate::repo::collection::BackupSet> = plan
-        .chain_sets
+    let sets: Vec<&BackupSet> = plan
+        .decision
+        .chain
         .iter()
+        .copied()
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
-    let paths = PathFilter::subtrees(drifted.iter().cloned());
-    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, state_dir)?;
-    let tree = scratch.tree().context("the repair restored no tree")?;
-    // Every drifted path was patched by this set, so the chain must hold it.
-    for index in &drifted {
-        if tree.stat(index)?.is_none() {
-            bail!(
-                "cannot apply the change to {index}: the file in DEST differs from what the \
-                 previous backup left (the delta does not fit its basis), and no volume of \
-                 the chain holds the file to restore it from"
-            );
-        }
-    }
-    repair::graft(tree, &paths, &mut applier)?;
+    let stats = repair::stage_repair(repo, &sets, &drifted, state_dir, &mut applier).context(
+        "a file in DEST differs from what the previous backup left (the delta does not fit \
+         its basis) and must be restored from the chain",
+    )?;
     Ok((applier, Some(stats)))
 }

@@ -310,7 +310,7 @@ pub fn recover(state_dir: &StateDir, dest: &mut Dest, durable: bool) -> Result<R
         state_dir.remove_staging()?;
         return Ok(Recovery::Nothing);
     };
-    state_dir.check_belongs_to(dest.path(), Some(&journal.state))?;
+    state_dir.check_belongs_to(Some(&journal.state))?;
     if journal.staging != state_dir.staging_path() {
         return Err(Error::corrupt(format!(
             "the interrupted commit in {} names staging folder {}, not {}; refusing to carry \

@@ -14,10 +14,9 @@
 //! ```
 
 use super::journal::{self, Recovery};
-use super::state::{MirrorState, StateDir};
+use super::state::{DestPaths, MirrorState, StateDir};
 use super::tree::Dest;
 use anyhow::Result;
-use std::path::Path;
 
 /// DEST and its state folder, both locked, with what DEST holds.
 pub struct Session {
@@ -33,16 +32,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(dest: &Path, state_root: &Path, wait: bool, durable: bool) -> Result<Session> {
-        let state_dir = StateDir::open(state_root, dest, wait)?;
-        let mut dest = Dest::open(dest)?;
+    pub fn open(paths: &DestPaths, wait: bool, durable: bool) -> Result<Session> {
+        let state_dir = StateDir::open(&paths.state_root, &paths.dest, wait)?;
+        let mut dest = Dest::open(&paths.dest)?;
         dest.lock(wait)?;
-        state_dir.check_belongs_to(dest.path(), None)?;
+        state_dir.check_belongs_to(None)?;
         let recovery = journal::recover(&state_dir, &mut dest, durable)?;
         let (state, stale) = match state_dir.load()? {
-            Some(st) if dest.tree().is_some() && st.describes(dest.path(), dest.id()) => {
-                (Some(st), None)
-            }
+            Some(st) if st.describes(dest.id()) => (Some(st), None),
             Some(st) => (None, Some(st)),
             None => (None, None),
         };

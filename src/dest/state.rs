@@ -26,6 +26,10 @@
 //! folder), and the journal stays in the state folder: the commit point is a rename inside
 //! the state folder, the placement renames stay inside DEST's file system.
 //!
+//! Every command finds DEST and its state directory the same way, through [`DestPaths`];
+//! a `state.json` that cannot be read, or that names another DEST, is an error, never
+//! "not synced yet".
+//!
 //! Limits: the state says what dupmirror last wrote, not what DEST holds now; a person
 //! editing DEST behind its back is caught by `verify`, not here.
 
@@ -41,6 +45,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 const STATE_FORMAT: u32 = 1;
+const STATE_FILE: &str = "state.json";
 
 /// The backup state DEST holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,10 +87,11 @@ impl MirrorState {
         }
     }
 
-    /// Whether this state describes `dest` as it is: same path, and (when recorded) same
-    /// folder.
-    pub fn describes(&self, dest: &Path, id: Option<FileId>) -> bool {
-        self.dest == dest && (self.dest_id.is_none() || self.dest_id == id)
+    /// Whether this state describes DEST as it is (`id`: DEST's identity, `None` when it is
+    /// missing): DEST exists and is the folder recorded (states written before identities
+    /// were recorded describe any folder at DEST's path).
+    pub fn describes(&self, id: Option<FileId>) -> bool {
+        id.is_some() && (self.dest_id.is_none() || self.dest_id == id)
     }
 }
 
@@ -130,13 +136,76 @@ impl Place {
 /// The state directory of one DEST, locked for as long as this value lives.
 pub struct StateDir {
     dir: Dir,
+    dest: PathBuf,
     staging: Place,
     repair: Place,
     _lock: File,
 }
 
+/// DEST and its state directory, resolved once, the same way for every command.
+#[derive(Clone, Debug)]
+pub struct DestPaths {
+    /// Absolute, without `..`.
+    pub dest: PathBuf,
+    /// `--state-dir`, or `.<DEST name>.dupmirror` beside DEST; never inside DEST.
+    pub state_root: PathBuf,
+}
+
+impl DestPaths {
+    pub fn resolve(dest: &Path, state_dir: Option<&Path>) -> Result<DestPaths> {
+        let dest = absolute_dest(dest)?;
+        let state_root = match state_dir {
+            Some(s) => std::path::absolute(s)
+                .with_context(|| format!("cannot resolve --state-dir {}", s.display()))?,
+            None => default_state_dir(&dest)?,
+        };
+        if state_root.starts_with(&dest) {
+            bail!(
+                "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
+                state_root.display()
+            );
+        }
+        Ok(DestPaths { dest, state_root })
+    }
+
+    /// The recorded state, read without the lock and without completing an interrupted
+    /// commit: a look, for `status`.
+    pub fn peek(&self) -> Result<Option<MirrorState>> {
+        let path = self.state_root.join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(data) => parse_state(&data, &self.state_root, &self.dest).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// What DEST holds, as `mirror::decide` takes it (a look, like [`DestPaths::peek`]):
+    /// the recorded state, unless DEST is gone (then it is rebuilt from scratch) or is not
+    /// the folder the state describes (then it counts as never synced).
+    pub fn held(&self, recorded: Option<MirrorState>) -> Option<MirrorState> {
+        let id = fs::symlink_metadata(&self.dest)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| FileId {
+                dev: std::os::unix::fs::MetadataExt::dev(&m),
+                ino: std::os::unix::fs::MetadataExt::ino(&m),
+            });
+        recorded.filter(|st| st.describes(id))
+    }
+
+    /// Whether DEST is missing or an empty folder (a first sync needs no `--adopt`).
+    pub fn dest_is_empty(&self) -> Result<bool> {
+        match fs::read_dir(&self.dest) {
+            Ok(mut it) => Ok(it.next().is_none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", self.dest.display())),
+        }
+    }
+}
+
 /// Where the state of `dest` lives by default: `.<name>.dupmirror` beside it.
-pub fn default_state_dir(dest: &Path) -> Result<PathBuf> {
+fn default_state_dir(dest: &Path) -> Result<PathBuf> {
     let name = dest
         .file_name()
         .with_context(|| format!("DEST {} has no folder name", dest.display()))?;
@@ -148,7 +217,7 @@ pub fn default_state_dir(dest: &Path) -> Result<PathBuf> {
 
 /// DEST as an absolute path without `..`, so that the default state directory and the
 /// recorded DEST do not depend on how the path was spelled.
-pub fn absolute_dest(dest: &Path) -> Result<PathBuf> {
+fn absolute_dest(dest: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(dest)
         .with_context(|| format!("cannot resolve DEST {}", dest.display()))?;
     // Resolve the parent (which must exist) so `a/../b` and symlinked parents agree.
@@ -281,6 +350,7 @@ impl StateDir {
         };
         Ok(StateDir {
             dir,
+            dest: dest.to_path_buf(),
             staging,
             repair,
             _lock: lock,
@@ -333,11 +403,13 @@ impl StateDir {
         self.repair.remove()
     }
 
-    /// The state DEST is in, or `None` before the first sync.
+    /// The state DEST was last brought to, or `None` before the first sync; an error when
+    /// it records another DEST.
     pub fn load(&self) -> Result<Option<MirrorState>> {
-        let path = self.dir.show(b"state.json");
+        let name = STATE_FILE.as_bytes();
+        let path = self.dir.show(name);
         let mut data = Vec::new();
-        match self.dir.open_file(b"state.json")? {
+        match self.dir.open_file(name)? {
             Ok(mut f) => f
                 .read_to_end(&mut data)
                 .with_context(|| format!("cannot read {}", path.display()))?,
@@ -348,20 +420,7 @@ impl StateDir {
                 k.described()
             ),
         };
-        let state: MirrorState = serde_json::from_slice(&data).with_context(|| {
-            format!(
-                "{} is damaged; remove it to rebuild DEST from scratch",
-                path.display()
-            )
-        })?;
-        if state.format != STATE_FORMAT {
-            bail!(
-                "{} has state format {}, this dupmirror reads format {STATE_FORMAT}",
-                path.display(),
-                state.format
-            );
-        }
-        Ok(Some(state))
+        parse_state(&data, self.root(), &self.dest).map(Some)
     }
 
     /// Records a new state atomically (write, fsync, rename, fsync the folder).
@@ -370,7 +429,7 @@ impl StateDir {
         data.push(b'\n');
         self.write_durably(b"state.json.tmp", &data)?;
         self.dir
-            .rename(b"state.json.tmp", &self.dir, b"state.json")?;
+            .rename(b"state.json.tmp", &self.dir, STATE_FILE.as_bytes())?;
         self.dir.sync()
     }
 
@@ -389,20 +448,45 @@ impl StateDir {
 
     /// Refuses a state folder that belongs to another DEST: its state or its pending
     /// journal names another path. Checked before anything in it is used.
-    pub fn check_belongs_to(&self, dest: &Path, journal: Option<&MirrorState>) -> Result<()> {
-        let recorded = self.load()?;
-        for st in recorded.iter().chain(journal) {
-            if st.dest != dest {
-                bail!(
-                    "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
-                    self.root().display(),
-                    st.dest.display(),
-                    dest.display()
-                );
-            }
+    pub fn check_belongs_to(&self, journal: Option<&MirrorState>) -> Result<()> {
+        self.load()?;
+        match journal {
+            Some(st) if st.dest != self.dest => Err(belongs_elsewhere(self.root(), st, &self.dest)),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Reads the bytes of `state.json` in `state_root` for `dest`: an error when they are
+/// damaged, of another format, or record another DEST.
+fn parse_state(data: &[u8], state_root: &Path, dest: &Path) -> Result<MirrorState> {
+    let path = state_root.join(STATE_FILE);
+    let state: MirrorState = serde_json::from_slice(data).with_context(|| {
+        format!(
+            "{} is damaged; remove it to rebuild DEST from scratch",
+            path.display()
+        )
+    })?;
+    if state.format != STATE_FORMAT {
+        bail!(
+            "{} has state format {}, this dupmirror reads format {STATE_FORMAT}",
+            path.display(),
+            state.format
+        );
+    }
+    if state.dest != dest {
+        return Err(belongs_elsewhere(state_root, &state, dest));
+    }
+    Ok(state)
+}
+
+fn belongs_elsewhere(state_root: &Path, state: &MirrorState, dest: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
+        state_root.display(),
+        state.dest.display(),
+        dest.display()
+    )
 }
 
 #[cfg(test)]

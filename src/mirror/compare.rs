@@ -48,19 +48,19 @@ pub enum DiffKind {
     Missing,
     /// In DEST, not in the backup.
     Extra,
-    /// In both, different in these ways.
-    Changed(Changes),
+    /// In both, different in these respects.
+    Changed(BTreeSet<Change>),
 }
 
-/// One way an object both sides have differs. The order is the order reports list them in.
+/// One respect in which a path differs, in the order reports list them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
     Content,
-    /// Another kind of object (then nothing else is compared).
+    /// Another kind of object (nothing else is compared then).
     Type,
-    /// A symlink's target.
+    /// Another symlink target.
     Target,
-    /// A device's major and minor numbers.
+    /// Another device number.
     Device,
     Mode,
     Mtime,
@@ -80,43 +80,12 @@ impl Change {
         }
     }
 
-    /// Whether fixing it needs the object from a volume (the rest are attributes, which
-    /// the signature file alone gives).
+    /// Whether undoing it needs the object itself from a volume, not just attributes.
     pub fn needs_data(self) -> bool {
         matches!(
             self,
             Change::Content | Change::Type | Change::Target | Change::Device
         )
-    }
-}
-
-/// What differs about one object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changes(BTreeSet<Change>);
-
-impl Changes {
-    pub fn of(changes: &[Change]) -> Changes {
-        Changes(changes.iter().copied().collect())
-    }
-
-    pub fn add(&mut self, c: Change) {
-        self.0.insert(c);
-    }
-
-    pub fn contains(&self, c: Change) -> bool {
-        self.0.contains(&c)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn needs_data(&self) -> bool {
-        self.0.iter().any(|c| c.needs_data())
-    }
-
-    pub fn names(&self) -> Vec<&'static str> {
-        self.0.iter().map(|c| c.name()).collect()
     }
 }
 
@@ -127,7 +96,7 @@ impl Difference {
         match &self.kind {
             DiffKind::Missing => true,
             DiffKind::Extra => false,
-            DiffKind::Changed(what) => what.needs_data(),
+            DiffKind::Changed(what) => what.iter().any(|c| c.needs_data()),
         }
     }
 
@@ -135,9 +104,28 @@ impl Difference {
         match &self.kind {
             DiffKind::Missing => "missing".into(),
             DiffKind::Extra => "extra".into(),
-            DiffKind::Changed(what) => format!("changed ({})", what.names().join(", ")),
+            DiffKind::Changed(what) => {
+                let names: Vec<&str> = what.iter().map(|c| c.name()).collect();
+                format!("changed ({})", names.join(", "))
+            }
         }
     }
+
+    /// How reports (sync, verify) show it.
+    pub fn report(&self) -> DifferenceReport {
+        DifferenceReport {
+            path: self.index.to_string(),
+            what: self.describe(),
+        }
+    }
+}
+
+/// A path that differs, as every report shows it: `{"path": ..., "what": ...}`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DifferenceReport {
+    pub path: String,
+    /// `missing`, `extra`, or `changed (content, mode, ...)`.
+    pub what: String,
 }
 
 /// Counts of one comparison.
@@ -155,7 +143,7 @@ struct HashJob {
     signature: Vec<u8>,
     expected: Metadata,
     /// Metadata differences already found.
-    what: Changes,
+    what: BTreeSet<Change>,
 }
 
 /// How closely to look at regular files.
@@ -240,23 +228,19 @@ pub fn compare(
         let local = found.stat;
         let what = metadata_differences(&entry.meta, &local, || walker.read_link(), &mut owners)?;
         // Regular files get their content checked even when metadata differs, so that a
-        // repair knows whether it needs the data.
-        let file = if entry.kind == RecordKind::Signature
-            && !what.contains(Change::Type)
-            && entry.signature.is_some()
-            && check == ContentCheck::Signatures
-        {
+        // repair knows whether it needs the data: opened now, through the walk's handle.
+        let hashed = entry.kind == RecordKind::Signature && !what.contains(&Change::Type);
+        let file = if hashed && entry.signature.is_some() && check == ContentCheck::Signatures {
             Some(walker.open_file()?)
         } else {
             None
         };
-        let both_dirs = entry.meta.is_dir() && found.is_dir();
-        walker.advance(both_dirs)?;
-        if entry.kind == RecordKind::Signature && !what.contains(Change::Type) {
+        walker.advance(entry.meta.is_dir() && found.is_dir())?;
+        if hashed {
             if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
                 let mut what = what;
                 if !size_fits(local.size, signature) {
-                    what.add(Change::Content);
+                    what.insert(Change::Content);
                 }
                 if !what.is_empty() {
                     diffs.push(Difference {
@@ -298,7 +282,7 @@ pub fn compare(
         match same {
             Ok(same) => {
                 if !same {
-                    job.what.add(Change::Content);
+                    job.what.insert(Change::Content);
                 }
                 if !job.what.is_empty() {
                     diffs.push(Difference {
@@ -335,7 +319,7 @@ fn metadata_differences(
     local: &Stat,
     read_link: impl FnOnce() -> Result<Vec<u8>>,
     owners: &mut OwnerMap,
-) -> Result<Changes> {
+) -> Result<BTreeSet<Change>> {
     let same_type = match &expected.file_type {
         FileType::Regular => local.kind == Kind::Regular,
         FileType::Dir => local.kind == Kind::Dir,
@@ -345,17 +329,19 @@ fn metadata_differences(
         FileType::BlockDevice { .. } => local.kind == Kind::BlockDevice,
     };
     if !same_type {
-        return Ok(Changes::of(&[Change::Type]));
+        return Ok(BTreeSet::from([Change::Type]));
     }
-    let mut what = Changes::default();
+    let mut what = BTreeSet::new();
     match &expected.file_type {
-        FileType::Symlink(target) if read_link()? != *target => what.add(Change::Target),
+        FileType::Symlink(target) if read_link()? != *target => {
+            what.insert(Change::Target);
+        }
         FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
             let rdev = local.rdev;
             if (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
                 != (u64::from(*major), u64::from(*minor))
             {
-                what.add(Change::Device);
+                what.insert(Change::Device);
             }
         }
         _ => {}
@@ -363,14 +349,14 @@ fn metadata_differences(
     let is_symlink = matches!(expected.file_type, FileType::Symlink(_));
     if !is_symlink {
         if local.mode != expected.mode {
-            what.add(Change::Mode);
+            what.insert(Change::Mode);
         }
         if local.mtime != expected.mtime {
-            what.add(Change::Mtime);
+            what.insert(Change::Mtime);
         }
     }
     if owners.applies() && owners.resolve(expected) != (local.uid, local.gid) {
-        what.add(Change::Owner);
+        what.insert(Change::Owner);
     }
     Ok(what)
 }

@@ -1,7 +1,10 @@
 //! Restoring chosen paths from a chain, for `verify --repair` and for a sync that finds a
-//! file DEST should hold intact but does not.
+//! file DEST should hold intact but does not. Both stage a repair the same way, through
+//! [`stage_repair`], into the applier of the commit that carries it.
 //!
 //! ```text
+//! stage_repair(chain sets up to T, paths, DEST's applier):
+//!     restore_paths, then check that each path came out of the chain, then graft
 //! restore_paths(chain sets up to T, paths):
 //!     a scratch mirror in the state directory, filtered to `paths`:
 //!     for each set: read only the volumes whose manifest ranges overlap `paths`,
@@ -20,12 +23,14 @@ use crate::dest::dir::{Kind, Stat};
 use crate::dest::state::{MirrorState, StateDir};
 use crate::dest::tree::{Dest, Tree};
 use crate::dest::walk::{DestWalker, Found};
+use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
 use crate::mirror::apply::{ApplyMode, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 
 /// What a repair read.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -36,16 +41,9 @@ pub struct RepairStats {
 }
 
 /// A scratch mirror holding restored paths; removed when dropped.
-pub struct Scratch<'a> {
+struct Scratch<'a> {
     owner: &'a StateDir,
     tree: Dest,
-}
-
-impl Scratch<'_> {
-    /// The restored tree (empty when nothing was restored).
-    pub fn tree(&self) -> Option<&Tree> {
-        self.tree.tree()
-    }
 }
 
 impl Drop for Scratch<'_> {
@@ -54,9 +52,39 @@ impl Drop for Scratch<'_> {
     }
 }
 
+/// Restores `paths` (objects the backup holds) as they are at the end of `sets` (a full
+/// and its incrementals) and stages them into `sink`, DEST's applier, so that they are
+/// committed with whatever else it holds. Restoring happens in `state_dir`'s repair
+/// scratch, on DEST's file system. Fails when the chain does not hold one of the paths.
+pub fn stage_repair(
+    repo: &Repository,
+    sets: &[&BackupSet],
+    paths: &BTreeSet<PathIndex>,
+    state_dir: &StateDir,
+    sink: &mut dyn RecordSink,
+) -> Result<RepairStats> {
+    let subtrees = PathFilter::subtrees(paths.iter().cloned());
+    let (scratch, stats) = restore_paths(repo, sets, &subtrees, state_dir)?;
+    let last = || sets.last().map(|s| s.label()).unwrap_or_default();
+    let tree = scratch
+        .tree
+        .tree()
+        .with_context(|| format!("the chain up to {} restored nothing", last()))?;
+    for index in paths {
+        if tree.stat(index)?.is_none() {
+            bail!(
+                "cannot restore {index}: no volume of the chain up to {} holds it",
+                last()
+            );
+        }
+    }
+    graft(tree, &subtrees, sink)?;
+    Ok(stats)
+}
+
 /// Restores `paths` as they are at the end of `sets` into a scratch tree beside
 /// `state_dir`'s staging (so on DEST's file system).
-pub fn restore_paths<'a>(
+fn restore_paths<'a>(
     repo: &Repository,
     sets: &[&BackupSet],
     paths: &PathFilter,
@@ -112,7 +140,7 @@ pub fn restore_paths<'a>(
 
 /// Feeds every object of the scratch tree that lies in `paths` to `sink` as a snapshot
 /// record, in index order.
-pub fn graft(tree: &Tree, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
+fn graft(tree: &Tree, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
     let mut walker = DestWalker::new(Some(tree))?;
     while let Some(found) = walker.peek().cloned() {
         if !paths.covers(&found.index) {
