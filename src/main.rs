@@ -1,18 +1,25 @@
 //! The `dupmirror` command line: parses arguments, runs a command, prints its report.
-//! Exit status 0 on success (also when nothing was new), 1 with one line on stderr on
-//! failure, 2 for a usage error.
+//! A failure is one line on stderr and an exit status from `dupmirror::exit` (documented
+//! in `--help`, the man page and the README).
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::decode::crypto::Decryptor;
 use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
+use dupmirror::dest::state::{absolute_dest, resolve_state_dir};
+use dupmirror::exit::Exit;
+use dupmirror::fleet::config::{self, Config};
+use dupmirror::fleet::job::{parse_duration, run_job, Job, JobOptions, JobReport};
+use dupmirror::fleet::run::{run_jobs, write_metrics, Series};
+use dupmirror::fleet::status::{mirror_status, MirrorStatus};
+use dupmirror::log::{LogFormat, Logger};
 use dupmirror::progress::Progress;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
 use dupmirror::source::meter::{parse_rate, Meter};
 use dupmirror::source::SourceOptions;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,11 +29,20 @@ use std::time::Duration;
 #[command(
     name = "dupmirror",
     version,
-    about = "Keep a tree in exact sync with a duplicity repository by replaying only its new sets"
+    about = "Keep a tree in exact sync with a duplicity repository by replaying only its new sets",
+    after_long_help = exit_status_help()
 )]
 struct Cli {
+    /// How lines on stderr are written: text (with syslog priority prefixes under systemd)
+    /// or one JSON object per line
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+fn exit_status_help() -> String {
+    format!("Exit status:\n{}", Exit::table())
 }
 
 /// How the repository's files are named (duplicity's options of the same names).
@@ -107,8 +123,8 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 impl RemoteOptions {
-    /// `bars`: show progress bars; `notices`: print retry notices on stderr.
-    fn source_options(&self, bars: bool, notices: bool) -> Result<SourceOptions> {
+    /// `bars`: show progress bars; `notices`: where retry notices go (none: dropped).
+    fn source_options(&self, bars: bool, notices: Option<Logger>) -> Result<SourceOptions> {
         Ok(SourceOptions {
             retries: self.retries,
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
@@ -151,9 +167,20 @@ enum Command {
     Sync(SyncArgs),
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify(VerifyArgs),
-    /// Show the repository's chains and sets (like duplicity collection-status)
+    /// Sync the mirrors of the configuration file (default: all), each under its own lock
+    Run(RunArgs),
+    /// Show the repository's chains and sets (like duplicity collection-status); with
+    /// --config, one line per configured mirror
     Status {
-        source: String,
+        /// The repository (not with --config)
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        source: Option<String>,
+        /// Show the mirrors of this configuration file instead (see `run`)
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+        config: Option<PathBuf>,
+        /// With --config: only these mirrors
+        #[arg(long = "mirror", value_name = "NAME", requires = "config")]
+        mirrors: Vec<String>,
         /// Also show what this DEST would need
         #[arg(long)]
         dest: Option<PathBuf>,
@@ -175,6 +202,56 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff)
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The mirrors to run (default: every mirror of the file)
+    names: Vec<String>,
+    /// The configuration file (default: $DUPMIRROR_CONFIG, else /etc/dupmirror/dupmirror.toml)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and print the mirrors it would run; run nothing
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON report per mirror, one per line
+    #[arg(long)]
+    json: bool,
+    /// Mirrors synced at once
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    jobs: u32,
+    /// Sleep a random time up to DURATION before each mirror, also on a terminal (overrides
+    /// the configuration's jitter, which applies only when stderr is not a terminal)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    jitter: Option<Duration>,
+}
+
+/// What runs around a sync: hooks, lists, metrics, jitter. Also keys of the configuration.
+#[derive(Args)]
+struct JobArgs {
+    /// Run CMD with `sh -c` before contacting the source; if it fails the sync is skipped
+    #[arg(long, value_name = "CMD")]
+    pre_sync: Option<String>,
+    /// Run CMD with `sh -c` after a sync that changed DEST (environment: see the README);
+    /// if it fails the exit status is 3 and DEST stays synced
+    #[arg(long, value_name = "CMD")]
+    post_sync: Option<String>,
+    /// Write every path this run wrote, patched or removed in DEST to FILE, relative to
+    /// DEST, NUL-separated
+    #[arg(long, value_name = "FILE")]
+    changed_list: Option<PathBuf>,
+    /// Write Prometheus metrics for node_exporter's textfile collector to PATH (atomically)
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+    /// Sleep a random time up to DURATION (90, 90s, 15m, 1h) before contacting the source
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    jitter: Option<Duration>,
 }
 
 /// How to read a repository that dupmirror decrypts: names, encryption, transport.
@@ -189,7 +266,7 @@ struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn options(&self, bars: bool, notices: bool) -> Result<RepoOptions> {
+    fn options(&self, bars: bool, notices: Option<Logger>) -> Result<RepoOptions> {
         self.names.repo_options(
             Some(&self.crypto),
             self.remote.source_options(bars, notices)?,
@@ -236,7 +313,64 @@ struct SyncArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     prefetch: u32,
     #[command(flatten)]
+    around: JobArgs,
+    #[command(flatten)]
     repo: RepoArgs,
+}
+
+impl SyncArgs {
+    /// The sync as a job named `name`; `jitter`: whether the jitter option applies.
+    fn job(self, name: String, bars: bool, notices: Option<Logger>, jitter: bool) -> Result<Job> {
+        Ok(Job {
+            name,
+            sync: sync::SyncOptions {
+                repo: self.repo.options(bars, notices)?,
+                source: self.source,
+                dest: self.dest,
+                time: self.time,
+                state_dir: self.state_dir,
+                paths: self.paths,
+                dry_run: self.dry_run,
+                adopt: self.adopt,
+                wait: self.wait,
+                durable: !self.no_fsync,
+                prefetch: self.prefetch as usize,
+                list_changes: false,
+            },
+            options: JobOptions {
+                pre_sync: self.around.pre_sync,
+                post_sync: self.around.post_sync,
+                changed_list: self.around.changed_list,
+                jitter: self.around.jitter.filter(|_| jitter),
+            },
+        })
+    }
+
+    /// Where this mirror's metrics come from and go (None: DEST cannot be resolved).
+    fn series(&self, mirror: &str) -> Option<Series> {
+        let dest = absolute_dest(&self.dest).ok()?;
+        Some(Series {
+            mirror: mirror.to_string(),
+            state_dir: resolve_state_dir(&dest, self.state_dir.as_deref()).ok()?,
+            metrics_file: self.around.metrics_file.clone(),
+        })
+    }
+}
+
+/// The `sync` command, whose options are the configuration's keys.
+fn sync_command() -> clap::Command {
+    Cli::command()
+        .find_subcommand("sync")
+        .cloned()
+        .unwrap_or_else(|| SyncArgs::augment_args(clap::Command::new("sync")))
+}
+
+fn sync_args(matches: &ArgMatches) -> Result<SyncArgs> {
+    Ok(SyncArgs::from_arg_matches(matches)?)
+}
+
+fn load_config(explicit: Option<&std::path::Path>) -> Result<Config> {
+    Ok(config::load(&config::locate(explicit), &sync_command())?)
 }
 
 #[derive(Args)]
@@ -496,32 +630,131 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The line `run` logs when a mirror finishes.
+fn log_outcome(log: &Logger, r: &JobReport) {
+    match (&r.error, &r.sync) {
+        (Some(e), _) => log.error(&format!("{e} (exit status {})", r.exit_status)),
+        (None, Some(s)) if s.up_to_date => log.info(&format!("up to date at {}", s.to)),
+        (None, Some(s)) => log.info(&format!(
+            "synced from {} to {}: {} set(s), {} read{}",
+            s.from.as_deref().unwrap_or("empty"),
+            s.to,
+            s.sets.len(),
+            human_bytes(s.bytes_read),
+            r.changed
+                .map(|n| format!(", {n} path(s) changed"))
+                .unwrap_or_default()
+        )),
+        (None, None) => {}
+    }
+}
+
+fn print_mirror_status(s: &MirrorStatus) {
+    let lag = match s.lag_seconds {
+        Some(l) => format!("{l}s"),
+        None => "?".into(),
+    };
+    let last = match (&s.last_run, s.last_run_ok) {
+        (Some(t), Some(true)) => format!("ok at {t}"),
+        (Some(t), _) => format!(
+            "FAILED at {t} (exit status {}): {}",
+            s.last_exit_status.unwrap_or(1),
+            s.last_error.as_deref().unwrap_or("")
+        ),
+        (None, _) => "never run".into(),
+    };
+    println!(
+        "{}: holds {}, source has {}{}, lag {lag}; last run {last}",
+        s.mirror,
+        s.holds.as_deref().unwrap_or("nothing"),
+        s.latest.as_deref().unwrap_or("?"),
+        if s.source_error.is_some() {
+            " (last seen; source unreachable now)"
+        } else {
+            ""
+        }
+    );
+}
+
+fn run(cli: Cli) -> Result<Exit> {
+    let log = Logger::new(cli.log_format);
+    let interactive = Logger::interactive();
     match cli.command {
         Command::Sync(a) => {
-            let bars = !a.quiet && std::io::stderr().is_terminal();
-            let report = sync::sync(&sync::SyncOptions {
-                repo: a.repo.options(bars, !a.quiet)?,
-                source: a.source,
-                dest: a.dest,
-                time: a.time,
-                state_dir: a.state_dir,
-                paths: a.paths,
-                dry_run: a.dry_run,
-                adopt: a.adopt,
-                wait: a.wait,
-                durable: !a.no_fsync,
-                prefetch: a.prefetch as usize,
-            })?;
-            if a.json {
-                print_json(&report)?;
-            } else if !a.quiet {
-                print_sync(&report);
+            let bars = !a.quiet && interactive;
+            let (json, quiet) = (a.json, a.quiet);
+            let name = a.dest.display().to_string();
+            let series = a.series(&name);
+            let notices = (!quiet).then(|| log.clone());
+            let report = run_job(a.job(name.clone(), bars, notices, true)?, &log);
+            if let Some(s) = series.as_ref().filter(|s| s.metrics_file.is_some()) {
+                if let Err(e) = write_metrics(&[name.as_str()], std::slice::from_ref(s)) {
+                    log.warning(&format!("cannot write the metrics file: {e:#}"));
+                }
             }
+            if let Some(r) = &report.sync {
+                if json {
+                    print_json(r)?;
+                } else if !quiet {
+                    print_sync(r);
+                }
+            }
+            if let Some(e) = &report.error {
+                log.error(e);
+            }
+            return Ok(report.exit);
+        }
+        Command::Run(r) => {
+            let config = load_config(r.config.as_deref())?;
+            let selected = config.select(&r.names)?;
+            let mut all = Vec::new();
+            for m in &config.mirrors {
+                all.extend(sync_args(&m.matches)?.series(&m.name));
+            }
+            if r.check {
+                for m in &selected {
+                    let a = sync_args(&m.matches)?;
+                    println!(
+                        "{}: {} -> {}",
+                        m.name,
+                        dupmirror::source::url::redact(&a.source),
+                        a.dest.display()
+                    );
+                }
+                println!(
+                    "{}: {} mirror(s), configuration OK",
+                    config.path.display(),
+                    config.mirrors.len()
+                );
+                return Ok(Exit::Success);
+            }
+            let mut jobs = Vec::new();
+            for m in &selected {
+                let mut a = sync_args(&m.matches)?;
+                let explicit = r.jitter.is_some();
+                a.around.jitter = r.jitter.or(a.around.jitter);
+                let notices = Some(log.for_mirror(&m.name));
+                jobs.push(a.job(m.name.clone(), false, notices, explicit || !interactive)?);
+            }
+            let reports = run_jobs(jobs, r.jobs as usize, &log, |rep| {
+                log_outcome(&log.for_mirror(&rep.mirror), rep)
+            });
+            let ran: Vec<&str> = reports.iter().map(|r| r.mirror.as_str()).collect();
+            if let Err(e) = write_metrics(&ran, &all) {
+                log.warning(&format!("cannot write the metrics file: {e:#}"));
+            }
+            if r.json {
+                let mut out = std::io::stdout().lock();
+                for rep in &reports {
+                    serde_json::to_writer(&mut out, rep)?;
+                    writeln!(out)?;
+                }
+            }
+            return Ok(Exit::combine(reports.iter().map(|r| r.exit)));
         }
         Command::Verify(a) => {
             let report = verify::verify(&verify::VerifyOptions {
-                repo: a.repo.options(false, true)?,
+                repo: a.repo.options(false, Some(log.clone()))?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
@@ -535,15 +768,38 @@ fn run(cli: Cli) -> Result<()> {
                 print_verify(&report);
             }
             if !report.clean() {
-                let n = report
+                let paths = report
                     .remaining
                     .as_ref()
                     .unwrap_or(&report.differences)
                     .len();
-                anyhow::bail!(
-                    "DEST differs from the backup at {} in {n} path(s)",
-                    report.state
-                );
+                return Err(dupmirror::Error::DestDiffers {
+                    state: report.state.clone(),
+                    paths,
+                }
+                .into());
+            }
+        }
+        Command::Status {
+            config: Some(config),
+            mirrors,
+            json,
+            ..
+        } => {
+            let explicit = Some(config).filter(|c| !c.as_os_str().is_empty());
+            let config = load_config(explicit.as_deref())?;
+            let mut lines = Vec::new();
+            for m in config.select(&mirrors)? {
+                let a = sync_args(&m.matches)?;
+                let dest = absolute_dest(&a.dest)?;
+                let state_dir = resolve_state_dir(&dest, a.state_dir.as_deref())?;
+                let repo = a.repo.options(false, None)?;
+                lines.push(mirror_status(&m.name, &a.source, &state_dir, &repo));
+            }
+            if json {
+                print_json(&lines)?;
+            } else {
+                lines.iter().for_each(print_mirror_status);
             }
         }
         Command::Status {
@@ -553,12 +809,14 @@ fn run(cli: Cli) -> Result<()> {
             json,
             names,
             remote,
+            ..
         } => {
+            let source = source.unwrap_or_default(); // clap requires it without --config
             let report = status::status(
                 &source,
                 dest.as_deref(),
                 state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options(false, true)?)?,
+                &names.repo_options(None, remote.source_options(false, Some(log.clone()))?)?,
             )?;
             if json {
                 print_json(&report)?;
@@ -567,7 +825,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ls { source, time, repo } => {
-            let repo = repo.options(false, true)?;
+            let repo = repo.options(false, Some(log.clone()))?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             ls::list(&source, time.as_deref(), &repo, |e| {
                 out.write_all(&e.index.to_bytes())?;
@@ -576,19 +834,30 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             out.flush()?;
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "dupmirror",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
     }
-    Ok(())
+    Ok(Exit::Success)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = Logger::new(cli.log_format);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => exit.into(),
         Err(e) => {
             // One line: the error and its causes, outermost first.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("dupmirror: error: {msg}");
-            ExitCode::FAILURE
+            log.error(&format!("{e:#}"));
+            Exit::of(&e).into()
         }
     }
 }

@@ -1,8 +1,10 @@
 //! What a running sync shows on a terminal: a download bar and an apply bar (indicatif, with
-//! rate and ETA), and one-line notices such as retries. `main` decides whether bars are
-//! wanted (stderr is a terminal and not `--quiet`) and whether notices are; the library only
-//! reports progress here, so nothing in it prints on its own.
+//! rate and ETA), and one-line notices such as retries (warnings, through the [`Logger`]).
+//! `main` decides whether bars are wanted (stderr is a terminal and not `--quiet`) and
+//! whether notices are; the library only reports progress here, so nothing in it prints on
+//! its own.
 
+use crate::log::{Level, Logger};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::OnceLock;
 
@@ -10,15 +12,15 @@ use std::sync::OnceLock;
 pub struct Progress {
     /// Present when bars are drawn.
     multi: Option<MultiProgress>,
-    /// Print notices (on stderr, or above the bars).
-    notices: bool,
+    /// Where notices go (on stderr, or above the bars); none: they are dropped.
+    notices: Option<Logger>,
     download: OnceLock<ProgressBar>,
     apply: OnceLock<ProgressBar>,
 }
 
 impl Progress {
-    /// `bars`: draw progress bars on stderr; `notices`: print notices on stderr.
-    pub fn new(bars: bool, notices: bool) -> Progress {
+    /// `bars`: draw progress bars on stderr; `notices`: log notices there.
+    pub fn new(bars: bool, notices: Option<Logger>) -> Progress {
         Progress {
             multi: bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             notices,
@@ -28,15 +30,12 @@ impl Progress {
 
     /// A line for the user that is not an error: a retry, a fallback.
     pub fn notice(&self, message: &str) {
-        if !self.notices {
-            return;
-        }
-        let line = format!("dupmirror: {message}");
+        let Some(log) = &self.notices else { return };
         match &self.multi {
             Some(m) => {
-                let _ = m.println(line);
+                let _ = m.println(log.line(Level::Warning, message));
             }
-            None => eprintln!("{line}"),
+            None => log.warning(message),
         }
     }
 

@@ -2,7 +2,7 @@
 //! `duplicity collection-status`), and with `--dest`, what that DEST would need.
 
 use super::open_repository;
-use crate::dest::state::{absolute_dest, default_state_dir};
+use crate::dest::state::{absolute_dest, resolve_state_dir, MirrorState};
 use crate::repo::collection::BackupSet;
 use crate::repo::filename::SetKind;
 use crate::repo::time::format_iso;
@@ -83,15 +83,8 @@ pub fn status(
         None => None,
         Some(d) => {
             let d = absolute_dest(d)?;
-            let root = match state_dir {
-                Some(s) => s.to_path_buf(),
-                None => default_state_dir(&d)?,
-            };
-            // Read-only look: no lock, no recovery.
-            let state: Option<crate::dest::state::MirrorState> =
-                std::fs::read(root.join("state.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+            let root = resolve_state_dir(&d, state_dir)?;
+            let state = MirrorState::peek(&root);
             let latest = c.chains.last();
             let (pending, needs_full) = match (latest, &state) {
                 (None, _) => (Vec::new(), false),

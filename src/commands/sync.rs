@@ -6,15 +6,16 @@
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
+use crate::dest::changes::ChangedPaths;
 use crate::dest::fsops;
 use crate::dest::journal;
-use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::dest::state::{absolute_dest, resolve_state_dir, MirrorState, StateDir};
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
 use crate::repo::sigtar::set_signatures;
-use crate::repo::time::format_iso;
+use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
 use crate::source::meter::Transfer;
@@ -39,6 +40,8 @@ pub struct SyncOptions {
     pub durable: bool,
     /// Most volume files downloaded ahead and kept in the cache at once (≥ 1).
     pub prefetch: usize,
+    /// Collect the paths the run changes in DEST (`SyncReport::changed`).
+    pub list_changes: bool,
     pub repo: RepoOptions,
 }
 
@@ -72,6 +75,8 @@ pub struct SyncReport {
     pub from: Option<String>,
     /// The state after this run (for a dry run: the state it would reach).
     pub to: String,
+    /// The newest backup the source holds (`to` unless `--time` chose an older one).
+    pub latest: Option<String>,
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
@@ -84,6 +89,19 @@ pub struct SyncReport {
     /// What was downloaded from a remote source (all zero for a local one).
     pub transfer: Transfer,
     pub phases: Phases,
+    /// `from`, `to` and `latest` as epoch seconds, for run records and metrics.
+    #[serde(skip)]
+    pub times: ReportTimes,
+    /// The paths this run changed in DEST, when `list_changes` asked for them.
+    #[serde(skip)]
+    pub changed: Option<ChangedPaths>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportTimes {
+    pub from: Option<Epoch>,
+    pub to: Epoch,
+    pub latest: Option<Epoch>,
 }
 
 /// Where the time went. Downloading overlaps with applying (prefetch).
@@ -110,10 +128,7 @@ fn is_empty_or_missing(dest: &Path) -> Result<bool> {
 pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let started = Instant::now();
     let dest = absolute_dest(&opts.dest)?;
-    let state_root = match &opts.state_dir {
-        Some(s) => std::path::absolute(s)?,
-        None => default_state_dir(&dest)?,
-    };
+    let state_root = resolve_state_dir(&dest, opts.state_dir.as_deref())?;
     if state_root.starts_with(&dest) {
         bail!(
             "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
@@ -121,6 +136,12 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         );
     }
     let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
+    let mut changed = opts.list_changes.then(ChangedPaths::default);
+    if let Some(changed) = changed.as_mut() {
+        if state_dir.journal_path().exists() {
+            changed.add_journal(&state_dir.journal_path(), &dest)?;
+        }
+    }
     let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
     let mut state = state_dir.load()?;
     if let Some(st) = &state {
@@ -160,6 +181,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
         to: format_iso(plan.end_time),
+        latest: repo.collection.latest_time().map(format_iso),
         up_to_date: plan.steps.is_empty(),
         recovered,
         restart_reason: plan.restart_reason.clone(),
@@ -189,8 +211,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         signatures: None,
         transfer: Transfer::default(),
         phases: Phases::default(),
+        times: ReportTimes {
+            from: state.as_ref().map(|s| s.end_time),
+            to: plan.end_time,
+            latest: repo.collection.latest_time(),
+        },
+        changed: None,
     };
-    let finish = |mut report: SyncReport, phases: Phases| {
+    let finish = |mut report: SyncReport, phases: Phases, changed: Option<ChangedPaths>| {
         report.seconds = started.elapsed().as_secs_f64();
         report.signatures = opts
             .repo
@@ -200,10 +228,11 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .filter(|t| t.encrypted_files > 0);
         report.transfer = opts.repo.source.meter.snapshot();
         report.phases = phases;
+        report.changed = changed;
         Ok(report)
     };
     if opts.dry_run {
-        return finish(report, phases);
+        return finish(report, phases, None);
     }
     // Volumes download (prefetch) in the order the sets read them.
     let phase = Instant::now();
@@ -234,7 +263,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir) {
+        let stats = match applier.commit(&state_dir, changed.as_mut()) {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
@@ -253,7 +282,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     progress.finish();
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
-    finish(report, phases)
+    finish(report, phases, changed)
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.

@@ -145,7 +145,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport> {
             repair::graft(&scratch.tree, &need, &mut applier)?;
             repair_stats = stats;
         }
-        applier.commit(&state_dir)?;
+        applier.commit(&state_dir, None)?;
         report.repaired = Some(repair_stats);
         let (after, _) = compare(&repo, &sets, &dest, &filter, check)?;
         report.remaining = Some(after.iter().map(DiffReport::of).collect());

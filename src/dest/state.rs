@@ -63,6 +63,17 @@ impl MirrorState {
     }
 }
 
+impl MirrorState {
+    /// The state recorded in the state directory `root`, read without its lock and without
+    /// completing an interrupted commit: a look for reports (None: never synced, or
+    /// unreadable).
+    pub fn peek(root: &Path) -> Option<MirrorState> {
+        fs::read(root.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+}
+
 /// The state directory of one DEST, locked for as long as this value lives.
 pub struct StateDir {
     root: PathBuf,
@@ -79,6 +90,15 @@ pub fn default_state_dir(dest: &Path) -> Result<PathBuf> {
     dir.push(name);
     dir.push(".dupmirror");
     Ok(dest.parent().unwrap_or(Path::new(".")).join(dir))
+}
+
+/// The state directory of the absolute `dest`: `state_dir` (made absolute) or the default.
+pub fn resolve_state_dir(dest: &Path, state_dir: Option<&Path>) -> Result<PathBuf> {
+    match state_dir {
+        Some(s) => std::path::absolute(s)
+            .with_context(|| format!("cannot resolve the state directory {}", s.display())),
+        None => default_state_dir(dest),
+    }
 }
 
 /// DEST as an absolute path without `..`, so that the default state directory and the
