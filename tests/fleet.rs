@@ -436,7 +436,7 @@ fn configuration_errors_are_one_line_with_file_line_and_key() {
         (
             "[mirror.a]\nsource = \"/r\"\ndest = \"/d\"\nbwlimt = \"1M\"\n",
             0o600,
-            ":4: mirror.a: key \"bwlimit\"",
+            ":4: mirror.a: key \"bwlimt\"",
             "unknown key",
         ),
         (
