@@ -341,8 +341,8 @@ fn hooks_see_exactly_the_changed_paths_and_their_failures_count() {
         "changed list vs oracle trees"
     );
     assert!(
-        expected.contains(&b"gone/deep/x".to_vec())
-            && expected.contains(&b"new dir/n\xffame".to_vec())
+        expected.contains(b"gone/deep/x".as_slice())
+            && expected.contains(b"new dir/n\xffame".as_slice())
     );
     let env: BTreeMap<String, String> = fs::read_to_string(out.join("env"))
         .unwrap()
