@@ -323,8 +323,17 @@ struct SyncArgs {
 }
 
 impl SyncArgs {
-    /// The sync as a job named `name`; `jitter`: whether the jitter option applies.
-    fn job(self, name: String, bars: bool, notices: Option<Logger>, jitter: bool) -> Result<Job> {
+    /// The sync as a job named `name`; `jitter`: whether the jitter option applies;
+    /// `record`: keep the outcome in the state directory (always for `run`; for `sync` when
+    /// its metrics need the counters).
+    fn job(
+        self,
+        name: String,
+        bars: bool,
+        notices: Option<Logger>,
+        jitter: bool,
+        record: bool,
+    ) -> Result<Job> {
         Ok(Job {
             name,
             sync: sync::SyncOptions {
@@ -346,6 +355,7 @@ impl SyncArgs {
                 post_sync: self.around.post_sync,
                 changed_list: self.around.changed_list,
                 jitter: self.around.jitter.filter(|_| jitter),
+                record,
             },
         })
     }
@@ -798,7 +808,8 @@ fn run(cli: Cli) -> Result<Exit> {
             let name = a.dest.display().to_string();
             let series = a.series(&name);
             let notices = (!quiet).then(|| log.clone());
-            let report = run_job(a.job(name.clone(), bars, notices, true)?, &log);
+            let record = a.around.metrics_file.is_some();
+            let report = run_job(a.job(name.clone(), bars, notices, true, record)?, &log);
             if let Some(s) = series.as_ref().filter(|s| s.metrics_file.is_some()) {
                 if let Err(e) = write_metrics(&[name.as_str()], std::slice::from_ref(s)) {
                     log.warning(&format!("cannot write the metrics file: {e:#}"));
@@ -846,7 +857,8 @@ fn run(cli: Cli) -> Result<Exit> {
                 let explicit = r.jitter.is_some();
                 a.around.jitter = r.jitter.or(a.around.jitter);
                 let notices = Some(log.for_mirror(&m.name));
-                jobs.push(a.job(m.name.clone(), false, notices, explicit || !interactive)?);
+                let jitter = explicit || !interactive;
+                jobs.push(a.job(m.name.clone(), false, notices, jitter, true)?);
             }
             let reports = run_jobs(jobs, r.jobs as usize, &log, |rep| {
                 log_outcome(&log.for_mirror(&rep.mirror), rep)

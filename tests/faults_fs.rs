@@ -90,9 +90,10 @@ fn reference_trees(root: &Path, repo: &Path) -> (Tree, Tree) {
     (t0, t1)
 }
 
-fn fail_line(r: &Run, ctx: &str, keywords: &[&str]) {
+/// A refusal: one line mentioning `keywords`, and the documented exit status `code`.
+fn fail_line(r: &Run, ctx: &str, keywords: &[&str], code: i32) {
     r.assert_refused(ctx, keywords);
-    assert_eq!(r.status.code(), Some(1), "{ctx}: exit status\n{}", r.stderr);
+    assert_eq!(r.status.code(), Some(code), "{ctx}: exit status\n{}", r.stderr);
     let lines = r.stderr.lines().filter(|l| !l.trim().is_empty()).count();
     assert_eq!(lines, 1, "{ctx}: one error line expected:\n{}", r.stderr);
 }
@@ -167,6 +168,7 @@ fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
         &r,
         "second sync",
         &["another dupmirror sync holds the lock"],
+        5,
     );
     assert!(
         started.elapsed() < hold,
@@ -424,7 +426,7 @@ fn full_disk_attempt(
             .1
             .assert_same(&Tree::capture(&dest), Compare::default(), &ctx);
     } else {
-        fail_line(&r, &ctx, &["no space left on device"]);
+        fail_line(&r, &ctx, &["no space left on device"], 1);
         let now = Tree::capture_opt(&dest);
         match after_failure(&ctx, &state, &now, baseline.map(|b| b.1), target.1) {
             Outcome::Unchanged => tally.failed_before_commit += 1,
@@ -549,7 +551,7 @@ fn an_io_error_anywhere_fails_cleanly() {
             continue;
         }
         let words = ["input/output error", "no space left on device"];
-        fail_line(&r, &ctx, &words);
+        fail_line(&r, &ctx, &words, 1);
         match after_failure(&ctx, &host.state, &host.tree_opt(), Some(&t0), &t1) {
             Outcome::Unchanged => before_commit += 1,
             Outcome::Complete => after_commit += 1,

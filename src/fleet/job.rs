@@ -9,7 +9,7 @@
 //!     DEST changed and a post-sync hook: write the changed list and the JSON report into
 //!         the state directory (last-changed, last-report.json), run the hook; failing: the
 //!         run fails with its status and stderr tail, DEST stays synced
-//!     record the outcome in the state directory's run.json (not for a dry run)
+//!     record the outcome in the state directory's run.json (when asked; not for a dry run)
 //! ```
 //!
 //! Hook environment: `DUPMIRROR_MIRROR` (the name), `DUPMIRROR_DEST` (absolute),
@@ -39,6 +39,8 @@ pub struct JobOptions {
     pub post_sync: Option<String>,
     pub changed_list: Option<PathBuf>,
     pub jitter: Option<Duration>,
+    /// Record the outcome in the state directory's run.json (`run`; `sync` with metrics).
+    pub record: bool,
 }
 
 pub struct Job {
@@ -103,7 +105,7 @@ pub fn run_job(mut job: Job, log: &Logger) -> JobReport {
         report.exit_status = report.exit.code();
         report.error = Some(format!("{e:#}").replace('\n', " "));
     }
-    if !job.sync.dry_run {
+    if job.options.record && !job.sync.dry_run {
         if let Ok(root) = state_root.as_deref() {
             if let Err(e) = record(root, &report, started) {
                 log.warning(&format!("cannot record the run: {e:#}"));

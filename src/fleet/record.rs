@@ -57,16 +57,7 @@ impl RunRecord {
 
     /// Changes the record in `state_dir` (which must exist) with `change`; returns it.
     pub fn update(state_dir: &Path, change: impl FnOnce(&mut RunRecord)) -> Result<RunRecord> {
-        let lock_path = state_dir.join("run.lock");
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        let _lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| std::io::Error::from(e))
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let _lock = lock_exclusive(&state_dir.join("run.lock"))?;
         let mut record = RunRecord::load(state_dir)?;
         change(&mut record);
         let mut data = serde_json::to_vec_pretty(&record)?;
@@ -74,6 +65,19 @@ impl RunRecord {
         write_replacing(&state_dir.join(RECORD), &data)?;
         Ok(record)
     }
+}
+
+/// Takes an exclusive flock on `path` (created if missing), waiting for it.
+pub fn lock_exclusive(path: &Path) -> Result<Flock<std::fs::File>> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))
+        .with_context(|| format!("cannot lock {}", path.display()))
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@
 
 use super::job::{run_job, Job, JobReport};
 use super::metrics;
-use super::record::RunRecord;
+use super::record::{lock_exclusive, RunRecord};
 use crate::log::Logger;
-use anyhow::{Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use anyhow::Result;
+use nix::fcntl::Flock;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -81,14 +81,5 @@ fn lock_beside(file: &Path) -> Result<Flock<std::fs::File>> {
     let mut name = std::ffi::OsString::from(".");
     name.push(file.file_name().unwrap_or_default());
     name.push(".lock");
-    let path = file.with_file_name(name);
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| std::io::Error::from(e))
-        .with_context(|| format!("cannot lock {}", path.display()))
+    lock_exclusive(&file.with_file_name(name))
 }
