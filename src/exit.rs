@@ -7,7 +7,7 @@
 //! ```text
 //! HookError                       -> 3 hook failed
 //! ConfigError                     -> 2 usage (clap's own usage errors exit 2 too)
-//! a transient source failure      -> 4 source unreachable (what is left after --retries)
+//! SourceError::Transient         -> 4 source unreachable (what is left after --retries)
 //! Error::Locked                   -> 5 lock held
 //! CryptoError                     -> 6 decryption or signature failure
 //! Error::Corrupt, HashMismatch,
@@ -20,7 +20,7 @@ use crate::decode::crypto::CryptoError;
 use crate::error::Error;
 use crate::fleet::config::ConfigError;
 use crate::fleet::hooks::HookError;
-use crate::source::retry::is_transient;
+use crate::source::SourceError;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,9 +87,6 @@ impl Exit {
                 return exit;
             }
         }
-        if is_transient(e) {
-            return Exit::SourceUnreachable;
-        }
         Exit::Failure
     }
 
@@ -102,6 +99,9 @@ impl Exit {
         }
         if cause.is::<CryptoError>() {
             return Some(Exit::Decryption);
+        }
+        if let Some(SourceError::Transient(_)) = cause.downcast_ref::<SourceError>() {
+            return Some(Exit::SourceUnreachable);
         }
         Some(match cause.downcast_ref::<Error>()? {
             Error::Locked(_) => Exit::Locked,

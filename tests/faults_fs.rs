@@ -93,7 +93,12 @@ fn reference_trees(root: &Path, repo: &Path) -> (Tree, Tree) {
 /// A refusal: one line mentioning `keywords`, and the documented exit status `code`.
 fn fail_line(r: &Run, ctx: &str, keywords: &[&str], code: i32) {
     r.assert_refused(ctx, keywords);
-    assert_eq!(r.status.code(), Some(code), "{ctx}: exit status\n{}", r.stderr);
+    assert_eq!(
+        r.status.code(),
+        Some(code),
+        "{ctx}: exit status\n{}",
+        r.stderr
+    );
     let lines = r.stderr.lines().filter(|l| !l.trim().is_empty()).count();
     assert_eq!(lines, 1, "{ctx}: one error line expected:\n{}", r.stderr);
 }
