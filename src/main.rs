@@ -7,17 +7,17 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::decode::crypto::Decryptor;
 use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
-use dupmirror::dest::state::{absolute_dest, resolve_state_dir};
+use dupmirror::dest::state::DestPaths;
 use dupmirror::exit::Exit;
 use dupmirror::fleet::config::{self, Config};
 use dupmirror::fleet::job::{parse_duration, run_job, Job, JobOptions, JobReport};
 use dupmirror::fleet::run::{run_jobs, write_metrics, Series};
 use dupmirror::fleet::status::{mirror_status, MirrorStatus};
 use dupmirror::log::{LogFormat, Logger};
-use dupmirror::progress::Progress;
+use dupmirror::progress::Reporter;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
-use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::meter::parse_rate;
 use dupmirror::source::SourceOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,17 +127,13 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 impl RemoteOptions {
-    /// `bars`: show progress bars; `notices`: where retry notices go (none: dropped).
-    fn source_options(&self, bars: bool, notices: Option<Logger>) -> Result<SourceOptions> {
+    fn source_options(&self) -> Result<SourceOptions> {
         Ok(SourceOptions {
             retries: self.retries,
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
-            meter: Arc::new(Meter::new(
-                self.bwlimit,
-                Arc::new(Progress::new(bars, notices)),
-            )),
+            bwlimit: self.bwlimit,
         })
     }
 }
@@ -175,29 +171,7 @@ enum Command {
     Run(RunArgs),
     /// Show the repository's chains and sets (like duplicity collection-status); with
     /// --config, one line per configured mirror
-    Status {
-        /// The repository (not with --config)
-        #[arg(required_unless_present = "config", conflicts_with = "config")]
-        source: Option<String>,
-        /// Show the mirrors of this configuration file instead (see `run`)
-        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-        config: Option<PathBuf>,
-        /// With --config: only these mirrors
-        #[arg(long = "mirror", value_name = "NAME", requires = "config")]
-        mirrors: Vec<String>,
-        /// Also show what this DEST would need
-        #[arg(long)]
-        dest: Option<PathBuf>,
-        /// The state directory of --dest, when not the default
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    Status(StatusArgs),
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
         source: String,
@@ -270,11 +244,9 @@ struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn options(&self, bars: bool, notices: Option<Logger>) -> Result<RepoOptions> {
-        self.names.repo_options(
-            Some(&self.crypto),
-            self.remote.source_options(bars, notices)?,
-        )
+    fn options(&self) -> Result<RepoOptions> {
+        self.names
+            .repo_options(Some(&self.crypto), self.remote.source_options()?)
     }
 }
 
@@ -321,7 +293,6 @@ struct SyncArgs {
     #[command(flatten)]
     repo: RepoArgs,
 }
-
 impl SyncArgs {
     /// The sync as a job named `name`; `jitter`: whether the jitter option applies;
     /// `record`: keep the outcome in the state directory (always for `run`; for `sync` when
@@ -336,8 +307,9 @@ impl SyncArgs {
     ) -> Result<Job> {
         Ok(Job {
             name,
+            reporter: Arc::new(Reporter::new(bars, notices)),
             sync: sync::SyncOptions {
-                repo: self.repo.options(bars, notices)?,
+                repo: self.repo.options()?,
                 source: self.source,
                 dest: self.dest,
                 time: self.time,
@@ -362,10 +334,10 @@ impl SyncArgs {
 
     /// Where this mirror's metrics come from and go (None: DEST cannot be resolved).
     fn series(&self, mirror: &str) -> Option<Series> {
-        let dest = absolute_dest(&self.dest).ok()?;
+        let paths = DestPaths::resolve(&self.dest, self.state_dir.as_deref()).ok()?;
         Some(Series {
             mirror: mirror.to_string(),
-            state_dir: resolve_state_dir(&dest, self.state_dir.as_deref()).ok()?,
+            state_dir: paths.state_root,
             metrics_file: self.around.metrics_file.clone(),
         })
     }
@@ -385,6 +357,37 @@ fn sync_args(matches: &ArgMatches) -> Result<SyncArgs> {
 
 fn load_config(explicit: Option<&std::path::Path>) -> Result<Config> {
     Ok(config::load(&config::locate(explicit), &sync_command())?)
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The repository (not with --config)
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    source: Option<String>,
+    /// Show the mirrors of this configuration file instead (see `run`)
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    config: Option<PathBuf>,
+    /// With --config: only these mirrors
+    #[arg(long = "mirror", value_name = "NAME", requires = "config")]
+    mirrors: Vec<String>,
+    /// Also show what a sync of this DEST would do
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// The state directory of --dest, when not the default
+    #[arg(long, value_name = "DIR", requires = "dest")]
+    state_dir: Option<PathBuf>,
+    /// With --dest: the --time that sync would be given (default: the latest backup)
+    #[arg(long, short = 't', requires = "dest")]
+    time: Option<String>,
+    /// With --dest: the --path subtrees that sync would be given (repeatable)
+    #[arg(long = "path", value_name = "P", requires = "dest")]
+    paths: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 #[derive(Args)]
@@ -592,18 +595,21 @@ fn print_status(r: &status::StatusReport) {
     if let Some(d) = &r.dest {
         match &d.holds {
             Some(t) => println!("DEST {} holds {t}", d.dest.display()),
-            None => println!("DEST {} was never synced", d.dest.display()),
+            None => println!(
+                "DEST {} holds no synced state (never synced, or removed)",
+                d.dest.display()
+            ),
         }
+        let to = d.to.as_deref().unwrap_or("nothing (no complete backup)");
         println!(
-            "a sync would apply {} set(s), {}{}",
+            "a sync would apply {} set(s), {} at most, to reach {to}",
             d.pending_sets,
-            human_bytes(d.pending_bytes),
-            if d.needs_full {
-                ", starting from a full set"
-            } else {
-                ""
-            }
+            human_bytes(d.pending_bytes)
         );
+        if d.needs_full {
+            let why = d.restart_reason.as_deref().unwrap_or("DEST is empty");
+            println!("starting from a full set: {why}");
+        }
     }
 }
 
@@ -642,6 +648,11 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// The commands other than sync and run draw no bars but tell about retries.
+fn notices_only(log: &Logger) -> Arc<Reporter> {
+    Arc::new(Reporter::new(false, Some(log.clone())))
 }
 
 /// Escapes text for roff: backslashes, hyphens, and a leading dot or quote.
@@ -877,15 +888,16 @@ fn run(cli: Cli) -> Result<Exit> {
             return Ok(Exit::combine(reports.iter().map(|r| r.exit)));
         }
         Command::Verify(a) => {
-            let report = verify::verify(&verify::VerifyOptions {
-                repo: a.repo.options(false, Some(log.clone()))?,
+            let options = verify::VerifyOptions {
+                repo: a.repo.options()?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
                 repair: a.repair,
                 quick: a.quick,
                 durable: !a.no_fsync,
-            })?;
+            };
+            let report = verify::verify(&options, &notices_only(&log))?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -904,54 +916,43 @@ fn run(cli: Cli) -> Result<Exit> {
                 .into());
             }
         }
-        Command::Status {
-            config: Some(config),
-            mirrors,
-            json,
-            ..
-        } => {
-            let explicit = Some(config).filter(|c| !c.as_os_str().is_empty());
+        Command::Status(a) if a.config.is_some() => {
+            let explicit = a.config.filter(|c| !c.as_os_str().is_empty());
             let config = load_config(explicit.as_deref())?;
             let mut lines = Vec::new();
-            for m in config.select(&mirrors)? {
-                let a = sync_args(&m.matches)?;
-                let dest = absolute_dest(&a.dest)?;
-                let state_dir = resolve_state_dir(&dest, a.state_dir.as_deref())?;
-                let repo = a.repo.options(false, None)?;
-                lines.push(mirror_status(&m.name, &a.source, &state_dir, &repo));
+            for m in config.select(&a.mirrors)? {
+                let s = sync_args(&m.matches)?;
+                let paths = DestPaths::resolve(&s.dest, s.state_dir.as_deref())?;
+                let repo = s.repo.options()?;
+                let reporter = Arc::new(Reporter::default());
+                lines.push(mirror_status(&m.name, &s.source, &paths, &repo, &reporter));
             }
-            if json {
+            if a.json {
                 print_json(&lines)?;
             } else {
                 lines.iter().for_each(print_mirror_status);
             }
         }
-        Command::Status {
-            source,
-            dest,
-            state_dir,
-            json,
-            names,
-            remote,
-            ..
-        } => {
-            let source = source.unwrap_or_default(); // clap requires it without --config
-            let report = status::status(
-                &source,
-                dest.as_deref(),
-                state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options(false, Some(log.clone()))?)?,
-            )?;
-            if json {
+        Command::Status(a) => {
+            let options = status::StatusOptions {
+                repo: a.names.repo_options(None, a.remote.source_options()?)?,
+                source: a.source.unwrap_or_default(), // clap requires it without --config
+                dest: a.dest,
+                state_dir: a.state_dir,
+                time: a.time,
+                paths: a.paths,
+            };
+            let report = status::status(&options, &notices_only(&log))?;
+            if a.json {
                 print_json(&report)?;
             } else {
                 print_status(&report);
             }
         }
         Command::Ls { source, time, repo } => {
-            let repo = repo.options(false, Some(log.clone()))?;
+            let repo = repo.options()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls::list(&source, time.as_deref(), &repo, |e| {
+            ls::list(&source, time.as_deref(), &repo, &notices_only(&log), |e| {
                 out.write_all(&e.index.to_bytes())?;
                 out.write_all(b"\n")?;
                 Ok(())

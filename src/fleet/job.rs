@@ -22,14 +22,16 @@ use super::hooks::{self, HookKind, HookOutcome};
 use super::record::RunRecord;
 use crate::commands::sync::{sync, SyncOptions, SyncReport};
 use crate::dest::changes::write_replacing;
-use crate::dest::state::{absolute_dest, resolve_state_dir, MirrorState};
+use crate::dest::state::DestPaths;
 use crate::exit::Exit;
 use crate::log::Logger;
-use crate::repo::time::format_iso;
+use crate::progress::Reporter;
+use crate::repo::time::{format_iso, Epoch};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What runs around a sync (the `sync` options of the same names).
@@ -47,6 +49,8 @@ pub struct Job {
     /// The mirror's name: its `[mirror.NAME]`, or DEST for `sync`.
     pub name: String,
     pub sync: SyncOptions,
+    /// Where the sync's progress, notices and transfer counts go.
+    pub reporter: Arc<Reporter>,
     pub options: JobOptions,
 }
 
@@ -97,8 +101,7 @@ pub fn run_job(mut job: Job, log: &Logger) -> JobReport {
         hooks: Vec::new(),
         sync: None,
     };
-    let state_root = absolute_dest(&job.sync.dest)
-        .and_then(|dest| resolve_state_dir(&dest, job.sync.state_dir.as_deref()));
+    let paths = DestPaths::resolve(&job.sync.dest, job.sync.state_dir.as_deref());
     if let Err(e) = attempt(&mut job, log, &mut report) {
         report.ok = false;
         report.exit = Exit::of(&e);
@@ -106,8 +109,8 @@ pub fn run_job(mut job: Job, log: &Logger) -> JobReport {
         report.error = Some(format!("{e:#}").replace('\n', " "));
     }
     if job.options.record && !job.sync.dry_run {
-        if let Ok(root) = state_root.as_deref() {
-            if let Err(e) = record(root, &report, started) {
+        if let Ok(paths) = &paths {
+            if let Err(e) = record(paths, &report, started) {
                 log.warning(&format!("cannot record the run: {e:#}"));
             }
         }
@@ -125,12 +128,12 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
         ));
         std::thread::sleep(wait);
     }
-    let dest = absolute_dest(&job.sync.dest)?;
-    let state_root = resolve_state_dir(&dest, job.sync.state_dir.as_deref())?;
-    let held = MirrorState::peek(&state_root).map(|s| format_iso(s.end_time));
+    let paths = DestPaths::resolve(&job.sync.dest, job.sync.state_dir.as_deref())?;
+    let state_root = &paths.state_root;
+    let held = held_time(&paths).map(format_iso);
     let mut env: Vec<(&str, OsString)> = vec![
         ("DUPMIRROR_MIRROR", job.name.clone().into()),
-        ("DUPMIRROR_DEST", dest.clone().into()),
+        ("DUPMIRROR_DEST", paths.dest.clone().into()),
         ("DUPMIRROR_FROM", held.unwrap_or_default().into()),
     ];
     let hooks_run = !job.sync.dry_run;
@@ -138,7 +141,9 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
         run_hook(HookKind::PreSync, command, &env, report)?;
     }
     job.sync.list_changes = job.options.changed_list.is_some() || job.options.post_sync.is_some();
-    let mut synced = sync(&job.sync)?;
+    let result = sync(&job.sync, &job.reporter);
+    job.reporter.finish(); // the bars go before any line about the outcome
+    let mut synced = result?;
     let changed = synced.changed.take();
     report.changed = changed.as_ref().map(|c| c.len());
     if let (Some(list), Some(path)) = (&changed, &job.options.changed_list) {
@@ -187,7 +192,13 @@ fn run_hook(
     }
 }
 
-fn record(state_root: &Path, report: &JobReport, started: Instant) -> Result<()> {
+/// The backup time DEST holds, as far as a look without the lock tells.
+fn held_time(paths: &DestPaths) -> Option<Epoch> {
+    paths.held(paths.peek().ok().flatten()).map(|s| s.end_time)
+}
+
+fn record(paths: &DestPaths, report: &JobReport, started: Instant) -> Result<()> {
+    let state_root = &paths.state_root;
     if !state_root.is_dir() {
         return Ok(()); // failed before the state directory was made: nothing to keep
     }
@@ -201,7 +212,7 @@ fn record(state_root: &Path, report: &JobReport, started: Instant) -> Result<()>
         r.exit_status = report.exit_status;
         r.error = report.error.clone();
         r.duration_seconds = started.elapsed().as_secs_f64();
-        r.held = MirrorState::peek(state_root).map(|s| s.end_time);
+        r.held = held_time(paths);
         r.runs += 1;
         if !report.ok {
             r.failures += 1;

@@ -4,11 +4,12 @@
 
 use super::record::RunRecord;
 use crate::commands::open_repository;
-use crate::dest::state::MirrorState;
+use crate::dest::state::DestPaths;
+use crate::progress::Reporter;
 use crate::repo::time::format_iso;
 use crate::repo::RepoOptions;
 use serde::Serialize;
-use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Serialize)]
 pub struct MirrorStatus {
@@ -29,12 +30,13 @@ pub struct MirrorStatus {
 pub fn mirror_status(
     mirror: &str,
     source: &str,
-    state_dir: &Path,
+    paths: &DestPaths,
     repo: &RepoOptions,
+    reporter: &Arc<Reporter>,
 ) -> MirrorStatus {
-    let record = RunRecord::load(state_dir).unwrap_or_default();
-    let held = MirrorState::peek(state_dir).map(|s| s.end_time);
-    let (latest, source_error) = match open_repository(source, repo) {
+    let record = RunRecord::load(&paths.state_root).unwrap_or_default();
+    let held = paths.held(paths.peek().ok().flatten()).map(|s| s.end_time);
+    let (latest, source_error) = match open_repository(source, repo, reporter) {
         Ok(r) => (r.collection.latest_time(), None),
         Err(e) => (record.latest, Some(format!("{e:#}").replace('\n', " "))),
     };
