@@ -8,6 +8,7 @@
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
+use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::Recovery;
 use crate::dest::session::Session;
 use crate::dest::state::{DestPaths, MirrorState, StateDir};
@@ -21,7 +22,7 @@ use crate::mirror::repair::{self, RepairStats};
 use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
 use crate::repo::sigtar::set_signatures;
-use crate::repo::time::format_iso;
+use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,6 +47,8 @@ pub struct SyncOptions {
     pub durable: bool,
     /// Most volume files downloaded ahead and kept in the cache at once (≥ 1).
     pub prefetch: usize,
+    /// Collect the paths the run changes in DEST (`SyncReport::changed`).
+    pub list_changes: bool,
     pub repo: RepoOptions,
 }
 
@@ -73,6 +76,8 @@ pub struct SyncReport {
     pub from: Option<String>,
     /// The state after this run (for a dry run: the state it would reach).
     pub to: String,
+    /// The newest backup the source holds (`to` unless `--time` chose an older one).
+    pub latest: Option<String>,
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
@@ -92,6 +97,19 @@ pub struct SyncReport {
     /// What was downloaded from a remote source (all zero for a local one).
     pub transfer: Transfer,
     pub phases: Phases,
+    /// `from`, `to` and `latest` as epoch seconds, for run records and metrics.
+    #[serde(skip)]
+    pub times: ReportTimes,
+    /// The paths this run changed in DEST, when `list_changes` asked for them.
+    #[serde(skip)]
+    pub changed: Option<ChangedPaths>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportTimes {
+    pub from: Option<Epoch>,
+    pub to: Epoch,
+    pub latest: Option<Epoch>,
 }
 
 /// Where the time went. Downloading overlaps with applying (prefetch).
@@ -110,13 +128,14 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let started = Instant::now();
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
     let dest = &dest_paths.dest;
+    let mut changed = opts.list_changes.then(ChangedPaths::default);
     let Session {
         state_dir,
         dest: mut dest_dir,
         recovery,
         state,
         stale,
-    } = Session::open(&dest_paths, opts.wait, opts.durable)?;
+    } = Session::open(&dest_paths, opts.wait, opts.durable, changed.as_mut())?;
     let (recovered, recovered_replaced, discarded) = match recovery {
         Recovery::Nothing => (None, Vec::new(), None),
         Recovery::Completed { state, replaced } => (
@@ -158,6 +177,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
         to: format_iso(plan.decision.end_time),
+        latest: repo.collection.latest_time().map(format_iso),
         up_to_date: plan.decision.is_up_to_date(),
         recovered,
         recovered_replaced,
@@ -182,8 +202,14 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         signatures: None,
         transfer: Transfer::default(),
         phases: Phases::default(),
+        times: ReportTimes {
+            from: state.as_ref().map(|s| s.end_time),
+            to: plan.decision.end_time,
+            latest: repo.collection.latest_time(),
+        },
+        changed: None,
     };
-    let finish = |mut report: SyncReport, phases: Phases| {
+    let finish = |mut report: SyncReport, phases: Phases, changed: Option<ChangedPaths>| {
         report.seconds = started.elapsed().as_secs_f64();
         report.signatures = opts
             .repo
@@ -193,10 +219,11 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
             .filter(|t| t.encrypted_files > 0);
         report.transfer = reporter.transfer();
         report.phases = phases;
+        report.changed = changed;
         Ok(report)
     };
     if opts.dry_run {
-        return finish(report, phases);
+        return finish(report, phases, None);
     }
     // Volumes download (prefetch) in the order the sets read them.
     let phase = Instant::now();
@@ -228,7 +255,8 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir, &mut dest_dir, opts.durable) {
+        let stats = match applier.commit(&state_dir, &mut dest_dir, opts.durable, changed.as_mut())
+        {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
@@ -246,7 +274,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     }
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
-    finish(report, phases)
+    finish(report, phases, changed)
 }
 
 /// Why there is nothing to sync to.

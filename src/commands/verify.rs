@@ -64,7 +64,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         state,
         stale,
         ..
-    } = Session::open(&dest_paths, false, opts.durable)?;
+    } = Session::open(&dest_paths, false, opts.durable, None)?;
     let state = match (state, stale) {
         (Some(st), _) => st,
         (None, Some(_)) => bail!(
@@ -136,7 +136,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         if !need.is_empty() {
             repair_stats = repair::stage_repair(&repo, &sets, &need, &state_dir, &mut applier)?;
         }
-        applier.commit(&state_dir, &mut dest_dir, opts.durable)?;
+        applier.commit(&state_dir, &mut dest_dir, opts.durable, None)?;
         report.repaired = Some(repair_stats);
         let (after, _) = compare(&repo, &sets, dest_dir.tree(), &filter, check)?;
         report.remaining = Some(after.iter().map(Difference::report).collect());

@@ -12,11 +12,11 @@
 //! Format: a header with the resulting state, one operation per line with paths in manifest
 //! quoting (raw bytes, `\xNN` for whitespace and quotes), and a final `commit` line.
 
+use super::changes::ChangedPaths;
 use super::dir::{Dir, Kind, Lookup};
 use super::fsops::Attrs;
 use super::state::{MirrorState, StateDir};
 use super::tree::{Dest, Parent, Tree};
-use crate::error::Error;
 use crate::index::{quote, unquote, PathIndex};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs::File;
@@ -200,6 +200,12 @@ pub struct Journal {
     ops: Vec<Op>,
 }
 
+impl Journal {
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+}
+
 /// The committed journal in the state folder, if there is one. Every line is checked like
 /// a tar entry name (no `..`, no NUL, no operation on DEST's root but attributes); a
 /// journal that is not all well-formed is refused whole.
@@ -289,14 +295,15 @@ pub enum Recovery {
 /// Without a journal, removes leftover staging.
 ///
 /// ```text
-/// recover(state folder, DEST):
+/// recover(state folder, DEST, changes):
 ///     no journal                            -> remove staging; Nothing
 ///     journal for another DEST path         -> refuse (the caller checked already)
 ///     journal names another staging folder  -> refuse (damaged or planted)
 ///     DEST is not the folder the journal was made for (identity), and is not about to
 ///         be the staged tree it moves in    -> remove journal and staging; Discarded
-///     otherwise: check DEST's root, carry out every operation (idempotent), sync DEST's
-///         file system (durable), save the state, remove journal and staging; Completed
+///     otherwise: check DEST's root, list what the journal changes (when asked), carry
+///         out every operation (idempotent), sync DEST's file system (durable), save the
+///         state, remove journal and staging; Completed
 /// ```
 ///
 /// An ancestor of a path to place that is no longer a directory when the journal is
@@ -304,7 +311,12 @@ pub enum Recovery {
 /// followed, and replaced by a directory: the committed set says a directory is there, and
 /// refusing would leave the journal stuck and DEST half-applied for good. Such paths are
 /// reported; what the replaced directory held is restored by `verify --repair`.
-pub fn recover(state_dir: &StateDir, dest: &mut Dest, durable: bool) -> Result<Recovery> {
+pub fn recover(
+    state_dir: &StateDir,
+    dest: &mut Dest,
+    durable: bool,
+    changes: Option<&mut ChangedPaths>,
+) -> Result<Recovery> {
     state_dir.remove_repair_scratch()?;
     let Some(journal) = pending(state_dir)? else {
         state_dir.remove_staging()?;
@@ -312,14 +324,13 @@ pub fn recover(state_dir: &StateDir, dest: &mut Dest, durable: bool) -> Result<R
     };
     state_dir.check_belongs_to(Some(&journal.state))?;
     if journal.staging != state_dir.staging_path() {
-        return Err(Error::corrupt(format!(
+        bail!(
             "the interrupted commit in {} names staging folder {}, not {}; refusing to carry \
              it out",
             state_dir.root().display(),
             journal.staging.display(),
             state_dir.staging_path().display()
-        ))
-        .into());
+        );
     }
     dest.recheck()?;
     let staging = state_dir.staging()?;
@@ -328,6 +339,9 @@ pub fn recover(state_dir: &StateDir, dest: &mut Dest, durable: bool) -> Result<R
         return Ok(Recovery::Discarded {
             state: journal.state,
         });
+    }
+    if let Some(changes) = changes {
+        changes.add_journal(&journal, dest.tree(), staging.as_ref())?;
     }
     let replaced = replay(&journal, staging.as_ref(), dest).with_context(|| {
         format!(

@@ -5,6 +5,7 @@
 //! which a command opens them (`session`). Nothing here knows about repositories or
 //! backends.
 
+pub mod changes;
 pub mod dir;
 pub mod fsops;
 pub mod guard;

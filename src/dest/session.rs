@@ -13,6 +13,7 @@
 //!           DEST removed or replaced since is treated as never synced
 //! ```
 
+use super::changes::ChangedPaths;
 use super::journal::{self, Recovery};
 use super::state::{DestPaths, MirrorState, StateDir};
 use super::tree::Dest;
@@ -32,12 +33,19 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn open(paths: &DestPaths, wait: bool, durable: bool) -> Result<Session> {
+    /// Opens DEST and its state; `changes`, when given, receives what an interrupted
+    /// commit completed here changes.
+    pub fn open(
+        paths: &DestPaths,
+        wait: bool,
+        durable: bool,
+        changes: Option<&mut ChangedPaths>,
+    ) -> Result<Session> {
         let state_dir = StateDir::open(&paths.state_root, &paths.dest, wait)?;
         let mut dest = Dest::open(&paths.dest)?;
         dest.lock(wait)?;
         state_dir.check_belongs_to(None)?;
-        let recovery = journal::recover(&state_dir, &mut dest, durable)?;
+        let recovery = journal::recover(&state_dir, &mut dest, durable, changes)?;
         let (state, stale) = match state_dir.load()? {
             Some(st) if st.describes(dest.id()) => (Some(st), None),
             Some(st) => (None, Some(st)),

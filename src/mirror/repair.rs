@@ -128,7 +128,7 @@ fn restore_paths<'a>(
             SetApplier::new(mode, &scratch.tree, &scratch_state, &target, paths.clone())?;
         repo.read_set(set, &manifest, &volumes, &mut applier)
             .with_context(|| format!("restoring from set {}", set.label()))?;
-        applier.commit(&scratch_state, &mut scratch.tree, false)?;
+        applier.commit(&scratch_state, &mut scratch.tree, false, None)?;
         stats.volumes_read += volumes.len() as u64;
         stats.bytes_read += volumes
             .iter()

@@ -50,12 +50,13 @@ fn host_of(bed: &Bed, dest: &Path, state: &Path) -> Host {
 }
 
 /// Refusal where the bed's strays check does not apply (the test put names beside DEST):
-/// one error line, DEST, the state folder and the canary folder unchanged.
-fn expect_refusal(bed: &Bed, ctx: &str, keywords: &[&str], run: impl FnOnce() -> Run) {
+/// exit `status` with one error line, DEST, the state folder and the canary folder
+/// unchanged.
+fn expect_refusal(bed: &Bed, ctx: &str, keywords: &[&str], status: i32, run: impl FnOnce() -> Run) {
     let dest = Tree::capture_opt(&bed.host.dest);
     let state = state_files(&bed.host.state);
     let outside = bed.outside_tree();
-    run().assert_one_error_line(ctx, keywords);
+    run().assert_one_error_line(ctx, keywords, &[status]);
     assert_dest_unchanged(&dest, &Tree::capture_opt(&bed.host.dest), ctx);
     assert_eq!(
         state_files(&bed.host.state),
@@ -235,6 +236,7 @@ fn another_dests_state_folder_is_refused_before_its_journal_runs() {
         &bed,
         "sync of d2 with d's state",
         &["belongs to DEST"],
+        1,
         || host_of(&bed, &d2, &bed.host.state).sync(&bed.forge.repo, &["--no-fsync"]),
     );
     d2_before.assert_same(
@@ -247,6 +249,7 @@ fn another_dests_state_folder_is_refused_before_its_journal_runs() {
         &bed,
         "verify of d2 with d's state",
         &["belongs to DEST"],
+        1,
         || host_of(&bed, &d2, &bed.host.state).run("verify", &bed.forge.repo, &[], &[]),
     );
 }
@@ -263,6 +266,7 @@ fn planted_journals_are_refused_before_anything_runs() {
         &bed,
         "journal removing ../outside/canary",
         &["unsafe", "journal"],
+        1,
         || bed.sync(),
     );
     // Staging taken from the journal would move the canary folder's objects into DEST.
@@ -273,6 +277,7 @@ fn planted_journals_are_refused_before_anything_runs() {
         &bed,
         "journal naming another staging folder",
         &["staging"],
+        1,
         || bed.sync(),
     );
 }
@@ -287,6 +292,7 @@ fn a_state_folder_that_is_not_the_users_own_is_refused() {
         &bed,
         "state folder writable by all",
         &["written by other users"],
+        1,
         || bed.sync(),
     );
     mode(0o700);
@@ -296,6 +302,7 @@ fn a_state_folder_that_is_not_the_users_own_is_refused() {
             &bed,
             "state folder of another user",
             &["belongs to uid 65534"],
+            1,
             || bed.sync(),
         );
         std::os::unix::fs::chown(&bed.host.state, Some(0), None).unwrap();
@@ -306,7 +313,7 @@ fn a_state_folder_that_is_not_the_users_own_is_refused() {
     let before = state_files(&real);
     let dest = Tree::capture(&bed.host.dest);
     bed.sync()
-        .assert_one_error_line("symlinked state folder", &["symlink"]);
+        .assert_one_error_line("symlinked state folder", &["symlink"], &[1]);
     assert_eq!(state_files(&real), before);
     dest.assert_same(&Tree::capture(&bed.host.dest), Compare::default(), "DEST");
 }
@@ -513,7 +520,7 @@ fn a_dest_that_is_a_symlink_is_refused_not_replaced() {
     symlink(&real, &bed.host.dest).unwrap();
     let outside = bed.outside_tree();
     bed.sync()
-        .assert_one_error_line("DEST is a symlink", &["is a symlink"]);
+        .assert_one_error_line("DEST is a symlink", &["is a symlink"], &[1]);
     assert!(fs::symlink_metadata(&bed.host.dest).unwrap().is_symlink());
     assert_eq!(fs::read_dir(&real).unwrap().count(), 0, "followed");
     assert!(!bed.host.state.join("state.json").exists());
@@ -531,10 +538,16 @@ fn one_dest_is_locked_whatever_the_state_folder() {
     let hold = Duration::from_secs(8);
     let holder = strace::start_holder(&strace, &bed.sync_args(), &bed.host.dest, 2, hold);
     let other_state = bed.root.join("s2");
-    expect_refusal(&bed, "a second state folder", &["holds the lock"], || {
-        host_of(&bed, &bed.host.dest, &other_state)
-            .sync(&bed.forge.repo, &["--no-fsync", "--adopt"])
-    });
+    expect_refusal(
+        &bed,
+        "a second state folder",
+        &["holds the lock"],
+        5,
+        || {
+            host_of(&bed, &bed.host.dest, &other_state)
+                .sync(&bed.forge.repo, &["--no-fsync", "--adopt"])
+        },
+    );
     let out = holder.wait_with_output().unwrap();
     assert!(out.status.success(), "the first sync failed");
     assert_eq!(read(&bed.host.dest.join("a/new")), b"new\n");

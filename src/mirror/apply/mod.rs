@@ -44,6 +44,7 @@ mod gate;
 mod update;
 
 use crate::decode::records::{Record, RecordSink};
+use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::{self, JournalWriter, Recovery, TREE};
 use crate::dest::state::{MirrorState, StateDir};
 use crate::dest::tree::Dest;
@@ -156,11 +157,13 @@ impl SetApplier {
     }
 
     /// Makes the staged set part of DEST; returns after DEST and the state are updated.
+    /// `changes`, when given, receives every path the commit changes.
     pub fn commit(
         self,
         state_dir: &StateDir,
         dest: &mut Dest,
         durable: bool,
+        mut changes: Option<&mut ChangedPaths>,
     ) -> Result<ApplyStats> {
         let (staging, journal, mut stats) = match self {
             SetApplier::Fresh(f) => f.finish()?,
@@ -175,8 +178,8 @@ impl SetApplier {
             .context("cannot commit the set's journal")?;
         // The set is committed. Carrying it out can still meet a passing I/O error: try
         // once more, then leave the journal for the next run to complete.
-        let recovered = journal::recover(state_dir, dest, durable)
-            .or_else(|_| journal::recover(state_dir, dest, durable))
+        let recovered = journal::recover(state_dir, dest, durable, changes.as_deref_mut())
+            .or_else(|_| journal::recover(state_dir, dest, durable, changes))
             .context(
                 "the set's journal is committed but could not be carried out completely; DEST \
                  is part-way through the set until the next sync replays the journal",

@@ -1,8 +1,8 @@
 //! A bed for hostile-input tests: a forged repository, a host (DEST and its state folder)
 //! and a canary folder outside DEST, side by side; and the contract every refusal keeps.
 //!
-//! The contract (issue 6, and issue 10's "How it is shown"): exit status 1 (never a panic
-//! or a signal) with one error line that names the problem, DEST and `state.json` exactly as
+//! The contract (issue 6, and issue 10's "How it is shown"): exit status 1 or 7 (never a
+//! panic or a signal) with one error line that names the problem, DEST and `state.json` exactly as
 //! before, no staging left, no new name beside DEST, and the canary folder, which hostile
 //! symlinks point at, with its exact tree.
 
@@ -131,7 +131,8 @@ impl Bed {
         before: &Option<Tree>,
         outside: &Tree,
     ) {
-        r.assert_one_error_line(ctx, keywords);
+        // 7: a damaged or hostile repository; 1: a failure not classified further.
+        r.assert_one_error_line(ctx, keywords, &[1, 7]);
         assert_dest_unchanged(before, &self.host.tree_opt(), ctx);
         outside.assert_same(&self.outside_tree(), Compare::default(), ctx);
         assert_eq!(self.strays(), Vec::<String>::new(), "{ctx}: leftovers");
