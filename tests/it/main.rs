@@ -26,5 +26,6 @@ mod refusals;
 mod remote_faults;
 mod remote_ftp;
 mod remote_http;
+mod security_dest;
 mod testdata_gen;
 mod testdata_repos;
