@@ -11,6 +11,7 @@ use dupmirror::progress::Progress;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
 use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::sftp::SshOptions;
 use dupmirror::source::SourceOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -79,7 +80,7 @@ impl CryptoOptions {
     }
 }
 
-/// How to reach a remote SOURCE (ftp://, ftps://, http://, https://).
+/// How to reach a remote SOURCE (ftp://, ftps://, http://, https://, s3://, sftp://).
 #[derive(Args, Clone)]
 struct RemoteOptions {
     /// Retries after a transient network failure (with exponential backoff)
@@ -94,9 +95,19 @@ struct RemoteOptions {
     /// Cap the download rate: KiB/s, or with a unit: 500K, 2M, 1G, 10MB (like rsync)
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
-    /// Also trust the CA certificates in this PEM file (https://, ftps://)
+    /// Also trust the CA certificates in this PEM file (https://, ftps://, s3://)
     #[arg(long, global = true, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// The S3-compatible server of s3:// sources (path-style); default: $AWS_ENDPOINT_URL,
+    /// else AWS
+    #[arg(long, global = true, value_name = "URL")]
+    s3_endpoint_url: Option<String>,
+    /// Run ssh with this configuration file instead of ~/.ssh/config (sftp://)
+    #[arg(long, global = true, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// Pass `-o OPTION` to ssh (repeatable; BatchMode and StrictHostKeyChecking stay on)
+    #[arg(long, global = true, value_name = "OPTION")]
+    ssh_option: Vec<String>,
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
@@ -114,6 +125,11 @@ impl RemoteOptions {
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
+            s3_endpoint: self.s3_endpoint_url.clone(),
+            ssh: SshOptions {
+                config: self.ssh_config.clone(),
+                options: self.ssh_option.clone(),
+            },
             meter: Arc::new(Meter::new(
                 self.bwlimit,
                 Arc::new(Progress::new(bars, notices)),

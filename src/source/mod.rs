@@ -12,12 +12,15 @@
 //! SOURCE URLs, finds credentials and redacts passwords from everything shown.
 
 mod autoindex;
+mod aws;
 pub mod cache;
 mod ftp;
 mod http;
 mod local;
 pub mod meter;
 pub mod retry;
+mod s3;
+pub mod sftp;
 mod tls;
 pub mod url;
 
@@ -116,6 +119,10 @@ pub struct SourceOptions {
     pub ca_file: Option<PathBuf>,
     /// Counts and throttles the bytes of every remote read; reports retries.
     pub meter: Arc<Meter>,
+    /// The S3-compatible server for `s3://` sources (`--s3-endpoint-url`).
+    pub s3_endpoint: Option<String>,
+    /// How to run `ssh` for `sftp://` sources.
+    pub ssh: sftp::SshOptions,
 }
 
 impl Default for SourceOptions {
@@ -126,12 +133,15 @@ impl Default for SourceOptions {
             read_timeout: Duration::from_secs(60),
             ca_file: None,
             meter: Arc::new(Meter::default()),
+            s3_endpoint: None,
+            ssh: sftp::SshOptions::default(),
         }
     }
 }
 
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
-/// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
+/// `ftp://`, `ftps://`, `http://`, `https://`, `s3://` or `sftp://` URL (and duplicity's
+/// other spellings of the last two). Remote backends come wrapped in
 /// [`retry::RetryBackend`].
 pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
     if let Some(path) = source.strip_prefix("file://") {
@@ -139,6 +149,15 @@ pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Back
     }
     if !source.contains("://") {
         return Ok(Box::new(LocalBackend::new(source)?));
+    }
+    let scheme = source.split_once("://").map_or("", |(s, _)| s);
+    if s3::SCHEMES.contains(&scheme) {
+        let inner = s3::S3Backend::new(source, options.s3_endpoint.as_deref(), options)?;
+        return Ok(Box::new(retry::RetryBackend::new(Box::new(inner), options)));
+    }
+    if sftp::SCHEMES.contains(&scheme) {
+        let inner = sftp::SftpBackend::new(source, options)?;
+        return Ok(Box::new(retry::RetryBackend::new(Box::new(inner), options)));
     }
     let url = url::SourceUrl::parse(source)?;
     let inner: Box<dyn Backend> = match url.scheme {
