@@ -246,8 +246,8 @@ struct SyncArgs {
     /// Print nothing but errors (no progress bars, no retry notices)
     #[arg(long, short = 'q')]
     quiet: bool,
-    /// Most volumes in the download cache at once: the one being applied and those
-    /// downloading ahead of it (1: no prefetch)
+    /// Volumes downloaded at the same time, and most volumes in the download cache at once
+    /// (the one being applied counts; 1: download and apply in turn); --bwlimit caps the sum
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     prefetch: u32,
