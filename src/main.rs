@@ -215,10 +215,18 @@ impl RepoArgs {
 
 #[derive(Args)]
 struct SyncArgs {
-    /// The duplicity repository: a path, file://, ftp://, ftps://, http:// or https:// URL
-    source: String,
+    /// The duplicity repository: a path, or a file://, ftp://, ftps://, http://, https://,
+    /// s3:// or sftp:// URL (with --source given, it may be left out)
+    #[arg(value_name = "SOURCE")]
+    first: String,
     /// The tree to keep in sync (holds exactly the backed-up files)
-    dest: PathBuf,
+    #[arg(value_name = "DEST")]
+    second: Option<PathBuf>,
+    /// Another source of the same repository (repeatable), in order of preference after
+    /// SOURCE: each run follows the first that answers and is not stale; volumes may come
+    /// from any of them
+    #[arg(long = "source", value_name = "URL")]
+    sources: Vec<String>,
     /// Backup time to sync to: 2026-01-02T03:04:05Z, 20260102T030405Z, epoch seconds, ...
     #[arg(long, short = 't')]
     time: Option<String>,
@@ -253,6 +261,23 @@ struct SyncArgs {
     prefetch: u32,
     #[command(flatten)]
     repo: RepoArgs,
+}
+
+impl SyncArgs {
+    /// `SOURCE DEST`, or `DEST` alone with `--source`: the sources in order, and DEST.
+    fn sources_and_dest(&self) -> Result<(Vec<String>, PathBuf)> {
+        match &self.second {
+            Some(dest) => {
+                let mut sources = vec![self.first.clone()];
+                sources.extend(self.sources.iter().cloned());
+                Ok((sources, dest.clone()))
+            }
+            None if !self.sources.is_empty() => {
+                Ok((self.sources.clone(), PathBuf::from(&self.first)))
+            }
+            None => anyhow::bail!("sync needs SOURCE and DEST (or DEST and --source URL)"),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -392,6 +417,22 @@ fn print_sync(r: &sync::SyncReport) {
 
 /// The accounting of a remote sync: what crossed the network, and where the time went.
 fn print_transfer(r: &sync::SyncReport) {
+    if r.sources.len() > 1 {
+        let each: Vec<String> = r
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({:?}, served {} file(s), {})",
+                    s.source,
+                    s.role,
+                    s.served.files.len(),
+                    human_bytes(s.served.bytes)
+                )
+            })
+            .collect();
+        println!("sources: {}", each.join("; "));
+    }
     let t = &r.transfer;
     if t.listings == 0 {
         return; // a local source: read in place
@@ -516,10 +557,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sync(a) => {
             let bars = !a.quiet && std::io::stderr().is_terminal();
+            let (sources, dest) = a.sources_and_dest()?;
             let report = sync::sync(&sync::SyncOptions {
                 repo: a.repo.options(bars, !a.quiet)?,
-                source: a.source,
-                dest: a.dest,
+                sources,
+                dest,
                 time: a.time,
                 state_dir: a.state_dir,
                 paths: a.paths,

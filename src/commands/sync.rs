@@ -4,7 +4,7 @@
 //! list the source, plan, then stage and commit one set at a time. A failure leaves DEST as
 //! the last committed set left it and cleans the staging area.
 
-use super::{open_repository, resolve_time};
+use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::fsops;
 use crate::dest::journal;
@@ -13,6 +13,7 @@ use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
@@ -24,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub struct SyncOptions {
-    pub source: String,
+    /// The sources of the repository, in order of preference (see `repo::select`).
+    pub sources: Vec<String>,
     pub dest: PathBuf,
     pub time: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -65,7 +67,10 @@ pub struct PathReport {
 
 #[derive(Serialize)]
 pub struct SyncReport {
+    /// The source followed (the primary).
     pub source: String,
+    /// Every source: its role in this run and what it served.
+    pub sources: Vec<SourceStatus>,
     pub dest: PathBuf,
     pub dry_run: bool,
     /// The state before this run (None: never synced).
@@ -139,7 +144,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let repo = open_repository(&opts.source, &opts.repo)?;
+    let (repo, selection) = open_sources(&opts.sources, &opts.repo)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let dest_empty = is_empty_or_missing(&dest)?;
@@ -156,6 +161,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
+        sources: Vec::new(),
         dest: dest.clone(),
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
@@ -199,6 +205,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
         report.transfer = opts.repo.source.meter.snapshot();
+        report.sources = selection.report();
         report.phases = phases;
         Ok(report)
     };

@@ -287,7 +287,9 @@ impl Shared {
             }
             let bad = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
             let _ = fs::remove_file(&part);
-            if again {
+            // Another source's copy first (several sources), else this one once more.
+            let elsewhere = self.backend.distrust(&want.name);
+            if again && !elsewhere {
                 return Err(Error::HashMismatch {
                     name: want.name.clone(),
                     expected: want.sha1.clone(),
@@ -296,11 +298,16 @@ impl Shared {
                 .into());
             }
             self.meter.progress().notice(&format!(
-                "{}: SHA1 does not match the manifest; downloading it again",
-                want.name
+                "{}: SHA1 does not match the manifest; downloading it again{}",
+                want.name,
+                if elsewhere {
+                    " from another source"
+                } else {
+                    ""
+                }
             ));
             self.meter.refetched(bad);
-            again = true;
+            again |= !elsewhere;
         }
     }
 

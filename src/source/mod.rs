@@ -18,6 +18,7 @@ mod ftp;
 mod http;
 mod local;
 pub mod meter;
+pub mod mirrors;
 pub mod retry;
 mod s3;
 pub mod sftp;
@@ -61,6 +62,38 @@ pub trait Backend: Send + Sync {
     /// Whether files are read in place (a local folder): nothing to download or cache.
     fn is_local(&self) -> bool {
         false
+    }
+
+    /// The copy of `name` last opened failed its check: open it elsewhere next time.
+    /// Whether another copy remains to try (several sources only; see [`mirrors`]).
+    fn distrust(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Checks that every source holding `name` holds the same bytes (several sources only).
+    fn verify_copies(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn list(&self) -> Result<Vec<ListEntry>> {
+        (**self).list()
+    }
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
+        (**self).open(name, offset)
+    }
+    fn display(&self) -> String {
+        (**self).display()
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
+    }
+    fn distrust(&self, name: &str) -> bool {
+        (**self).distrust(name)
+    }
+    fn verify_copies(&self, name: &str) -> Result<()> {
+        (**self).verify_copies(name)
     }
 }
 
