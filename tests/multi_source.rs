@@ -1,0 +1,168 @@
+//! Several sources for one mirror (`sync SOURCE --source URL ...`), served by nginx on
+//! 127.0.0.1 as folders of one site: a stale first source is skipped with one notice, an
+//! unreachable one too; a volume whose copy is damaged on the first source comes from the
+//! second (the manifest's SHA1 decides) and the JSON report says who served what; two
+//! sources that disagree about a manifest are refused as a split brain, whether their
+//! listings already show it (sizes) or only the bytes do.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use support::remote::*;
+use support::*;
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The `sources` entry of a sync report for `url`.
+fn source_entry<'a>(r: &'a json::Json, url: &str) -> &'a json::Json {
+    let Some(json::Json::Arr(list)) = r.get("sources") else {
+        panic!("no sources in the report");
+    };
+    list.iter()
+        .find(|s| matches!(s.get("source"), Some(json::Json::Str(u)) if u == url))
+        .unwrap_or_else(|| panic!("{url} not in the report's sources"))
+}
+
+fn text<'a>(j: &'a json::Json, key: &str) -> &'a str {
+    match j.get(key) {
+        Some(json::Json::Str(s)) => s,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+fn served_files(j: &json::Json) -> Vec<String> {
+    match j.get("served").and_then(|s| s.get("files")) {
+        Some(json::Json::Arr(a)) => a
+            .iter()
+            .map(|f| match f {
+                json::Json::Str(s) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect(),
+        other => panic!("served.files: {other:?}"),
+    }
+}
+
+#[test]
+fn stale_unreachable_and_damaged_sources() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = nginx(&site.www, &site.srv, &NginxOptions::default()) else {
+        return;
+    };
+    let mut lab = served_lab(Lab::new(dup), &site.www);
+    lab.fs.write("big.bin", &random_bytes(3, 1_500_000));
+    lab.full(t(0));
+    // "stale" is a mirror that stopped copying after the full.
+    copy_dir(&lab.repo, &site.www.join("stale"));
+    lab.fs.write("new", b"new\n");
+    lab.inc(t(1));
+    let oracle = lab.restore(t(1));
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (stale, good) = (format!("{base}/stale/"), format!("{base}/repo/"));
+    let gone = format!("http://127.0.0.1:{}/repo/", free_port());
+
+    // Stale first, unreachable second, the good one last: two notices, the sync follows
+    // the good one.
+    let host = lab.host("s");
+    let run = host.sync(
+        &stale,
+        &[
+            "--json",
+            "--retries",
+            "0",
+            "--source",
+            &gone,
+            "--source",
+            &good,
+        ],
+    );
+    let r = report(run.assert_ok("stale and unreachable sources"));
+    oracle.assert_same(&host.tree(), Compare::default(), "stale first source");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].contains("skipping stale source") && lines[0].contains("/stale/"));
+    assert!(lines[1].contains("skipping source") && lines[1].contains("refused"));
+    assert_eq!(text(source_entry(&r, &stale), "role"), "stale");
+    assert_eq!(text(source_entry(&r, &gone), "role"), "unreachable");
+    assert_eq!(text(source_entry(&r, &good), "role"), "primary");
+    assert_eq!(text(&r, "source"), good);
+
+    // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
+    // and the copy on the second source is used; the report says which served it.
+    let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
+    copy_dir(&lab.repo, &site.www.join("damaged"));
+    let damaged_vol = site.www.join("damaged").join(&vol1);
+    let mut bytes = fs::read(&damaged_vol).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&damaged_vol, bytes).unwrap();
+    let damaged = format!("{base}/damaged/");
+    let host = lab.host("d");
+    let run = host.sync(&damaged, &["--json", "--source", &good]);
+    let r = report(run.assert_ok("damaged volume on the first source"));
+    oracle.assert_same(&host.tree(), Compare::default(), "damaged first source");
+    assert!(run.stderr.contains("from another source"), "{}", run.stderr);
+    assert_eq!(text(source_entry(&r, &damaged), "role"), "primary");
+    assert_eq!(text(source_entry(&r, &good), "role"), "spare");
+    assert_eq!(served_files(source_entry(&r, &good)), [vol1.clone()]);
+    assert!(served_files(source_entry(&r, &damaged)).contains(&vol1));
+}
+
+#[test]
+fn split_brain_sources_are_refused() {
+    let Some(dup) = duplicity(Version::V3) else {
+        return;
+    };
+    let site = Site::new();
+    let Some(server) = nginx(&site.www, &site.srv, &NginxOptions::default()) else {
+        return;
+    };
+    // Two masters backed up different trees at the same time under the same name.
+    let mut lab = served_lab(Lab::new(dup.clone()), &site.www);
+    lab.fs.write("a", b"the first master's file\n");
+    lab.full(t(0));
+    let mut other = Lab::new(dup);
+    other
+        .fs
+        .write("b", b"the other master's much longer file name and data\n");
+    other.fs.write("c", b"c\n");
+    other.full(t(0));
+    copy_dir(&other.repo, &site.www.join("other"));
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (one, two) = (format!("{base}/repo/"), format!("{base}/other/"));
+    let host = lab.host("x");
+    let run = host.sync(&one, &["--quiet", "--source", &two]);
+    assert_one_clear_line(&run, "split brain by size", &["split brain"], "\n\n");
+    assert!(host.tree_opt().is_none());
+
+    // Same names and sizes, different bytes: only reading the manifests tells.
+    let manifest = lab.repo_file(&["manifest"]);
+    let name = manifest.file_name().unwrap().to_owned();
+    copy_dir(&lab.repo, &site.www.join("twin"));
+    let twin = site.www.join("twin").join(&name);
+    let text = fs::read(&twin).unwrap();
+    let tampered: Vec<u8> = text
+        .iter()
+        .map(|&b| if b == b'a' { b'b' } else { b })
+        .collect();
+    assert_eq!(tampered.len(), text.len());
+    assert_ne!(tampered, text);
+    fs::write(&twin, tampered).unwrap();
+    let run = host.sync(&one, &["--quiet", "--source", &format!("{base}/twin/")]);
+    assert_one_clear_line(&run, "split brain by content", &["split brain"], "\n\n");
+    assert!(
+        run.stderr.contains(name.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+    assert!(host.tree_opt().is_none());
+}
