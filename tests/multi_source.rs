@@ -113,7 +113,7 @@ fn stale_unreachable_and_damaged_sources() {
     assert!(run.stderr.contains("from another source"), "{}", run.stderr);
     assert_eq!(text(source_entry(&r, &damaged), "role"), "primary");
     assert_eq!(text(source_entry(&r, &good), "role"), "spare");
-    assert_eq!(served_files(source_entry(&r, &good)), [vol1.clone()]);
+    assert_eq!(served_files(source_entry(&r, &good)), std::slice::from_ref(&vol1));
     assert!(served_files(source_entry(&r, &damaged)).contains(&vol1));
 }
 
