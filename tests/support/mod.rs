@@ -1,7 +1,7 @@
 //! Shared helpers for dupmirror's integration tests.
 //!
-//! The tests talk to dupmirror only through its command line (DESIGN.md §3) and compare what it
-//! writes with what upstream `duplicity restore` writes (the oracle, DESIGN.md §4).
+//! The tests talk to dupmirror only through its command line (docs/design.md §8) and compare what
+//! it writes with what upstream `duplicity restore` writes (the oracle, docs/design.md §4).
 //!
 //! Upstream binaries: 0.8.x is `duplicity` on `PATH` (or `$DUPMIRROR_DUPLICITY08`), 3.x is
 //! `$DUPMIRROR_DUPLICITY3` or `/opt/dup3/bin/duplicity`. When one is missing a test prints

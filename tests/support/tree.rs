@@ -1,5 +1,5 @@
 //! Tree snapshots: what a directory holds, as a sorted map from raw path bytes to the
-//! attributes dupmirror promises to reproduce (DESIGN.md §4).
+//! attributes dupmirror promises to reproduce (docs/design.md §4).
 //!
 //! The text form is shared with `tests/support/tree_snapshot.py`, which writes the committed
 //! `testdata/expected/*/*.tree` files. Keep the two in step:
