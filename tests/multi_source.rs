@@ -50,16 +50,20 @@ fn served_files(j: &json::Json) -> Vec<String> {
     }
 }
 
+/// nginx publishing a site whose `repo/` upstream duplicity `v` writes into.
+fn nginx_lab(v: Version) -> Option<(Site, Server, Lab)> {
+    let dup = duplicity(v)?;
+    let site = Site::new();
+    let server = nginx(&site.www, &site.srv, &NginxOptions::default())?;
+    let lab = served_lab(Lab::new(dup), &site.www);
+    Some((site, server, lab))
+}
+
 #[test]
 fn stale_unreachable_and_damaged_sources() {
-    let Some(dup) = duplicity(Version::V08) else {
+    let Some((site, server, mut lab)) = nginx_lab(Version::V08) else {
         return;
     };
-    let site = Site::new();
-    let Some(server) = nginx(&site.www, &site.srv, &NginxOptions::default()) else {
-        return;
-    };
-    let mut lab = served_lab(Lab::new(dup), &site.www);
     lab.fs.write("big.bin", &random_bytes(3, 1_500_000));
     lab.full(t(0));
     // "stale" is a mirror that stopped copying after the full.
@@ -113,24 +117,22 @@ fn stale_unreachable_and_damaged_sources() {
     assert!(run.stderr.contains("from another source"), "{}", run.stderr);
     assert_eq!(text(source_entry(&r, &damaged), "role"), "primary");
     assert_eq!(text(source_entry(&r, &good), "role"), "spare");
-    assert_eq!(served_files(source_entry(&r, &good)), std::slice::from_ref(&vol1));
+    assert_eq!(
+        served_files(source_entry(&r, &good)),
+        std::slice::from_ref(&vol1)
+    );
     assert!(served_files(source_entry(&r, &damaged)).contains(&vol1));
 }
 
 #[test]
 fn split_brain_sources_are_refused() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
-    let site = Site::new();
-    let Some(server) = nginx(&site.www, &site.srv, &NginxOptions::default()) else {
+    let Some((site, server, mut lab)) = nginx_lab(Version::V3) else {
         return;
     };
     // Two masters backed up different trees at the same time under the same name.
-    let mut lab = served_lab(Lab::new(dup.clone()), &site.www);
     lab.fs.write("a", b"the first master's file\n");
     lab.full(t(0));
-    let mut other = Lab::new(dup);
+    let mut other = Lab::new(lab.dup.clone());
     other
         .fs
         .write("b", b"the other master's much longer file name and data\n");

@@ -12,13 +12,18 @@ use support::remote::*;
 use support::scenario;
 use support::*;
 
+/// A test sshd serving a site whose `repo/` upstream duplicity 3.x writes into.
+fn sftp_site() -> Option<(Site, Sshd, Lab)> {
+    let dup = duplicity(Version::V3)?;
+    let site = Site::new();
+    let sshd = sshd(&site.srv)?;
+    let lab = served_lab(Lab::new(dup), &site.www);
+    Some((site, sshd, lab))
+}
+
 #[test]
 fn sftp_matches_the_oracle() {
-    let Some(dup) = duplicity(Version::V3) else {
-        return;
-    };
-    let site = Site::new();
-    let Some(sshd) = sshd(&site.srv) else {
+    let Some((site, sshd, lab)) = sftp_site() else {
         return;
     };
     let url = sshd.url(&site.www.join("repo"));
@@ -26,7 +31,7 @@ fn sftp_matches_the_oracle() {
     let mut steps = multivolume_steps();
     steps.push(scenario::full(|fs| fs.write("second-chain", b"2\n")));
     scenario::run_from(
-        dup,
+        lab.dup.clone(),
         "sftp",
         |l| served_lab(l, &site.www),
         &["--ssh-config", &config],
@@ -42,14 +47,9 @@ fn sftp_matches_the_oracle() {
 
 #[test]
 fn sftp_cut_mid_volume_and_refused_host_keys() {
-    let Some(dup) = duplicity(Version::V3) else {
+    let Some((site, sshd, mut lab)) = sftp_site() else {
         return;
     };
-    let site = Site::new();
-    let Some(sshd) = sshd(&site.srv) else {
-        return;
-    };
-    let mut lab = served_lab(Lab::new(dup), &site.www);
     lab.fs.write("big.bin", &random_bytes(11, 2_200_000));
     lab.fs.write("small", b"small\n");
     lab.full(t(0));
