@@ -96,6 +96,7 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
         .map(|s| open_source(s, &options.source))
         .collect::<Result<Vec<_>>>()?;
     let parser = NameParser::new(&options.prefixes, options.time_separator.unwrap_or(':'));
+    let several = backends.len() > 1;
     let listed: Vec<(String, Result<Listed>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = backends
             .into_iter()
@@ -107,9 +108,13 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
                         let listing = backend
                             .list()
                             .with_context(|| format!("cannot list {shown}"))?;
-                        let newest = Collection::from_listing(&listing, parser)
-                            .with_context(|| format!("source {shown}"))?
-                            .latest_time();
+                        let collection = Collection::from_listing(&listing, parser);
+                        // With several sources, say which one a listing problem is in.
+                        let newest = match (collection, several) {
+                            (Ok(c), _) => c.latest_time(),
+                            (Err(e), true) => return Err(e.context(format!("source {shown}"))),
+                            (Err(e), false) => return Err(e),
+                        };
                         Ok(Listed {
                             backend,
                             listing,
