@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `index` (paths inside a backup) and `meta` (an entry's type and attributes) are the
-//! vocabulary every stage shares; `commands` compose the stages; `main.rs` parses and prints.
+//! vocabulary every stage shares; `progress` holds the [`progress::Reporter`] that the
+//! commands hand to the stages with something to report (bars, notices, transfer counts);
+//! `commands` compose the stages; `main.rs` parses and prints.
 
 pub mod commands;
 pub mod decode;

@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::decode::crypto::Decryptor;
 use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
-use dupmirror::progress::Progress;
+use dupmirror::progress::Reporter;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
-use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::meter::parse_rate;
 use dupmirror::source::sftp::SshOptions;
 use dupmirror::source::SourceOptions;
 use std::io::{IsTerminal, Write};
@@ -118,22 +118,18 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 impl RemoteOptions {
-    /// `bars`: show progress bars; `notices`: print retry notices on stderr.
-    fn source_options(&self, bars: bool, notices: bool) -> Result<SourceOptions> {
+    fn source_options(&self) -> Result<SourceOptions> {
         Ok(SourceOptions {
             retries: self.retries,
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
+            bwlimit: self.bwlimit,
             s3_endpoint: self.s3_endpoint_url.clone(),
             ssh: SshOptions {
                 config: self.ssh_config.clone(),
                 options: self.ssh_option.clone(),
             },
-            meter: Arc::new(Meter::new(
-                self.bwlimit,
-                Arc::new(Progress::new(bars, notices)),
-            )),
         })
     }
 }
@@ -168,21 +164,7 @@ enum Command {
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify(VerifyArgs),
     /// Show the repository's chains and sets (like duplicity collection-status)
-    Status {
-        source: String,
-        /// Also show what this DEST would need
-        #[arg(long)]
-        dest: Option<PathBuf>,
-        /// The state directory of --dest, when not the default
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    Status(StatusArgs),
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
         source: String,
@@ -205,11 +187,9 @@ struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn options(&self, bars: bool, notices: bool) -> Result<RepoOptions> {
-        self.names.repo_options(
-            Some(&self.crypto),
-            self.remote.source_options(bars, notices)?,
-        )
+    fn options(&self) -> Result<RepoOptions> {
+        self.names
+            .repo_options(Some(&self.crypto), self.remote.source_options()?)
     }
 }
 
@@ -278,6 +258,29 @@ impl SyncArgs {
             None => anyhow::bail!("sync needs SOURCE and DEST (or DEST and --source URL)"),
         }
     }
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    source: String,
+    /// Also show what a sync of this DEST would do
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// The state directory of --dest, when not the default
+    #[arg(long, value_name = "DIR", requires = "dest")]
+    state_dir: Option<PathBuf>,
+    /// With --dest: the --time that sync would be given (default: the latest backup)
+    #[arg(long, short = 't', requires = "dest")]
+    time: Option<String>,
+    /// With --dest: the --path subtrees that sync would be given (repeatable)
+    #[arg(long = "path", value_name = "P", requires = "dest")]
+    paths: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 #[derive(Args)]
@@ -501,18 +504,21 @@ fn print_status(r: &status::StatusReport) {
     if let Some(d) = &r.dest {
         match &d.holds {
             Some(t) => println!("DEST {} holds {t}", d.dest.display()),
-            None => println!("DEST {} was never synced", d.dest.display()),
+            None => println!(
+                "DEST {} holds no synced state (never synced, or removed)",
+                d.dest.display()
+            ),
         }
+        let to = d.to.as_deref().unwrap_or("nothing (no complete backup)");
         println!(
-            "a sync would apply {} set(s), {}{}",
+            "a sync would apply {} set(s), {} at most, to reach {to}",
             d.pending_sets,
-            human_bytes(d.pending_bytes),
-            if d.needs_full {
-                ", starting from a full set"
-            } else {
-                ""
-            }
+            human_bytes(d.pending_bytes)
         );
+        if d.needs_full {
+            let why = d.restart_reason.as_deref().unwrap_or("DEST is empty");
+            println!("starting from a full set: {why}");
+        }
     }
 }
 
@@ -553,13 +559,23 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Where sync's progress and notices go: bars only on a terminal, nothing with `--quiet`.
+fn sync_reporter(quiet: bool) -> Arc<Reporter> {
+    let bars = !quiet && std::io::stderr().is_terminal();
+    Arc::new(Reporter::new(bars, !quiet))
+}
+
+/// The other commands draw no bars but tell about retries.
+fn notices_only() -> Arc<Reporter> {
+    Arc::new(Reporter::new(false, true))
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sync(a) => {
-            let bars = !a.quiet && std::io::stderr().is_terminal();
             let (sources, dest) = a.sources_and_dest()?;
-            let report = sync::sync(&sync::SyncOptions {
-                repo: a.repo.options(bars, !a.quiet)?,
+            let options = sync::SyncOptions {
+                repo: a.repo.options()?,
                 sources,
                 dest,
                 time: a.time,
@@ -570,7 +586,11 @@ fn run(cli: Cli) -> Result<()> {
                 wait: a.wait,
                 durable: !a.no_fsync,
                 prefetch: a.prefetch as usize,
-            })?;
+            };
+            let reporter = sync_reporter(a.quiet);
+            let result = sync::sync(&options, &reporter);
+            reporter.finish(); // the bars go before the summary or the error
+            let report = result?;
             if a.json {
                 print_json(&report)?;
             } else if !a.quiet {
@@ -578,15 +598,16 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Verify(a) => {
-            let report = verify::verify(&verify::VerifyOptions {
-                repo: a.repo.options(false, true)?,
+            let options = verify::VerifyOptions {
+                repo: a.repo.options()?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
                 repair: a.repair,
                 quick: a.quick,
                 durable: !a.no_fsync,
-            })?;
+            };
+            let report = verify::verify(&options, &notices_only())?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -604,30 +625,26 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Status {
-            source,
-            dest,
-            state_dir,
-            json,
-            names,
-            remote,
-        } => {
-            let report = status::status(
-                &source,
-                dest.as_deref(),
-                state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options(false, true)?)?,
-            )?;
-            if json {
+        Command::Status(a) => {
+            let options = status::StatusOptions {
+                repo: a.names.repo_options(None, a.remote.source_options()?)?,
+                source: a.source,
+                dest: a.dest,
+                state_dir: a.state_dir,
+                time: a.time,
+                paths: a.paths,
+            };
+            let report = status::status(&options, &notices_only())?;
+            if a.json {
                 print_json(&report)?;
             } else {
                 print_status(&report);
             }
         }
         Command::Ls { source, time, repo } => {
-            let repo = repo.options(false, true)?;
+            let repo = repo.options()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls::list(&source, time.as_deref(), &repo, |e| {
+            ls::list(&source, time.as_deref(), &repo, &notices_only(), |e| {
                 out.write_all(&e.index.to_bytes())?;
                 out.write_all(b"\n")?;
                 Ok(())

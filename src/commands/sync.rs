@@ -1,27 +1,32 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
 //! Order of work: lock the state directory, finish or roll back an interrupted commit,
-//! list the source, plan, then stage and commit one set at a time. A failure leaves DEST as
-//! the last committed set left it and cleans the staging area.
+//! list the source, decide (`mirror::decide`), plan, then stage and commit one set at a
+//! time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! area.
 
 use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::fsops;
 use crate::dest::journal;
-use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::dest::state::{DestPaths, MirrorState, StateDir};
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
+use crate::mirror::compare::{Difference, DifferenceReport};
+use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::progress::{Reporter, Transfer};
+use crate::repo::collection::BackupSet;
 use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
-use crate::source::meter::Transfer;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SyncOptions {
@@ -53,16 +58,10 @@ pub struct SetReport {
     pub volumes_in_set: usize,
     pub bytes: u64,
     /// Replace: the paths that differ from the full, and how.
-    pub differences: Vec<PathReport>,
+    pub differences: Vec<DifferenceReport>,
     pub applied: Option<ApplyStats>,
     /// Paths found drifted while patching, restored from the chain.
     pub repaired: Option<RepairStats>,
-}
-
-#[derive(Serialize)]
-pub struct PathReport {
-    pub path: String,
-    pub what: String,
 }
 
 #[derive(Serialize)]
@@ -103,51 +102,19 @@ pub struct Phases {
     pub fetch: FetchTimes,
 }
 
-fn is_empty_or_missing(dest: &Path) -> Result<bool> {
-    match std::fs::read_dir(dest) {
-        Ok(mut it) => Ok(it.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", dest.display())),
-    }
-}
-
-pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
+pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
     let started = Instant::now();
-    let dest = absolute_dest(&opts.dest)?;
-    let state_root = match &opts.state_dir {
-        Some(s) => std::path::absolute(s)?,
-        None => default_state_dir(&dest)?,
-    };
-    if state_root.starts_with(&dest) {
-        bail!(
-            "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
-            state_root.display()
-        );
-    }
-    let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
-    let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
-    let mut state = state_dir.load()?;
-    if let Some(st) = &state {
-        if st.dest != dest {
-            bail!(
-                "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
-                state_root.display(),
-                st.dest.display(),
-                dest.display()
-            );
-        }
-        if !dest.exists() {
-            // DEST was removed: rebuild it from scratch.
-            state = None;
-        }
-    }
+    let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    let dest = &dest_paths.dest;
+    let state_dir = dest_paths.lock(opts.wait)?;
+    let recovered = journal::recover(&state_dir, dest)?.map(|s| format_iso(s.end_time));
+    let state = dest_paths.held(state_dir.load()?);
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let (repo, selection) = open_sources(&opts.sources, &opts.repo)?;
+    let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
-    let dest_empty = is_empty_or_missing(&dest)?;
+    let dest_empty = dest_paths.dest_is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
         bail!(
             "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \
@@ -157,7 +124,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let filter = PathFilter::from_args(&opts.paths);
     let phase = Instant::now();
-    let plan = Plan::build(&repo, state.as_ref(), &dest, dest_empty, time, &filter)?;
+    let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
+        .ok_or_else(|| no_backup(&repo))?;
+    let plan = Plan::build(&repo, decision, dest, &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
@@ -165,10 +134,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         dest: dest.clone(),
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
-        to: format_iso(plan.end_time),
-        up_to_date: plan.steps.is_empty(),
+        to: format_iso(plan.decision.end_time),
+        up_to_date: plan.decision.is_up_to_date(),
         recovered,
-        restart_reason: plan.restart_reason.clone(),
+        restart_reason: plan.decision.restart.as_ref().map(|r| r.to_string()),
         sets: plan
             .steps
             .iter()
@@ -178,14 +147,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 volumes: s.volumes.len(),
                 volumes_in_set: s.manifest.volumes.len(),
                 bytes: s.bytes,
-                differences: s
-                    .differences
-                    .iter()
-                    .map(|d| PathReport {
-                        path: d.index.to_string(),
-                        what: d.describe(),
-                    })
-                    .collect(),
+                differences: s.differences.iter().map(Difference::report).collect(),
                 applied: None,
                 repaired: None,
             })
@@ -204,7 +166,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .as_ref()
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
-        report.transfer = opts.repo.source.meter.snapshot();
+        report.transfer = reporter.transfer();
         report.sources = selection.report();
         report.phases = phases;
         Ok(report)
@@ -216,20 +178,19 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let phase = Instant::now();
     let mut wants = Vec::new();
     for step in &plan.steps {
-        wants.extend(repo.wants(&step.set, &step.manifest, &step.volumes)?);
+        wants.extend(repo.wants(step.set, &step.manifest, &step.volumes)?);
     }
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
-    let progress = opts.repo.source.meter.progress();
-    progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
+    reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let target = MirrorState::new(
             repo.display(),
-            plan.chain_start,
+            plan.decision.chain_start,
             step.set.end_time,
             dest.clone(),
             filter.to_strings(),
         );
-        let staged = stage_step(&repo, &plan, step, &dest, &state_dir, &target, opts.durable);
+        let staged = stage_step(&repo, &plan, step, dest, &state_dir, &target, opts.durable);
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
@@ -257,10 +218,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    progress.finish();
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
     finish(report, phases)
+}
+
+/// Why there is nothing to sync to.
+fn no_backup(repo: &Repository) -> anyhow::Error {
+    let incomplete = repo.collection.incomplete.len();
+    if incomplete > 0 {
+        anyhow!(
+            "the source holds no complete backup yet: {incomplete} set(s) have no manifest (a \
+             backup in progress?)"
+        )
+    } else {
+        anyhow!("the source holds no duplicity backup ({})", repo.display())
+    }
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.
@@ -285,33 +258,25 @@ fn stage_step(
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
-        applier.detect_drift(set_signatures(repo, &step.set)?);
+        applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
+    repo.read_set(step.set, &step.manifest, &step.volumes, &mut applier)?;
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
         return Ok((applier, None));
     }
     // DEST did not hold what the previous set left: restore those paths as this set
     // leaves them, from the chain, and commit them with the set.
-    let sets: Vec<&crate::repo::collection::BackupSet> = plan
-        .chain_sets
+    let sets: Vec<&BackupSet> = plan
+        .decision
+        .chain
         .iter()
+        .copied()
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
-    let paths = PathFilter::subtrees(drifted.iter().cloned());
-    let scratch_root = state_dir.repair_scratch();
-    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
-    // Every drifted path was patched by this set, so the chain must hold it.
-    for index in &drifted {
-        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
-            bail!(
-                "cannot apply the change to {index}: the file in DEST differs from what the \
-                 previous backup left (the delta does not fit its basis), and no volume of \
-                 the chain holds the file to restore it from"
-            );
-        }
-    }
-    repair::graft(&scratch.tree, &paths, &mut applier)?;
+    let stats = repair::stage_repair(repo, &sets, &drifted, state_dir, &mut applier).context(
+        "a file in DEST differs from what the previous backup left (the delta does not fit \
+         its basis) and must be restored from the chain",
+    )?;
     Ok((applier, Some(stats)))
 }

@@ -22,9 +22,11 @@ use super::collection::Collection;
 use super::filename::{Content, NameParser};
 use super::{RepoOptions, Repository};
 use crate::error::Error;
+use crate::progress::Reporter;
 use crate::repo::time::format_iso;
+use crate::source::meter::Meter;
 use crate::source::mirrors::{Mirrors, Served};
-use crate::source::{open_source, Backend, ListEntry};
+use crate::source::{open_metered, Backend, ListEntry};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -85,15 +87,21 @@ struct Listed {
 }
 
 /// Opens and lists `sources` (in order of preference) and makes a repository of the
-/// primary one, served by all of them.
-pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Repository, Selection)> {
+/// primary one, served by all of them. What they transfer is reported to `reporter`, and
+/// `--bwlimit` caps all of them together.
+pub fn open_sources(
+    sources: &[String],
+    options: &RepoOptions,
+    reporter: &Arc<Reporter>,
+) -> Result<(Repository, Selection)> {
     if sources.is_empty() {
         bail!("no SOURCE given");
     }
+    let meter = Arc::new(Meter::new(options.source.bwlimit, reporter.clone()));
     // Malformed URLs and bad settings are mistakes to fix, not sources to skip.
     let backends = sources
         .iter()
-        .map(|s| open_source(s, &options.source))
+        .map(|s| open_metered(s, &options.source, &meter))
         .collect::<Result<Vec<_>>>()?;
     let parser = NameParser::new(&options.prefixes, options.time_separator.unwrap_or(':'));
     let several = backends.len() > 1;
@@ -133,11 +141,10 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
             })
             .collect()
     });
-    let progress = options.source.meter.progress();
     if listed.len() == 1 {
         let (_, only) = listed.into_iter().next().expect("one source");
         let only = only?;
-        return build(vec![(only, Role::Primary)], Vec::new(), options);
+        return build(vec![(only, Role::Primary)], Vec::new(), options, reporter);
     }
     let newest_of_all = listed
         .iter()
@@ -149,7 +156,7 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
     for (shown, l) in listed {
         match l {
             Err(e) => {
-                progress.notice(&format!("skipping source {shown}: {e:#}"));
+                reporter.notice(&format!("skipping source {shown}: {e:#}"));
                 unreachable.push(SourceStatus {
                     source: shown,
                     role: Role::Unreachable,
@@ -164,7 +171,7 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
                         format!("its newest backup is {}", format_iso(t))
                     });
                     let best = newest_of_all.map(format_iso).unwrap_or_default();
-                    progress.notice(&format!(
+                    reporter.notice(&format!(
                         "skipping stale source {shown}: {has}, another source has {best}"
                     ));
                     Role::Stale
@@ -185,7 +192,7 @@ pub fn open_sources(sources: &[String], options: &RepoOptions) -> Result<(Reposi
     check_listings_agree(&usable, &parser)?;
     // The primary first; the rest keep their order of preference.
     usable.sort_by_key(|(_, role)| *role != Role::Primary);
-    build(usable, unreachable, options)
+    build(usable, unreachable, options, reporter)
 }
 
 /// Refuses two sources that list one manifest with different sizes: they cannot both be
@@ -223,6 +230,7 @@ fn build(
     usable: Vec<(Listed, Role)>,
     unreachable: Vec<SourceStatus>,
     options: &RepoOptions,
+    reporter: &Arc<Reporter>,
 ) -> Result<(Repository, Selection)> {
     let mut statuses: Vec<SourceStatus> = usable
         .iter()
@@ -240,9 +248,9 @@ fn build(
             .into_iter()
             .map(|(l, _)| (l.backend, l.listing))
             .collect(),
-        options.source.meter.clone(),
+        reporter.clone(),
     ));
     // Listing the mirrors hands back the primary's listing: no second request.
-    let repo = Repository::open(Box::new(mirrors.clone()), options)?;
+    let repo = Repository::open(Box::new(mirrors.clone()), options, reporter.clone())?;
     Ok((repo, Selection { mirrors, statuses }))
 }

@@ -17,8 +17,8 @@
 //! the manifest (the trust anchor), and the manifests themselves are checked to agree across
 //! the sources before a set is applied. Which source served what is counted for the report.
 
-use super::meter::Meter;
 use super::{Backend, ListEntry, Opened, SourceError};
+use crate::progress::Reporter;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
@@ -50,7 +50,7 @@ struct Inner {
     failed: Mutex<HashSet<(String, usize)>>,
     /// The source that last served each name.
     last: Mutex<HashMap<String, usize>>,
-    meter: Arc<Meter>,
+    reporter: Arc<Reporter>,
 }
 
 pub struct Mirrors(Arc<Inner>);
@@ -58,7 +58,10 @@ pub struct Mirrors(Arc<Inner>);
 impl Mirrors {
     /// `sources`: each source with its listing, the primary first. The primary's listing
     /// is the repository; the others serve the files they list with the same size.
-    pub fn new(sources: Vec<(Box<dyn Backend>, Vec<ListEntry>)>, meter: Arc<Meter>) -> Mirrors {
+    pub fn new(
+        sources: Vec<(Box<dyn Backend>, Vec<ListEntry>)>,
+        reporter: Arc<Reporter>,
+    ) -> Mirrors {
         let listing = sources.first().map(|(_, l)| l.clone()).unwrap_or_default();
         let mirrors = sources
             .into_iter()
@@ -73,7 +76,7 @@ impl Mirrors {
             listing,
             failed: Mutex::new(HashSet::new()),
             last: Mutex::new(HashMap::new()),
-            meter,
+            reporter,
         }))
     }
 
@@ -133,7 +136,7 @@ impl Inner {
                 Err(e) => {
                     self.mark_failed(name, i);
                     if let Some(&next) = holders.get(k + 1) {
-                        self.meter.progress().notice(&format!(
+                        self.reporter.notice(&format!(
                             "{name}: {e:#}; trying {}",
                             self.mirrors[next].backend.display()
                         ));
@@ -215,7 +218,7 @@ impl Backend for Mirrors {
                 Err(e) if i == 0 => return Err(e.context(format!("cannot read {name}"))),
                 Err(e) => {
                     self.0.mark_failed(name, i);
-                    self.0.meter.progress().notice(&format!(
+                    self.0.reporter.notice(&format!(
                         "cannot compare {name} with {}: {e:#}; not using that copy",
                         m.backend.display()
                     ));
@@ -280,7 +283,7 @@ impl Read for FallbackReader {
             if self.inner.holders(&self.name).is_empty() {
                 return Err(err);
             }
-            self.inner.meter.progress().notice(&format!(
+            self.inner.reporter.notice(&format!(
                 "{} from {} broke off at byte {}: {err}; trying the next source",
                 self.name,
                 self.inner.mirrors[self.source].backend.display(),
@@ -294,7 +297,7 @@ impl Read for FallbackReader {
             // A source that can only start from the top: drop what was had already.
             let skip = self.pos - opened.offset;
             if skip > 0 {
-                self.inner.meter.refetched(skip);
+                self.inner.reporter.refetched(skip);
                 io::copy(&mut (&mut reader).take(skip), &mut io::sink())?;
             }
             self.source = source;
@@ -355,7 +358,7 @@ mod tests {
                     (Box::new(f) as Box<dyn Backend>, l)
                 })
                 .collect(),
-            Arc::new(Meter::default()),
+            Arc::new(Reporter::default()),
         )
     }
 

@@ -3,20 +3,26 @@
 //! A [`Backend`] is deliberately narrow, like restic's: list the folder (names and sizes) and
 //! open one file for reading from an offset (so a cut download can resume). Everything
 //! else wraps a backend instead of living inside each one: [`retry::RetryBackend`] retries
-//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts and
-//! throttles the bytes, and `crate::source::cache` caches and prefetches volumes. Nothing downstream
-//! knows which backend the bytes came from.
+//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts the
+//! bytes into the run's [`Reporter`] and throttles them, and [`cache`] caches and
+//! prefetches volumes. Nothing downstream knows which backend the bytes came from.
 //!
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
-//! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
-//! SOURCE URLs, finds credentials and redacts passwords from everything shown.
+//! listing from the server's directory index, see [`autoindex`]), and [`MemoryBackend`] for
+//! tests. [`url`] parses remote SOURCE URLs, finds credentials and redacts passwords from
+//! everything shown. Every backend keeps the contract written on [`Backend`], and
+//! `tests/it/backends.rs` runs one conformance suite against each of them; `faulty` (tests
+//! only) breaks the contract on purpose, to test what wraps a backend.
 
 mod autoindex;
 mod aws;
 pub mod cache;
+#[cfg(test)]
+pub mod faulty;
 mod ftp;
 mod http;
 mod local;
+mod memory;
 pub mod meter;
 pub mod mirrors;
 pub mod retry;
@@ -26,9 +32,10 @@ mod tls;
 pub mod url;
 
 pub use local::LocalBackend;
+pub use memory::MemoryBackend;
 
+use crate::progress::Reporter;
 use anyhow::Result;
-use meter::Meter;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,8 +56,30 @@ pub struct Opened {
     pub offset: u64,
 }
 
+/// One repository folder, reachable somehow. The contract every backend keeps (the
+/// conformance suite in `tests/it/backends.rs` checks it for each one):
+///
+/// * **Listing**: [`Backend::list`] gives every regular file directly in the folder, once,
+///   by its plain name (no `/`), with its exact size in bytes when the protocol tells it
+///   (`None` only when it does not, such as a directory index without sizes). No
+///   subfolders; names that are not UTF-8 may be left out (they cannot be duplicity's);
+///   order does not matter. A file added to the folder shows in the next listing.
+/// * **Ranged open**: [`Backend::open`] of a listed file returns a reader of its bytes from
+///   [`Opened::offset`] to the end, where that offset is the one asked for or 0 (a server
+///   that cannot start elsewhere; also allowed for an offset at or past the end). Never
+///   any other offset. Readers are independent: several may be open at once, on any
+///   thread (the download thread reads volumes while the repository reads a manifest).
+/// * **Errors say whether to retry**: a failure the same request may get past later
+///   (connection refused, reset or cut, a timeout, HTTP 5xx/408/429, FTP 4xx) is a
+///   [`SourceError::Transient`] or an [`io::Error`] that [`is_transient_io`] accepts;
+///   anything that will only repeat (a missing file, a refused login or certificate,
+///   HTTP 4xx, FTP 5xx) is a [`SourceError::Permanent`] or another error. A reader that
+///   fails mid-stream returns any `io::Error`: the retry layer treats every broken read as a
+///   cut and resumes it. A backend does not retry by itself; [`retry::RetryBackend`] does.
+/// * **Display**: [`Backend::display`] says which source this is, for messages and
+///   reports (a path, a URL), and never contains a password; neither does any error.
 pub trait Backend: Send + Sync {
-    /// The files of the repository folder (not recursive).
+    /// The files of the repository folder (not recursive), with their sizes.
     fn list(&self) -> Result<Vec<ListEntry>>;
 
     /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
@@ -76,6 +105,8 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A shared backend is a backend (so a test can keep a handle on one it hands over, and
+/// several sources can share one).
 impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn list(&self) -> Result<Vec<ListEntry>> {
         (**self).list()
@@ -141,6 +172,7 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// How to reach remote sources. The defaults suit a timer-driven sync over the internet.
+/// What a source transfers is counted elsewhere, in the run's [`Reporter`].
 #[derive(Clone)]
 pub struct SourceOptions {
     /// Retries after a transient failure (0: fail at the first one).
@@ -150,8 +182,9 @@ pub struct SourceOptions {
     pub read_timeout: Duration,
     /// Extra trusted root certificates (PEM), for a server with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Counts and throttles the bytes of every remote read; reports retries.
-    pub meter: Arc<Meter>,
+    /// Cap on the download rate, bytes per second (`--bwlimit`), for all sources of a run
+    /// together.
+    pub bwlimit: Option<u64>,
     /// The S3-compatible server for `s3://` sources (`--s3-endpoint-url`).
     pub s3_endpoint: Option<String>,
     /// How to run `ssh` for `sftp://` sources.
@@ -165,7 +198,7 @@ impl Default for SourceOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             ca_file: None,
-            meter: Arc::new(Meter::default()),
+            bwlimit: None,
             s3_endpoint: None,
             ssh: sftp::SshOptions::default(),
         }
@@ -175,8 +208,24 @@ impl Default for SourceOptions {
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
 /// `ftp://`, `ftps://`, `http://`, `https://`, `s3://` or `sftp://` URL (and duplicity's
 /// other spellings of the last two). Remote backends come wrapped in
-/// [`retry::RetryBackend`].
-pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
+/// [`retry::RetryBackend`], which counts what they transfer into `reporter`, under a
+/// `--bwlimit` of their own (several sources of one run share one: [`open_metered`]).
+pub fn open_source(
+    source: &str,
+    options: &SourceOptions,
+    reporter: &Arc<Reporter>,
+) -> Result<Box<dyn Backend>> {
+    let meter = Arc::new(meter::Meter::new(options.bwlimit, reporter.clone()));
+    open_metered(source, options, &meter)
+}
+
+/// [`open_source`] with the meter given: every byte read from the source passes `meter`,
+/// so sources that share one share its `--bwlimit` and its reporter.
+pub fn open_metered(
+    source: &str,
+    options: &SourceOptions,
+    meter: &Arc<meter::Meter>,
+) -> Result<Box<dyn Backend>> {
     if let Some(path) = source.strip_prefix("file://") {
         return Ok(Box::new(LocalBackend::new(path)?));
     }
@@ -184,18 +233,26 @@ pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Back
         return Ok(Box::new(LocalBackend::new(source)?));
     }
     let scheme = source.split_once("://").map_or("", |(s, _)| s);
-    if s3::SCHEMES.contains(&scheme) {
-        let inner = s3::S3Backend::new(source, options.s3_endpoint.as_deref(), options)?;
-        return Ok(Box::new(retry::RetryBackend::new(Box::new(inner), options)));
-    }
-    if sftp::SCHEMES.contains(&scheme) {
-        let inner = sftp::SftpBackend::new(source, options)?;
-        return Ok(Box::new(retry::RetryBackend::new(Box::new(inner), options)));
-    }
-    let url = url::SourceUrl::parse(source)?;
-    let inner: Box<dyn Backend> = match url.scheme {
-        url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
-        url::Scheme::Http | url::Scheme::Https => Box::new(http::HttpBackend::new(url, options)?),
+    let inner: Box<dyn Backend> = if s3::SCHEMES.contains(&scheme) {
+        Box::new(s3::S3Backend::new(
+            source,
+            options.s3_endpoint.as_deref(),
+            options,
+        )?)
+    } else if sftp::SCHEMES.contains(&scheme) {
+        Box::new(sftp::SftpBackend::new(source, options)?)
+    } else {
+        let url = url::SourceUrl::parse(source)?;
+        match url.scheme {
+            url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
+            url::Scheme::Http | url::Scheme::Https => {
+                Box::new(http::HttpBackend::new(url, options)?)
+            }
+        }
     };
-    Ok(Box::new(retry::RetryBackend::new(inner, options)))
+    Ok(Box::new(retry::RetryBackend::new(
+        inner,
+        options.retries,
+        meter.clone(),
+    )))
 }
