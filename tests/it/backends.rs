@@ -380,11 +380,14 @@ fn s3_moto() {
         "s3",
         Box::new(|dir, scratch| {
             let s3 = stores::moto(scratch, "conformance")?;
-            // The folder's files (its subfolder too) become keys under `repo/`.
+            // The folder's files (its subfolder too) become keys under `repo/`, readable
+            // without a key: the suite's process has no AWS keys, so its requests go
+            // unsigned (as to a public bucket); remote_s3 tests signed requests.
             s3.boto3(&format!(
                 "import os\nroot = {:?}\nfor d, _, fs in os.walk(root):\n    for f in fs:\n        \
                  p = os.path.join(d, f)\n        \
-                 s3.upload_file(p, 'conformance', 'repo/' + os.path.relpath(p, root))",
+                 s3.upload_file(p, 'conformance', 'repo/' + os.path.relpath(p, root), \
+                 ExtraArgs={{'ACL': 'public-read'}})",
                 dir.display().to_string()
             ));
             let options = SourceOptions {
@@ -400,7 +403,8 @@ fn s3_moto() {
             Some(Published {
                 add: Box::new(move |name, data| {
                     s3.boto3(&format!(
-                        "s3.put_object(Bucket='conformance', Key='repo/{name}', Body=bytes({data:?}))"
+                        "s3.put_object(Bucket='conformance', Key='repo/{name}', Body=bytes({data:?}), \
+                         ACL='public-read')"
                     ))
                 }),
                 ..Published::folder(dir, backend)
