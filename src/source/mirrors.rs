@@ -309,6 +309,7 @@ impl Read for FallbackReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::MemoryBackend;
 
     /// A source holding some files; `broken` ones fail to open.
     struct Fake {
@@ -317,35 +318,24 @@ mod tests {
         broken: Vec<&'static str>,
     }
 
-    impl Backend for Fake {
+    /// `Fake` as a backend: its files in memory, opens of the broken ones refused.
+    struct Broken {
+        files: MemoryBackend,
+        broken: Vec<&'static str>,
+    }
+
+    impl Backend for Broken {
         fn list(&self) -> Result<Vec<ListEntry>> {
-            Ok(self
-                .files
-                .iter()
-                .map(|(n, d)| ListEntry {
-                    name: n.to_string(),
-                    size: Some(d.len() as u64),
-                })
-                .collect())
+            self.files.list()
         }
         fn open(&self, name: &str, offset: u64) -> Result<Opened> {
             if self.broken.contains(&name) {
                 return Err(anyhow!(SourceError::Permanent(format!("{name}: 404"))));
             }
-            let data = self
-                .files
-                .iter()
-                .find(|(n, _)| *n == name)
-                .unwrap()
-                .1
-                .clone();
-            Ok(Opened {
-                reader: Box::new(io::Cursor::new(data[offset as usize..].to_vec())),
-                offset,
-            })
+            self.files.open(name, offset)
         }
         fn display(&self) -> String {
-            self.name.into()
+            self.files.display()
         }
     }
 
@@ -354,8 +344,16 @@ mod tests {
             sources
                 .into_iter()
                 .map(|f| {
-                    let l = f.list().unwrap();
-                    (Box::new(f) as Box<dyn Backend>, l)
+                    let files = MemoryBackend::new(f.name);
+                    for (n, d) in f.files {
+                        files.insert(n, d);
+                    }
+                    let b = Broken {
+                        files,
+                        broken: f.broken,
+                    };
+                    let l = b.list().unwrap();
+                    (Box::new(b) as Box<dyn Backend>, l)
                 })
                 .collect(),
             Arc::new(Reporter::default()),
