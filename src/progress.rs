@@ -7,11 +7,12 @@
 //! that say how to reach a source:
 //!
 //! * the display: a download bar and an apply bar (indicatif, with rate and ETA) and
-//!   one-line notices such as retries. `main` decides whether bars are wanted (stderr is a
-//!   terminal and not `--quiet`) and whether notices are; nothing in the library prints on
-//!   its own;
+//!   one-line notices such as retries (warnings, through the [`Logger`]). `main` decides
+//!   whether bars are wanted (stderr is a terminal and not `--quiet`) and whether notices
+//!   are; nothing in the library prints on its own;
 //! * the accounting a sync reports at the end ([`Transfer`]: `--json` and the summary).
 
+use crate::log::{Level, Logger};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,8 +24,8 @@ use std::sync::OnceLock;
 pub struct Reporter {
     /// Present when bars are drawn.
     multi: Option<MultiProgress>,
-    /// Print notices (on stderr, or above the bars).
-    notices: bool,
+    /// Where notices go (on stderr, or above the bars); none: they are dropped.
+    notices: Option<Logger>,
     download: OnceLock<ProgressBar>,
     apply: OnceLock<ProgressBar>,
     counts: Counts,
@@ -60,8 +61,8 @@ pub struct Transfer {
 }
 
 impl Reporter {
-    /// `bars`: draw progress bars on stderr; `notices`: print notices on stderr.
-    pub fn new(bars: bool, notices: bool) -> Reporter {
+    /// `bars`: draw progress bars on stderr; `notices`: log notices there.
+    pub fn new(bars: bool, notices: Option<Logger>) -> Reporter {
         Reporter {
             multi: bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             notices,
@@ -71,15 +72,12 @@ impl Reporter {
 
     /// A line for the user that is not an error: a retry, a fallback.
     pub fn notice(&self, message: &str) {
-        if !self.notices {
-            return;
-        }
-        let line = format!("dupmirror: {message}");
+        let Some(log) = &self.notices else { return };
         match &self.multi {
             Some(m) => {
-                let _ = m.println(line);
+                let _ = m.println(log.line(Level::Warning, message));
             }
-            None => eprintln!("{line}"),
+            None => log.warning(message),
         }
     }
 

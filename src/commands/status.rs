@@ -191,6 +191,7 @@ mod tests {
             wait: false,
             durable: false,
             prefetch: 1,
+            list_changes: false,
             repo: RepoOptions::default(),
         }
     }

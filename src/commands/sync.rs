@@ -7,6 +7,7 @@
 
 use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
+use crate::dest::changes::ChangedPaths;
 use crate::dest::fsops;
 use crate::dest::journal;
 use crate::dest::state::{DestPaths, MirrorState, StateDir};
@@ -20,7 +21,7 @@ use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
 use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::sigtar::set_signatures;
-use crate::repo::time::format_iso;
+use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,6 +47,8 @@ pub struct SyncOptions {
     pub durable: bool,
     /// Most volume files downloaded ahead and kept in the cache at once (≥ 1).
     pub prefetch: usize,
+    /// Collect the paths the run changes in DEST (`SyncReport::changed`).
+    pub list_changes: bool,
     pub repo: RepoOptions,
 }
 
@@ -76,6 +79,8 @@ pub struct SyncReport {
     pub from: Option<String>,
     /// The state after this run (for a dry run: the state it would reach).
     pub to: String,
+    /// The newest backup the source holds (`to` unless `--time` chose an older one).
+    pub latest: Option<String>,
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
@@ -88,6 +93,19 @@ pub struct SyncReport {
     /// What was downloaded from a remote source (all zero for a local one).
     pub transfer: Transfer,
     pub phases: Phases,
+    /// `from`, `to` and `latest` as epoch seconds, for run records and metrics.
+    #[serde(skip)]
+    pub times: ReportTimes,
+    /// The paths this run changed in DEST, when `list_changes` asked for them.
+    #[serde(skip)]
+    pub changed: Option<ChangedPaths>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportTimes {
+    pub from: Option<Epoch>,
+    pub to: Epoch,
+    pub latest: Option<Epoch>,
 }
 
 /// Where the time went. Downloading overlaps with applying (prefetch).
@@ -107,6 +125,12 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
     let dest = &dest_paths.dest;
     let state_dir = dest_paths.lock(opts.wait)?;
+    let mut changed = opts.list_changes.then(ChangedPaths::default);
+    if let Some(changed) = changed.as_mut() {
+        if state_dir.journal_path().exists() {
+            changed.add_journal(&state_dir.journal_path(), dest)?;
+        }
+    }
     let recovered = journal::recover(&state_dir, dest)?.map(|s| format_iso(s.end_time));
     let state = dest_paths.held(state_dir.load()?);
     let mut phases = Phases::default();
@@ -135,6 +159,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
         to: format_iso(plan.decision.end_time),
+        latest: repo.collection.latest_time().map(format_iso),
         up_to_date: plan.decision.is_up_to_date(),
         recovered,
         restart_reason: plan.decision.restart.as_ref().map(|r| r.to_string()),
@@ -157,8 +182,14 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         signatures: None,
         transfer: Transfer::default(),
         phases: Phases::default(),
+        times: ReportTimes {
+            from: state.as_ref().map(|s| s.end_time),
+            to: plan.decision.end_time,
+            latest: repo.collection.latest_time(),
+        },
+        changed: None,
     };
-    let finish = |mut report: SyncReport, phases: Phases| {
+    let finish = |mut report: SyncReport, phases: Phases, changed: Option<ChangedPaths>| {
         report.seconds = started.elapsed().as_secs_f64();
         report.signatures = opts
             .repo
@@ -169,10 +200,11 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         report.transfer = reporter.transfer();
         report.sources = selection.report();
         report.phases = phases;
+        report.changed = changed;
         Ok(report)
     };
     if opts.dry_run {
-        return finish(report, phases);
+        return finish(report, phases, None);
     }
     // Volumes download (prefetch) in the order the sets read them.
     let phase = Instant::now();
@@ -202,7 +234,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir) {
+        let stats = match applier.commit(&state_dir, changed.as_mut()) {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
@@ -220,7 +252,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     }
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
-    finish(report, phases)
+    finish(report, phases, changed)
 }
 
 /// Why there is nothing to sync to.

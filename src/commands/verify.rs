@@ -126,7 +126,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         if !need.is_empty() {
             repair_stats = repair::stage_repair(&repo, &sets, &need, &state_dir, &mut applier)?;
         }
-        applier.commit(&state_dir)?;
+        applier.commit(&state_dir, None)?;
         report.repaired = Some(repair_stats);
         let (after, _) = compare(&repo, &sets, dest, &filter, check)?;
         report.remaining = Some(after.iter().map(Difference::report).collect());

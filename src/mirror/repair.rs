@@ -129,7 +129,7 @@ fn restore_paths(
         )?;
         repo.read_set(set, &manifest, &volumes, &mut applier)
             .with_context(|| format!("restoring from set {}", set.label()))?;
-        applier.commit(&state_dir)?;
+        applier.commit(&state_dir, None)?;
         stats.volumes_read += volumes.len() as u64;
         stats.bytes_read += volumes
             .iter()

@@ -15,6 +15,7 @@ mod crash_kill;
 mod faults_fs;
 mod faults_input;
 mod fetch_only;
+mod fleet;
 mod gpg_formats;
 mod gpg_oracle;
 mod gpg_refusals;

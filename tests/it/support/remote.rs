@@ -36,7 +36,7 @@ pub fn free_port() -> u16 {
 
 /// Whether `program` can be run; if not, print "skipped: ..." (or panic when the oracle is
 /// required: CI installs every server).
-pub(super) fn have(program: &str, package: &str) -> bool {
+pub fn have(program: &str, package: &str) -> bool {
     let found = if program.contains('/') {
         Path::new(program).is_file()
     } else {
@@ -557,7 +557,8 @@ pub fn volume_sizes(repo: &Path) -> Vec<(String, u64)> {
 /// A failed run's stderr must be the one error line of the contract (the run used
 /// `--quiet`), mention one of `keywords`, and never show `secret`.
 pub fn assert_one_clear_line(run: &Run, context: &str, keywords: &[&str], secret: &str) {
-    run.assert_one_error_line(context, keywords)
+    // 4: the source could not be reached; 1: any other failure (a refused login...).
+    run.assert_one_error_line(context, keywords, &[1, 4])
         .assert_no_secret(&[secret], context);
 }
 
