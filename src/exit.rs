@@ -11,7 +11,8 @@
 //! Error::Locked                   -> 5 lock held
 //! CryptoError                     -> 6 decryption or signature failure
 //! Error::Corrupt, HashMismatch,
-//!   UnsafePath                    -> 7 damaged or hostile repository
+//!   UnsafePath, SplitBrain        -> 7 damaged or hostile repository (or sources that
+//!                                      disagree about it)
 //! Error::DestDiffers              -> 8 DEST differs (verify)
 //! anything else                   -> 1
 //! ```
@@ -106,9 +107,10 @@ impl Exit {
         Some(match cause.downcast_ref::<Error>()? {
             Error::Locked(_) => Exit::Locked,
             Error::DestDiffers { .. } => Exit::DestDiffers,
-            Error::Corrupt(_) | Error::HashMismatch { .. } | Error::UnsafePath { .. } => {
-                Exit::BadRepository
-            }
+            Error::Corrupt(_)
+            | Error::HashMismatch { .. }
+            | Error::UnsafePath { .. }
+            | Error::SplitBrain { .. } => Exit::BadRepository,
         })
     }
 

@@ -113,6 +113,8 @@ impl Repository {
             .manifest
             .as_ref()
             .ok_or_else(|| anyhow!("set {} has no manifest", set.label()))?;
+        // Every source must agree on the manifest: it anchors the set's volumes.
+        self.backend.verify_copies(&file.name)?;
         let data = self.read_small(file)?;
         let manifest = Manifest::parse(&data).with_context(|| format!("manifest {}", file.name))?;
         if manifest.volumes.is_empty() {

@@ -15,6 +15,7 @@
 //! only) breaks the contract on purpose, to test what wraps a backend.
 
 mod autoindex;
+mod aws;
 pub mod cache;
 #[cfg(test)]
 pub mod faulty;
@@ -23,7 +24,10 @@ mod http;
 mod local;
 mod memory;
 pub mod meter;
+pub mod mirrors;
 pub mod retry;
+mod s3;
+pub mod sftp;
 mod tls;
 pub mod url;
 
@@ -88,9 +92,21 @@ pub trait Backend: Send + Sync {
     fn is_local(&self) -> bool {
         false
     }
+
+    /// The copy of `name` last opened failed its check: open it elsewhere next time.
+    /// Whether another copy remains to try (several sources only; see [`mirrors`]).
+    fn distrust(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Checks that every source holding `name` holds the same bytes (several sources only).
+    fn verify_copies(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// A shared backend is a backend (so a test can keep a handle on one it hands over).
+/// A shared backend is a backend (so a test can keep a handle on one it hands over, and
+/// several sources can share one).
 impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn list(&self) -> Result<Vec<ListEntry>> {
         (**self).list()
@@ -103,6 +119,12 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn is_local(&self) -> bool {
         (**self).is_local()
+    }
+    fn distrust(&self, name: &str) -> bool {
+        (**self).distrust(name)
+    }
+    fn verify_copies(&self, name: &str) -> Result<()> {
+        (**self).verify_copies(name)
     }
 }
 
@@ -160,8 +182,13 @@ pub struct SourceOptions {
     pub read_timeout: Duration,
     /// Extra trusted root certificates (PEM), for a server with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Cap on the download rate, bytes per second (`--bwlimit`).
+    /// Cap on the download rate, bytes per second (`--bwlimit`), for all sources of a run
+    /// together.
     pub bwlimit: Option<u64>,
+    /// The S3-compatible server for `s3://` sources (`--s3-endpoint-url`).
+    pub s3_endpoint: Option<String>,
+    /// How to run `ssh` for `sftp://` sources.
+    pub ssh: sftp::SshOptions,
 }
 
 impl Default for SourceOptions {
@@ -172,17 +199,32 @@ impl Default for SourceOptions {
             read_timeout: Duration::from_secs(60),
             ca_file: None,
             bwlimit: None,
+            s3_endpoint: None,
+            ssh: sftp::SshOptions::default(),
         }
     }
 }
 
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
-/// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
-/// [`retry::RetryBackend`], which counts what they transfer into `reporter`.
+/// `ftp://`, `ftps://`, `http://`, `https://`, `s3://` or `sftp://` URL (and duplicity's
+/// other spellings of the last two). Remote backends come wrapped in
+/// [`retry::RetryBackend`], which counts what they transfer into `reporter`, under a
+/// `--bwlimit` of their own (several sources of one run share one: [`open_metered`]).
 pub fn open_source(
     source: &str,
     options: &SourceOptions,
     reporter: &Arc<Reporter>,
+) -> Result<Box<dyn Backend>> {
+    let meter = Arc::new(meter::Meter::new(options.bwlimit, reporter.clone()));
+    open_metered(source, options, &meter)
+}
+
+/// [`open_source`] with the meter given: every byte read from the source passes `meter`,
+/// so sources that share one share its `--bwlimit` and its reporter.
+pub fn open_metered(
+    source: &str,
+    options: &SourceOptions,
+    meter: &Arc<meter::Meter>,
 ) -> Result<Box<dyn Backend>> {
     if let Some(path) = source.strip_prefix("file://") {
         return Ok(Box::new(LocalBackend::new(path)?));
@@ -190,15 +232,27 @@ pub fn open_source(
     if !source.contains("://") {
         return Ok(Box::new(LocalBackend::new(source)?));
     }
-    let url = url::SourceUrl::parse(source)?;
-    let inner: Box<dyn Backend> = match url.scheme {
-        url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
-        url::Scheme::Http | url::Scheme::Https => Box::new(http::HttpBackend::new(url, options)?),
+    let scheme = source.split_once("://").map_or("", |(s, _)| s);
+    let inner: Box<dyn Backend> = if s3::SCHEMES.contains(&scheme) {
+        Box::new(s3::S3Backend::new(
+            source,
+            options.s3_endpoint.as_deref(),
+            options,
+        )?)
+    } else if sftp::SCHEMES.contains(&scheme) {
+        Box::new(sftp::SftpBackend::new(source, options)?)
+    } else {
+        let url = url::SourceUrl::parse(source)?;
+        match url.scheme {
+            url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
+            url::Scheme::Http | url::Scheme::Https => {
+                Box::new(http::HttpBackend::new(url, options)?)
+            }
+        }
     };
-    let meter = meter::Meter::new(options.bwlimit, reporter.clone());
     Ok(Box::new(retry::RetryBackend::new(
         inner,
         options.retries,
-        meter,
+        meter.clone(),
     )))
 }

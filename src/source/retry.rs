@@ -58,7 +58,7 @@ impl RetryPolicy {
 struct Shared {
     inner: Box<dyn Backend>,
     policy: RetryPolicy,
-    meter: Meter,
+    meter: Arc<Meter>,
     /// Sizes from the last listing: a read that ends short of one was cut.
     sizes: Mutex<HashMap<String, u64>>,
 }
@@ -67,7 +67,7 @@ pub struct RetryBackend(Arc<Shared>);
 
 impl RetryBackend {
     /// Retries `inner`'s transient failures up to `retries` times in a row.
-    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Meter) -> RetryBackend {
+    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Arc<Meter>) -> RetryBackend {
         RetryBackend(Arc::new(Shared {
             inner,
             policy: RetryPolicy::new(retries),
@@ -288,7 +288,7 @@ mod tests {
         let b = RetryBackend::new(
             Box::new(FaultyBackend::new(Box::new(memory), faults)),
             retries,
-            Meter::new(None, reporter.clone()),
+            Arc::new(Meter::new(None, reporter.clone())),
         )
         .without_waiting();
         (b, reporter)

@@ -13,6 +13,7 @@
 //! * [`tree`]: tree snapshots and their text form (the committed `testdata/**/*.tree` files);
 //! * [`report`]: dupmirror's `--json` reports as typed structs;
 //! * [`remote`], [`proxy`]: servers on 127.0.0.1 and a fault-injecting TCP proxy;
+//!   [`stores`]: an S3 server (moto) and an SFTP server (sshd);
 //! * [`gpg`]: private GnuPG homes; [`strace`]: kills and errors at exact syscalls, and
 //!   locks held at them; [`tmpfs`]: a small or second file system;
 //! * [`time`]: backup times and duplicity's time formats.
@@ -43,6 +44,7 @@ pub mod remote;
 pub mod report;
 pub mod scenario;
 pub mod source;
+pub mod stores;
 pub mod strace;
 pub mod time;
 pub mod tmpfs;
