@@ -29,5 +29,6 @@ mod remote_ftp;
 mod remote_http;
 mod remote_s3;
 mod remote_sftp;
+mod security_dest;
 mod testdata_gen;
 mod testdata_repos;
