@@ -164,10 +164,15 @@ impl Loader<'_> {
         if COMMAND_LINE_ONLY.contains(&key) {
             return None;
         }
+        // A positional's id first: `source` is SOURCE, not sync's repeatable `--source`.
         self.sync
-            .get_arguments()
-            .find(|a| a.get_long() == Some(key))
-            .or_else(|| self.sync.get_positionals().find(|a| a.get_id() == key))
+            .get_positionals()
+            .find(|a| a.get_id() == key)
+            .or_else(|| {
+                self.sync
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(key))
+            })
     }
 
     /// The table's settings, each checked against the option it names.
@@ -278,7 +283,10 @@ impl Loader<'_> {
         }
         for arg in self.sync.get_positionals() {
             let id = arg.get_id().as_str();
-            if arg.is_required_set() && !settings.contains_key(id) {
+            // DEST may be left out on the command line only when `--source` gives the
+            // sources, which a table cannot (its `source` key is SOURCE).
+            let required = arg.is_required_set() || id == "dest";
+            if required && !settings.contains_key(id) {
                 return Err(self.error(
                     Some(line),
                     format!("{table}: key {id:?} is missing (it is required)"),

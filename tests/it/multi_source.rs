@@ -120,7 +120,7 @@ fn split_brain_sources_are_refused() {
     let (one, two) = (format!("{base}/repo/"), format!("{base}/other/"));
     let host = lab.host("x");
     let run = host.sync(&one, &["--quiet", "--source", &two]);
-    assert_one_clear_line(&run, "split brain by size", &["split brain"], "\n\n");
+    run.assert_one_error_line("split brain by size", &["split brain"], &[7]);
     assert!(host.tree_opt().is_none());
 
     // Same names and sizes, different bytes: only reading the manifests tells.
@@ -137,7 +137,7 @@ fn split_brain_sources_are_refused() {
     assert_ne!(tampered, text);
     fs::write(&twin, tampered).unwrap();
     let run = host.sync(&one, &["--quiet", "--source", &format!("{base}/twin/")]);
-    assert_one_clear_line(&run, "split brain by content", &["split brain"], "\n\n");
+    run.assert_one_error_line("split brain by content", &["split brain"], &[7]);
     assert!(
         run.stderr.contains(name.to_str().unwrap()),
         "{}",
