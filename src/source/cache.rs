@@ -10,10 +10,12 @@
 //! fails. The applier takes the volumes in order and each file is deleted when the applier
 //! is done with it, so the cache never holds what is applied. Files of an interrupted run
 //! stay for the next one, which keeps those it still wants and deletes the rest.
+//! A download stops at the size the listing gave (`source::checked`), so a server cannot
+//! fill the disk, and only plain file names (`source::names`) are joined to the cache path.
 
 use crate::error::Error;
 use crate::source::meter::Meter;
-use crate::source::Backend;
+use crate::source::{names, Backend};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
@@ -241,6 +243,9 @@ impl Shared {
     /// Downloads one volume into the cache (resuming a partial file), checks its SHA1 and
     /// renames it into place; a mismatch is fetched once more from scratch.
     fn download(&self, want: &WantedVolume) -> Result<PathBuf> {
+        // Listed names were checked already; the cache never joins anything else to its path.
+        names::check(&want.name)
+            .map_err(|fault| anyhow!("refusing to cache {} ({fault})", names::shown(&want.name)))?;
         let done = self.dir.join(&want.name);
         if done.is_file() {
             return Ok(done); // downloaded and checked by an earlier run

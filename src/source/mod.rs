@@ -10,20 +10,27 @@
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
 //! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
 //! SOURCE URLs, finds credentials and redacts passwords from everything shown.
+//!
+//! Nothing a source says is trusted: [`open_source`] wraps every backend in
+//! [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
+//! stops any read at the size the listing gave. A backend bounds what its own listing
+//! reads by [`MAX_LISTING_BYTES`] (see [`read_listing`]).
 
 mod autoindex;
 pub mod cache;
+pub mod checked;
 mod ftp;
 mod http;
 mod local;
 pub mod meter;
+pub mod names;
 pub mod retry;
 mod tls;
 pub mod url;
 
 pub use local::LocalBackend;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use meter::Meter;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -46,7 +53,8 @@ pub struct Opened {
 }
 
 pub trait Backend: Send + Sync {
-    /// The files of the repository folder (not recursive).
+    /// The files of the repository folder (not recursive). A remote listing reads at most
+    /// [`MAX_LISTING_BYTES`] from the server.
     fn list(&self) -> Result<Vec<ListEntry>>;
 
     /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
@@ -130,20 +138,51 @@ impl Default for SourceOptions {
     }
 }
 
+/// The most bytes of one directory listing read from a server (64 MiB: some 400,000 files
+/// in an HTML index). A listing that goes on is refused instead of filling the memory.
+pub const MAX_LISTING_BYTES: u64 = 64 << 20;
+
+/// Reads a whole listing from `reader`, refusing one larger than [`MAX_LISTING_BYTES`].
+/// `what` says which listing, for the error.
+pub fn read_listing(reader: impl Read, what: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader
+        .take(MAX_LISTING_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| {
+            let msg = format!("{what}: {}", root_cause(&e));
+            anyhow!(if is_transient_io(&e) {
+                SourceError::Transient(msg)
+            } else {
+                SourceError::Permanent(msg)
+            })
+        })?;
+    if data.len() as u64 > MAX_LISTING_BYTES {
+        return Err(anyhow!(SourceError::Permanent(format!(
+            "{what}: the listing is larger than {} MiB, the most dupmirror reads of one",
+            MAX_LISTING_BYTES >> 20
+        ))));
+    }
+    Ok(data)
+}
+
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
 /// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
-/// [`retry::RetryBackend`].
+/// [`retry::RetryBackend`], and every backend in [`checked::CheckedBackend`].
 pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
-    if let Some(path) = source.strip_prefix("file://") {
-        return Ok(Box::new(LocalBackend::new(path)?));
-    }
-    if !source.contains("://") {
-        return Ok(Box::new(LocalBackend::new(source)?));
-    }
-    let url = url::SourceUrl::parse(source)?;
-    let inner: Box<dyn Backend> = match url.scheme {
-        url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
-        url::Scheme::Http | url::Scheme::Https => Box::new(http::HttpBackend::new(url, options)?),
+    let backend: Box<dyn Backend> = if let Some(path) = source.strip_prefix("file://") {
+        Box::new(LocalBackend::new(path)?)
+    } else if !source.contains("://") {
+        Box::new(LocalBackend::new(source)?)
+    } else {
+        let url = url::SourceUrl::parse(source)?;
+        let inner: Box<dyn Backend> = match url.scheme {
+            url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
+            url::Scheme::Http | url::Scheme::Https => {
+                Box::new(http::HttpBackend::new(url, options)?)
+            }
+        };
+        Box::new(retry::RetryBackend::new(inner, options))
     };
-    Ok(Box::new(retry::RetryBackend::new(inner, options)))
+    Ok(Box::new(checked::CheckedBackend::new(backend)))
 }
