@@ -25,6 +25,11 @@ pub enum Error {
     #[error("refusing unsafe entry {path:?}: {reason}")]
     UnsafePath { path: String, reason: String },
 
+    /// Without `--time`, the source offers only backups older than one DEST already held:
+    /// its newer sets were removed or are being hidden (rollback).
+    #[error("refusing to take DEST back from {held} to {offered}, the newest backup the source still offers: its newer sets are gone (removed, or hidden by the server or the network); to go back on purpose, pass --time {offered}")]
+    Rollback { held: String, offered: String },
+
     /// Another process holds the state directory's lock.
     #[error("another dupmirror sync holds the lock on {0} (use --wait to wait for it)")]
     Locked(PathBuf),

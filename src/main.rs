@@ -276,6 +276,17 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A span of seconds in the largest unit that fits: `45 s`, `12 min`, `5.5 h`, `3.2 days`.
+fn human_duration(secs: i64) -> String {
+    let s = secs as f64;
+    match secs {
+        ..120 => format!("{secs} s"),
+        ..7200 => format!("{:.0} min", s / 60.0),
+        ..172_800 => format!("{:.1} h", s / 3600.0),
+        _ => format!("{:.1} days", s / 86400.0),
+    }
+}
+
 /// How many differing paths a human report lists.
 const LISTED_PATHS: usize = 20;
 
@@ -445,6 +456,25 @@ fn print_status(r: &status::StatusReport) {
         match &d.holds {
             Some(t) => println!("DEST {} holds {t}", d.dest.display()),
             None => println!("DEST {} was never synced", d.dest.display()),
+        }
+        if let Some(newest) = &d.newest_applied {
+            let since = d
+                .newest_applied_at
+                .as_ref()
+                .map(|t| format!(", first reached at {t}"))
+                .unwrap_or_default();
+            println!("the newest backup DEST was brought to is {newest}{since}");
+        }
+        if d.source_behind {
+            println!(
+                "warning: the source offers only older backups than that: its newer sets \
+                 were removed or are hidden"
+            );
+        } else if let Some(s) = d.frozen_seconds {
+            println!(
+                "the source has offered nothing newer for {}",
+                human_duration(s)
+            );
         }
         println!(
             "a sync would apply {} set(s), {}{}",

@@ -1,8 +1,10 @@
 //! `dupmirror status SOURCE [--json]`: what the repository holds (like
-//! `duplicity collection-status`), and with `--dest`, what that DEST would need.
+//! `duplicity collection-status`), and with `--dest`, what that DEST would need, and whether
+//! the source stopped advancing (frozen) or went back (`mirror::rollback`).
 
 use super::open_repository;
 use crate::dest::state::{absolute_dest, default_state_dir};
+use crate::mirror::rollback;
 use crate::repo::collection::BackupSet;
 use crate::repo::filename::SetKind;
 use crate::repo::time::format_iso;
@@ -57,6 +59,16 @@ pub struct DestStatus {
     pub pending_bytes: u64,
     /// A sync would start over from a full set (new chain, or DEST off the chain).
     pub needs_full: bool,
+    /// The newest backup DEST was ever brought to (`mirror::rollback`).
+    pub newest_applied: Option<String>,
+    /// When a sync first brought DEST to it (this host's clock), when known.
+    pub newest_applied_at: Option<String>,
+    /// The source offers only older backups than `newest_applied`: its newer sets were
+    /// removed or are hidden, and a sync without `--time` refuses to go back.
+    pub source_behind: bool,
+    /// Seconds DEST has been at `newest_applied` while the source offers nothing newer: a
+    /// source that stops advancing (a freeze) shows as this outgrowing the backup interval.
+    pub frozen_seconds: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -104,8 +116,17 @@ pub fn status(
                 ),
                 (Some(ch), _) => (ch.sets().collect::<Vec<_>>(), true),
             };
+            let mark = state.as_ref().map(rollback::high_water);
+            let now = chrono::Utc::now().timestamp();
             Some(DestStatus {
                 dest: d,
+                newest_applied: mark.map(|m| format_iso(m.end_time)),
+                newest_applied_at: mark
+                    .filter(|m| m.reached_at > 0)
+                    .map(|m| format_iso(m.reached_at)),
+                source_behind: mark.is_some_and(|m| c.latest_time().is_none_or(|t| t < m.end_time)),
+                frozen_seconds: mark
+                    .and_then(|m| rollback::frozen_seconds(m, c.latest_time(), now)),
                 holds: state.map(|s| format_iso(s.end_time)),
                 pending_sets: pending.len(),
                 pending_bytes: pending.iter().map(|s| s.volume_bytes()).sum(),

@@ -1,7 +1,8 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
 //! Order of work: lock the state directory, finish or roll back an interrupted commit,
-//! list the source, plan, then stage and commit one set at a time. A failure leaves DEST as
+//! list the source, refuse an older backup than DEST held unless `--time` asks for it
+//! (`mirror::rollback`), plan, then stage and commit one set at a time. A failure leaves DEST as
 //! the last committed set left it and cleans the staging area.
 
 use super::{open_repository, resolve_time};
@@ -13,6 +14,7 @@ use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::mirror::rollback;
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::format_iso;
 use crate::repo::{RepoOptions, Repository};
@@ -123,6 +125,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
     let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
     let mut state = state_dir.load()?;
+    // The newest backup DEST ever held; kept even when DEST must be rebuilt.
+    let mut mark = state.as_ref().map(rollback::high_water);
     if let Some(st) = &state {
         if st.dest != dest {
             bail!(
@@ -142,6 +146,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let repo = open_repository(&opts.source, &opts.repo)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
+    let explicit_time = opts.time.is_some();
+    if let Some(chain) = repo.collection.select(time)? {
+        rollback::check_target(mark, chain.end_time_at(time), explicit_time)?;
+    }
     let dest_empty = is_empty_or_missing(&dest)?;
     if state.is_none() && !dest_empty && !opts.adopt {
         bail!(
@@ -215,13 +223,20 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     let progress = opts.repo.source.meter.progress();
     progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
+        let newest = rollback::next_high_water(
+            mark,
+            step.set.end_time,
+            explicit_time,
+            chrono::Utc::now().timestamp(),
+        );
         let target = MirrorState::new(
             repo.display(),
             plan.chain_start,
             step.set.end_time,
             dest.clone(),
             filter.to_strings(),
-        );
+        )
+        .with_newest(newest);
         let staged = stage_step(&repo, &plan, step, &dest, &state_dir, &target, opts.durable);
         let (applier, repaired) = match staged {
             Ok(a) => a,
@@ -246,6 +261,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 return Err(e);
             }
         };
+        mark = Some(newest);
         set_report.applied = Some(stats);
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;

@@ -86,6 +86,15 @@ impl BackupChain {
         std::iter::once(&self.full).chain(self.incs.iter())
     }
 
+    /// The backup this chain restores at time `t`: the end of its last set at or before `t`.
+    pub fn end_time_at(&self, t: Epoch) -> Epoch {
+        self.incs
+            .iter()
+            .rev()
+            .find(|s| s.end_time <= t)
+            .map_or(self.full.end_time, |s| s.end_time)
+    }
+
     /// The full and every incremental ending at or before `t`.
     pub fn sets_until(&self, t: Epoch) -> Vec<&BackupSet> {
         let mut out = vec![&self.full];
