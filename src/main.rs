@@ -279,11 +279,14 @@ fn human_bytes(n: u64) -> String {
 /// A span of seconds in the largest unit that fits: `45 s`, `12 min`, `5.5 h`, `3.2 days`.
 fn human_duration(secs: i64) -> String {
     let s = secs as f64;
-    match secs {
-        ..120 => format!("{secs} s"),
-        ..7200 => format!("{:.0} min", s / 60.0),
-        ..172_800 => format!("{:.1} h", s / 3600.0),
-        _ => format!("{:.1} days", s / 86400.0),
+    if secs < 120 {
+        format!("{secs} s")
+    } else if secs < 7200 {
+        format!("{:.0} min", s / 60.0)
+    } else if secs < 172_800 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.1} days", s / 86400.0)
     }
 }
 

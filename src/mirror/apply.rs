@@ -30,7 +30,7 @@
 //! paths it names. Directories are made writable by root only: a non-root sync into a
 //! read-only directory of the backup fails with a clear error.
 
-use crate::decode::delta::{self, Spool};
+use crate::decode::delta::{self, SigDigest, Spool};
 use crate::decode::records::{Record, RecordKind, RecordSink};
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
 use crate::dest::guard::PathGuard;
@@ -111,7 +111,7 @@ pub struct SetApplier {
     /// the mtime to give back to them afterwards.
     kept_mtimes: BTreeMap<PathIndex, i64>,
     /// The new signatures of this set's changed files, to check patched results against.
-    new_signatures: BTreeMap<PathIndex, Vec<u8>>,
+    new_signatures: BTreeMap<PathIndex, SigDigest>,
     /// Whether a basis that does not fit is DEST's drift (to repair) rather than an error.
     detect_drift: bool,
     /// Paths whose patch could not be applied or checked out right.
@@ -170,7 +170,7 @@ impl SetApplier {
     /// a result that does not match marks the path as drifted (for the caller to repair)
     /// instead of writing a wrong file. Without this (a repair's scratch mirror, whose
     /// bases are exact), any of those is an error.
-    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         self.new_signatures = signatures;
         self.detect_drift = true;
     }
@@ -486,9 +486,29 @@ impl SetApplier {
         let mut out =
             File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let basis = delta::open_basis(&basis_path)?;
-        let mut patched = delta::patch(basis, &mut spool.reader()?, &mut out, &mut self.copy_buf);
+        // The output cannot outgrow what the new signature allows: a delta of endless
+        // copies must not fill the disk.
+        let max_out = match self
+            .new_signatures
+            .get(&index)
+            .and_then(SigDigest::max_size)
+        {
+            Some(max) => max,
+            None => delta::unsigned_output_bound(basis.metadata()?.len(), spool.spooled_bytes()),
+        };
+        let mut patched = delta::patch(
+            basis,
+            &mut spool.reader()?,
+            &mut out,
+            &mut self.copy_buf,
+            max_out,
+        );
         drop(out);
-        if !self.detect_drift {
+        // A corrupt delta is no sign of drift: it fails whatever the basis.
+        let corrupt = patched
+            .as_ref()
+            .is_err_and(|e| matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
+        if !self.detect_drift || corrupt {
             patched = Ok(patched.with_context(|| format!("cannot apply the change to {index}"))?);
         }
         let matches = match (&patched, self.new_signatures.get(&index)) {

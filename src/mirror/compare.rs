@@ -17,6 +17,7 @@
 //! symlinks' mode and mtime are not compared (duplicity does not restore them); owners are
 //! compared only when running as root, as only root can set them.
 
+use crate::decode::delta::SigDigest;
 use crate::decode::records::RecordKind;
 use crate::dest::fsops::OwnerMap;
 use crate::dest::walk::DestWalker;
@@ -86,7 +87,7 @@ struct HashJob {
     index: PathIndex,
     path: PathBuf,
     size: u64,
-    signature: Vec<u8>,
+    signature: SigDigest,
     expected: Metadata,
     /// Metadata differences already found.
     what: Vec<&'static str>,
@@ -182,7 +183,7 @@ pub fn compare(
         if entry.kind == RecordKind::Signature && what != ["type"] {
             if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
                 let mut what = what;
-                if !size_fits(local.len(), signature) {
+                if !signature.size_fits(local.len()) {
                     what.insert(0, "content");
                 }
                 if !what.is_empty() {
@@ -309,56 +310,27 @@ fn metadata_differences(
     Ok(what)
 }
 
-/// Reads a librsync signature header: (magic, block length, strong sum length).
-fn signature_header(sig: &[u8]) -> Option<(u32, usize, usize)> {
-    let word =
-        |i: usize| -> Option<u32> { Some(u32::from_be_bytes(sig.get(i..i + 4)?.try_into().ok()?)) };
-    Some((word(0)?, word(4)? as usize, word(8)? as usize))
-}
-
-/// Whether a file of `size` bytes has as many blocks as the signature: the number of
-/// blocks pins the size down to one block, a cheap first test.
-fn size_fits(size: u64, signature: &[u8]) -> bool {
-    let Some((_, block_len, strong_len)) = signature_header(signature) else {
-        return false;
-    };
-    if block_len == 0 || strong_len == 0 || strong_len > 32 {
-        return false;
-    }
-    let blocks = (signature.len() - 12) / (4 + strong_len);
-    size.div_ceil(block_len as u64) == blocks as u64
-}
-
-/// Whether the file's content has the given librsync signature.
-pub fn content_matches(path: &Path, size: u64, signature: &[u8]) -> Result<bool> {
-    let Some((magic, block_len, strong_len)) = signature_header(signature) else {
-        return Ok(false);
-    };
-    let kind = match magic {
+/// Whether the file's content has the signature `expected` stands for.
+pub fn content_matches(path: &Path, size: u64, expected: &SigDigest) -> Result<bool> {
+    let kind = match expected.magic {
         0x7273_0136 => librsync::SignatureType::MD4,
         0x7273_0137 => librsync::SignatureType::Blake2,
         _ => return Ok(false),
     };
-    if !size_fits(size, signature) {
+    if !expected.size_fits(size) {
         return Ok(false);
     }
     let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut job = librsync::Signature::with_options(file, block_len, strong_len, kind)
-        .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
-    // Compare as the signature streams out, stopping at the first difference.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = 0;
-    loop {
-        let n = std::io::Read::read(&mut job, &mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok(pos == signature.len());
-        }
-        if signature.get(pos..pos + n) != Some(&buf[..n]) {
-            return Ok(false);
-        }
-        pos += n;
-    }
+    let mut job = librsync::Signature::with_options(
+        file,
+        expected.block_len as usize,
+        expected.strong_len as usize,
+        kind,
+    )
+    .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
+    let actual =
+        SigDigest::read(&mut job).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(actual == *expected)
 }
 
 #[cfg(test)]
@@ -383,6 +355,7 @@ mod tests {
             &mut sig,
         )
         .unwrap();
+        let sig = SigDigest::of(&sig);
         assert!(content_matches(&p, 5000, &sig).unwrap());
         let mut edited = data.clone();
         edited[4000] ^= 1;
@@ -392,6 +365,6 @@ mod tests {
             !content_matches(&p, 9000, &sig).unwrap(),
             "size outside the block count"
         );
-        assert!(!content_matches(&p, 5000, b"junk").unwrap());
+        assert!(!content_matches(&p, 5000, &SigDigest::of(b"junk")).unwrap());
     }
 }
