@@ -17,6 +17,7 @@
 
 pub mod forge;
 pub mod gpg;
+pub mod hostile;
 /// One `#[test]` per upstream version (0.8 and 3.x) for each scenario function
 /// `fn(Duplicity)` named; a missing version skips (or fails, see the module doc).
 #[macro_export]
