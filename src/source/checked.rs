@@ -87,7 +87,6 @@ impl Backend for CheckedBackend {
         Ok(Opened {
             reader: Box::new(SizeCapped {
                 inner: opened.reader,
-                name: name.to_string(),
                 pos: opened.offset,
                 limit: listed.unwrap_or(MAX_UNLISTED_FILE_BYTES),
                 listed: listed.is_some(),
@@ -105,10 +104,9 @@ impl Backend for CheckedBackend {
     }
 }
 
-/// A reader that fails once its file goes past `limit` bytes.
+/// A reader that fails once its file goes past `limit` bytes (the caller names the file).
 struct SizeCapped {
     inner: Box<dyn Read + Send>,
-    name: String,
     /// Offset in the file of the next byte.
     pos: u64,
     limit: u64,
@@ -131,10 +129,7 @@ impl Read for SizeCapped {
                     MAX_UNLISTED_FILE_BYTES >> 30
                 )
             };
-            return Err(io::Error::other(format!(
-                "{}: the source sent more than {why}",
-                self.name
-            )));
+            return Err(io::Error::other(format!("the source sent more than {why}")));
         }
         Ok(n)
     }

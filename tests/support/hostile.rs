@@ -94,7 +94,8 @@ fn send_body(w: &mut dyn Write, data: &[u8], filler: &[u8], endless: bool, sent:
     if !endless {
         return;
     }
-    let chunk: Vec<u8> = filler.iter().copied().cycle().take(64 << 10).collect();
+    // Whole fillers only, so that an endless listing stays well-formed line after line.
+    let chunk: Vec<u8> = filler.repeat((64 << 10) / filler.len().max(1) + 1);
     let mut total = 0u64;
     while total < ENDLESS {
         if w.write_all(&chunk).is_err() {
@@ -303,22 +304,36 @@ pub struct FakeFtp {
     pub url: String,
     /// Listing and file bytes written so far.
     pub sent: Arc<AtomicU64>,
+    /// The names asked for with `RETR`, as asked.
+    pub retrieved: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeFtp {
     pub fn start(root: &Path, opts: FtpOptions) -> FakeFtp {
         let sent = Arc::new(AtomicU64::new(0));
-        let (root, count) = (root.to_path_buf(), sent.clone());
-        let acceptor = Acceptor::start(move |conn| serve_ftp(conn, &root, &opts, &count));
+        let retrieved = Arc::new(Mutex::new(Vec::new()));
+        let (root, count, log) = (root.to_path_buf(), sent.clone(), retrieved.clone());
+        let acceptor = Acceptor::start(move |conn| serve_ftp(conn, &root, &opts, &count, &log));
         FakeFtp {
             url: format!("ftp://127.0.0.1:{}/", acceptor.port),
             _acceptor: acceptor,
             sent,
+            retrieved,
         }
+    }
+
+    pub fn retrieved(&self) -> Vec<String> {
+        self.retrieved.lock().unwrap().clone()
     }
 }
 
-fn serve_ftp(conn: TcpStream, root: &Path, opts: &FtpOptions, sent: &AtomicU64) {
+fn serve_ftp(
+    conn: TcpStream,
+    root: &Path,
+    opts: &FtpOptions,
+    sent: &AtomicU64,
+    retrieved: &Mutex<Vec<String>>,
+) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
@@ -384,6 +399,7 @@ fn serve_ftp(conn: TcpStream, root: &Path, opts: &FtpOptions, sent: &AtomicU64) 
                 reply(&mut out, "226 done")
             }
             "RETR" => {
+                retrieved.lock().unwrap().push(arg.to_string());
                 let real = opts
                     .aliases
                     .iter()
