@@ -344,6 +344,101 @@ fn a_rebuilt_dest_does_not_go_back_either() {
     );
 }
 
+/// An old signed set renamed to pass for a newer one: signatures cover content, not names,
+/// but they carry a signed time. With `--sign-key`, a file signed well before the time its
+/// name gives is refused (before, the renamed set was applied: DEST went back to its
+/// content, past the high-water mark).
+#[test]
+fn an_old_signed_set_renamed_as_new_is_refused() {
+    use support::gpg::{encrypted_lab, GpgHome};
+    let Some(dup) = duplicity(Version::V3) else {
+        return;
+    };
+    let (Some(master), Some(host_home)) = (GpgHome::new(), GpgHome::new()) else {
+        return;
+    };
+    const PASS: &str = "sign-pass";
+    let hour = 3600;
+    let times = [T0, T0 + 2 * hour, T0 + 4 * hour];
+    let fpr = master.gen_key_at("signer", PASS, Some(T0 - 24 * hour));
+    master.export_public_to(&fpr, &host_home);
+    let mut lab = encrypted_lab(Lab::new(dup), &master, PASS, &["--sign-key", &fpr])
+        .env("SIGN_PASSPHRASE", PASS);
+    let base_opts = lab.crypt_opts.clone();
+    for (k, time) in times.into_iter().enumerate() {
+        lab.fs.set_now(time - 100);
+        lab.fs
+            .write("state.txt", format!("backup {k}\n").as_bytes());
+        // gpg signs at the backup's own time, as it would have on the day.
+        lab.crypt_opts = base_opts.clone();
+        lab.crypt_opts
+            .push(format!("--gpg-options=--faked-system-time={}!", time + 60).into());
+        lab.backup(
+            if k == 0 {
+                BackupKind::Full
+            } else {
+                BackupKind::Inc
+            },
+            time,
+        );
+    }
+    let host = lab.host("h");
+    let env = host_home.env(Some(PASS));
+    host.sync_env(&lab.repo, &["--sign-key", &fpr, "--no-fsync"], &env)
+        .assert_ok("sync to the newest backup");
+    assert_eq!(
+        fs::read(host.dest.join("state.txt")).unwrap(),
+        b"backup 2\n"
+    );
+
+    // The attacker hides the newest set and renames the first incremental (signed two hours
+    // after the full) to end two hours after the newest: past the high-water mark.
+    let (old, newest, forged) = (
+        format!(
+            "duplicity-inc.{}.to.{}.",
+            compact_time(times[0]),
+            compact_time(times[1])
+        ),
+        format!(
+            "duplicity-inc.{}.to.{}.",
+            compact_time(times[1]),
+            compact_time(times[2])
+        ),
+        format!(
+            "duplicity-inc.{}.to.{}.",
+            compact_time(times[0]),
+            compact_time(times[2] + 2 * hour)
+        ),
+    );
+    let sig_of = |base: &str| base.replace("duplicity-inc.", "duplicity-new-signatures.");
+    let hidden = lab.root.join("hidden");
+    fs::create_dir_all(&hidden).unwrap();
+    for name in lab.repo_files() {
+        let from = lab.repo.join(&name);
+        if name.starts_with(&newest) || name.starts_with(&sig_of(&newest)) {
+            fs::rename(&from, hidden.join(&name)).unwrap();
+        } else if let Some(rest) = name.strip_prefix(&old) {
+            fs::rename(&from, lab.repo.join(format!("{forged}{rest}"))).unwrap();
+        } else if let Some(rest) = name.strip_prefix(&sig_of(&old)) {
+            fs::rename(&from, lab.repo.join(format!("{}{rest}", sig_of(&forged)))).unwrap();
+        }
+    }
+    let before = host.tree();
+    let state = fs::read(host.state.join("state.json")).unwrap();
+    let r = host.sync_env(
+        &lab.repo,
+        &["--sign-key", &fpr, "--no-fsync", "--quiet"],
+        &env,
+    );
+    assert_clean_refusal(
+        &r,
+        "renamed signed set",
+        &["renamed to pass for a newer one"],
+    );
+    before.assert_same(&host.tree(), Compare::default(), "renamed signed set");
+    assert_eq!(fs::read(host.state.join("state.json")).unwrap(), state);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Finding 9: memory and disk bounds
 

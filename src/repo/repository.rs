@@ -85,6 +85,7 @@ impl Repository {
                 name: file.name.clone(),
                 encoding: file.encoding,
                 expected_sha1: sha1,
+                named_time: Some(file.end_time),
                 raw,
             },
             self.decryptor.clone(),
@@ -110,8 +111,7 @@ impl Repository {
         match &parsed {
             Ok(_) => reader.finish(),
             Err(_) => reader.abandon(),
-        }
-        .with_context(|| format!("cannot read {}", file.name))?;
+        }?;
         let manifest = parsed.with_context(|| format!("manifest {}", file.name))?;
         if manifest.volumes.is_empty() {
             bail!("manifest {} lists no volumes", file.name);
