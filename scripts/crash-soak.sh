@@ -22,7 +22,7 @@ cargo build --release --quiet
 export DUPMIRROR_TEST_BIN=$PWD/${CARGO_TARGET_DIR:-target}/release/dupmirror
 log=$(mktemp)
 status=0
-cargo test --release --test crash_kill --test faults_fs -- --nocapture --test-threads=1 2>&1 |
+cargo test --release --test it -- crash_kill:: faults_fs:: --nocapture --test-threads=1 2>&1 |
     tee "$log" >&2 || status=$?
 echo "--- summary ---"
 grep -E '^(crash_kill|faults_fs):|^test result' "$log" || true

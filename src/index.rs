@@ -3,11 +3,11 @@
 //! Duplicity names every object by its *index*: the tuple of raw byte components below the
 //! backup root, the root itself being the empty tuple. Order matters: volumes, signature tars
 //! and merges across sets are all sorted by comparing indexes component by component,
-//! bytewise (format reference §4.5), which is not the order of the joined path strings
+//! bytewise (docs/format.md §5.5), which is not the order of the joined path strings
 //! (`a/x` < `a-b` as indexes). `Vec<Vec<u8>>`'s derived order is exactly that order.
 //!
-//! The module also holds the manifest quoting (§3.2), which dupmirror reuses wherever it
-//! writes raw path bytes into a line-oriented file of its own (the journal).
+//! The module also holds the manifest quoting (docs/format.md §4.2), which dupmirror reuses
+//! wherever it writes raw path bytes into a line-oriented file of its own (the journal).
 
 use std::fmt;
 

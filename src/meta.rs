@@ -1,6 +1,6 @@
 //! What a backup records about each object besides its content.
 //!
-//! Duplicity keeps the tar header's view of a file (format reference §4.4): its type,
+//! Duplicity keeps the tar header's view of a file (docs/format.md §5.4): its type,
 //! permission bits, numeric and symbolic owner, and mtime in whole seconds. No atime,
 //! ACLs or xattrs, and never hard links.
 

@@ -1,6 +1,6 @@
 //! Unit tests on the real repositories committed under `testdata/` (written by upstream
 //! duplicity 0.8.22 and 3.2.1): every name form, manifest and volume layout read here
-//! without duplicity installed. `tests/testdata_repos.rs` checks whole syncs of them.
+//! without duplicity installed. `tests/it/testdata_repos.rs` checks whole syncs of them.
 
 use crate::decode::records::{Record, RecordKind, RecordSink, RecordStream};
 use crate::index::PathIndex;

@@ -1,4 +1,4 @@
-//! librsync deltas: applying the `diff` records of incremental sets (format reference §7.6).
+//! librsync deltas: applying the `diff` records of incremental sets (docs/format.md §7.5).
 //!
 //! A delta says how to rebuild a file from its previous version: literal bytes, and copies
 //! of ranges of the old content. Patching streams: the basis is read with seeks, the delta

@@ -1,6 +1,6 @@
 //! Duplicity's records: from the tar entries of a set's volumes to one record per path.
 //!
-//! Each tar entry of a difftar (docs/format.md §4.3) is a record about one path:
+//! Each tar entry of a difftar (docs/format.md §5.3) is a record about one path:
 //! `snapshot/P` (the whole object), `diff/P` (a librsync delta against the previous
 //! content), `deleted/P`, or a chunk `multivol_snapshot/P/k` / `multivol_diff/P/k` of a file
 //! too big for one entry. Chunks of one file follow each other, also across the end of one
@@ -87,8 +87,8 @@ impl RecordStream {
     }
 
     /// Reads one volume's tar stream. The stream ends at the first zero block or at EOF,
-    /// whichever comes first (§4.7): gzip volumes before 3.2 have no footer, and gpg
-    /// volumes carry junk after a single zero block.
+    /// whichever comes first (docs/format.md §5.7): gzip volumes before 3.2 have no footer,
+    /// and gpg volumes carry junk after a single zero block.
     pub fn read_volume(
         &mut self,
         tar_stream: &mut dyn Read,

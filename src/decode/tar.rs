@@ -2,7 +2,7 @@
 //!
 //! Difftars and signature tars are tar streams whose entry names carry the record kind
 //! (`snapshot/P`, `diff/P`, `deleted/P`, `signature/P`, chunks `multivol_snapshot/P/k` and
-//! `multivol_diff/P/k`; docs/format.md §4.3). This module turns one tar entry into a checked
+//! `multivol_diff/P/k`; docs/format.md §5.3). This module turns one tar entry into a checked
 //! [`EntryName`] and [`Metadata`]; `records` assembles entries into records.
 //!
 //! Every name is checked here, before any consumer sees it: `..` components, NUL bytes and
@@ -116,7 +116,8 @@ impl Extensions {
         std::str::from_utf8(self.pax(key)?).ok()?.parse().ok()
     }
 
-    /// The entry's full name: PAX `path`, else a GNU long name, else the ustar fields (§4.2).
+    /// The entry's full name: PAX `path`, else a GNU long name, else the ustar fields
+    /// (docs/format.md §5.2).
     pub fn path<'a>(&'a self, header: &'a tar::Header) -> Cow<'a, [u8]> {
         match (self.pax(b"path"), &self.long_name) {
             (Some(p), _) => Cow::Borrowed(p),
@@ -242,7 +243,7 @@ pub fn entry_metadata<R: Read>(
             h.device_minor()?.unwrap_or(0),
         ))
     };
-    // Deleted entries look like empty regular files (§4.4).
+    // Deleted entries look like empty regular files (docs/format.md §5.4).
     let file_type =
         if kind == RecordKind::Deleted || et.is_file() || et == tar::EntryType::Continuous {
             FileType::Regular

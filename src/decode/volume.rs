@@ -4,9 +4,9 @@
 //! and hands decoded buffers to the caller over a small bounded channel, so inflating one
 //! volume overlaps with writing the previous buffers to disk while memory stays fixed
 //! (a few buffers, whatever the volume size). The hash covers the file exactly as stored
-//! (§3.1): the thread reads to the end of the raw file even when the tar stream inside
-//! stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply nothing from
-//! a set before every volume of it has finished cleanly.
+//! (docs/format.md §4.1): the thread reads to the end of the raw file even when the tar
+//! stream inside stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply
+//! nothing from a set before every volume of it has finished cleanly.
 //!
 //! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
 //! gzip is inflated straight from the read buffer, and consumed buffers travel back to it

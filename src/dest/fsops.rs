@@ -4,7 +4,7 @@
 //! a path is only written when every ancestor below DEST is a real directory (never a
 //! symlink, so nothing escapes DEST through one), removal never follows symlinks, and
 //! attributes are set without following symlinks. Owners are set only when running as
-//! root, mapping user and group names to local ids as duplicity does (§4.4).
+//! root, mapping user and group names to local ids as duplicity does (docs/format.md §5.4).
 //!
 //! Regular files are most of a bootstrap's system calls, so a new file gets its attributes
 //! through its open descriptor (no path lookups) and only those it does not already have:

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! plan(repository, state of DEST, time T, paths):
-//!     chain = the chain duplicity would restore T from (§6.4)
+//!     chain = the chain duplicity would restore T from (docs/format.md §3.3)
 //!     if DEST has no state and is empty:   full (Fresh) + incrementals ≤ T
 //!     elif DEST is on that chain, at a set ≤ T, with the same paths:
 //!                                          the incrementals after DEST's end, ≤ T (maybe none)

@@ -1,11 +1,11 @@
-//! Sets and chains: what a repository listing holds (format reference §6).
+//! Sets and chains: what a repository listing holds (docs/format.md §3).
 //!
 //! Files are grouped into backup sets by kind and times. A set is complete only when its
 //! manifest is there: duplicity uploads volumes, then signatures, then the manifest, so a set
 //! without one is a backup in progress (or one that died) and is never applied. Complete
 //! sets are linked into chains by exact time equality (an incremental joins the chain that
 //! ends where it starts); incrementals that link nowhere are orphans. [`Collection::select`]
-//! picks the chain and sets for a restore time with duplicity's rules (§6.4).
+//! picks the chain and sets for a restore time with duplicity's rules (docs/format.md §3.3).
 
 use crate::repo::filename::{Content, NameParser, RemoteFile, SetKind};
 use crate::repo::time::{format_compact, Epoch};
@@ -226,8 +226,8 @@ impl Collection {
         Ok(out)
     }
 
-    /// The chain to restore time `t` from (§6.4): the chain spanning `t`, else the latest
-    /// chain ending before `t`, else (t precedes every backup) the earliest chain.
+    /// The chain to restore time `t` from (docs/format.md §3.3): the chain spanning `t`, else the
+    /// latest chain ending before `t`, else (t precedes every backup) the earliest chain.
     pub fn select(&self, t: Epoch) -> Result<Option<&BackupChain>> {
         let spanning: Vec<&BackupChain> = self
             .chains

@@ -1,6 +1,6 @@
 //! Duplicity file names: which file of which backup set a name denotes.
 //!
-//! A repository is a flat folder and duplicity knows its files only by name (format reference
+//! A repository is a flat folder and duplicity knows its files only by name (docs/format.md
 //! §2). This module turns a name into a [`RemoteFile`]: its set (full or incremental, and the
 //! times that identify it), what it is (volume N, manifest, signatures, jsonstat), how it is
 //! encoded (plain, gzip, gpg) and whether it is a `.part` leftover. Long names, short base-36

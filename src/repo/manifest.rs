@@ -1,4 +1,4 @@
-//! Manifests: the index of one backup set (format reference §3).
+//! Manifests: the index of one backup set (docs/format.md §4).
 //!
 //! A manifest lists the set's volumes with the path range each one covers and the SHA1 of
 //! the stored volume file, then (normally at the end) a Filelist of changed regular files.

@@ -1,12 +1,13 @@
 //! Signature tars: the state of the backed-up tree without reading any volume.
 //!
-//! Each set has a signature file (format reference §5): the full one lists every path with
+//! Each set has a signature file (docs/format.md §6): the full one lists every path with
 //! its metadata (and, for regular files, a librsync signature of the content); the
 //! incremental ones list only what changed or vanished. Merging a chain's signature files
-//! by index, the later file winning, gives the tree at the end of that chain (§5.3): what
-//! `ls` prints, and what `verify` compares DEST with. The merge streams: one tar reader per
-//! file, advanced together, so memory does not grow with the tree; a signature is kept as
-//! its digest ([`SigDigest`]), so memory does not grow with a file's size either.
+//! by index, the later file winning, gives the tree at the end of that chain
+//! (docs/format.md §6.3): what `ls` prints, and what `verify` compares DEST with. The merge
+//! streams: one tar reader per file, advanced together, so memory does not grow with the
+//! tree; a signature is kept as its digest ([`SigDigest`]), so memory does not grow with a
+//! file's size either.
 
 use crate::decode::delta::SigDigest;
 use crate::decode::tar::{

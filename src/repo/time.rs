@@ -1,6 +1,6 @@
 //! Backup times: the three encodings found in file names, and the forms a user may type.
 //!
-//! Times live only in file names (format reference §2.3): compact UTC `20260102T030405Z`,
+//! Times live only in file names (docs/format.md §2.4): compact UTC `20260102T030405Z`,
 //! the old W3 form `2026-01-02T03:04:05-05:00` (with a configurable clock separator), and
 //! base-36 epoch seconds in short names. `--time` accepts what duplicity documents for
 //! restore: those forms, epoch seconds, `now`, dates and intervals such as `3D2h` (ago).

@@ -1,6 +1,6 @@
 //! Decrypting duplicity's `.gpg` files through the user's own GnuPG (gpgme), as a stream.
 //!
-//! duplicity encrypts volumes, manifests and signature files with `gpg` (format reference
+//! duplicity encrypts volumes, manifests and signature files with `gpg` (docs/format.md
 //! §8): symmetrically with a passphrase, or to public keys (possibly hidden recipients),
 //! optionally signed. dupmirror reads them the way duplicity does: the passphrase comes from
 //! `PASSPHRASE` (or `--passphrase-file`) and is used both for symmetric files and to unlock a

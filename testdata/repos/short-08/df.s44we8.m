@@ -1,9 +1,9 @@
 Hostname vm
-Localdir src/short-08
+Localdir src
 Volume 1:
     StartingPath   .  
     EndingPath     link  
-    Hash SHA1 fa5f206c439b0419fb3048782031fc1b564e7d0c
+    Hash SHA1 aeb9aecac22b317a20cc208183bc0e323575ece6
 Filelist 5
     new      README.txt
     new      bin/tool

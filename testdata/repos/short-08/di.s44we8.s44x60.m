@@ -1,9 +1,9 @@
 Hostname vm
-Localdir src/short-08
+Localdir src
 Volume 1:
     StartingPath   .  
     EndingPath     docs/c.txt  
-    Hash SHA1 3748517e810ec61c5fe9d94dbe6391277c2fd12f
+    Hash SHA1 ce13b009136873af6827360090951929c6bdf244
 Filelist 3
     changed  bin/tool
     changed  docs/a.txt

@@ -1,9 +1,9 @@
 Hostname vm
-Localdir src/short-08
+Localdir src
 Volume 1:
     StartingPath   .  
     EndingPath     link  
-    Hash SHA1 9f6092615ddb11c81fdb48eb712d2c08c8d7a017
+    Hash SHA1 28b69db75ba5319b1589407d53d18b8fa5cc6485
 Filelist 2
     changed  data.bin
     deleted  docs/b.txt

@@ -1,0 +1,28 @@
+//! dupmirror's integration tests: one test binary (as ripgrep does), so that the harness in
+//! [`support`] is compiled once and every test runs in one `cargo test` process.
+//!
+//! Each module below was a test file of its own; they drive the dupmirror binary only through
+//! its command line. Run one module with `cargo test --test it MODULE::`, one test with its
+//! full path. `testdata_gen` holds the generator of the committed `testdata/` (ignored: see
+//! scripts/make-testdata.sh).
+
+mod support;
+
+mod commands;
+mod crash_kill;
+mod faults_fs;
+mod faults_input;
+mod fetch_only;
+mod gpg_formats;
+mod gpg_oracle;
+mod gpg_refusals;
+mod gpg_testdata;
+mod harness;
+mod oracle_local;
+mod refusals;
+mod remote_faults;
+mod remote_ftp;
+mod remote_http;
+mod security_input;
+mod testdata_gen;
+mod testdata_repos;
