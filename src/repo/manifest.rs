@@ -101,8 +101,8 @@ impl Manifest {
 
     /// Reads a manifest from `input` within the bounds of the module comment. Volume
     /// blocks numbered above `max_volume` (the highest volume the source has) are not kept;
-    /// when the last-listed block is one of them, the result names a volume the source lacks,
-    /// as it should.
+    /// when the last-listed block is one of them, the result names that volume (bare), so
+    /// that the set shows as missing it.
     pub fn read(input: &mut dyn BufRead, max_volume: u32) -> Result<Manifest, ManifestError> {
         let bad = |line_no: usize, what: &str| {
             ManifestError::Corrupt(Error::corrupt(format!(
@@ -256,6 +256,21 @@ impl Manifest {
         }
         if let Some(last) = last_listed {
             m.volumes.retain(|&n, _| n <= last);
+            if last > max_volume {
+                // Its block was not kept (the source has no such volume); a bare entry
+                // keeps the set known to be broken.
+                m.volumes.insert(
+                    last,
+                    VolumeInfo {
+                        number: last,
+                        start: PathIndex::root(),
+                        start_block: None,
+                        end: PathIndex::root(),
+                        end_block: None,
+                        hash: None,
+                    },
+                );
+            }
         }
         Ok(m)
     }
@@ -318,6 +333,9 @@ mod tests {
         let m = Manifest::read(&mut &data[..], 2).unwrap();
         assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1]);
         assert_eq!(m.sha1_of(1), Some("cc"));
+        let m = Manifest::read(&mut &data[..40], 2).unwrap();
+        assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1, 9]);
+        assert_eq!(m.sha1_of(9), None);
         let mut long = b"Filelist 1\n    new      ".to_vec();
         long.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES as usize));
         let e = Manifest::read(&mut &long[..], 1).unwrap_err().to_string();

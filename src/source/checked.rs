@@ -18,11 +18,9 @@
 //! manifest's SHA1 does that).
 
 use super::names::{self, shown};
-use super::{Backend, ListEntry, Opened, SourceError};
+use super::{Backend, ListEntry, ListedSizes, Opened, SourceError};
 use anyhow::{anyhow, Result};
-use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::Mutex;
 
 /// The most bytes read of a file whose size the listing does not give (an FTP server
 /// answering only `NLST`, an index without sizes): far above any duplicity volume.
@@ -30,15 +28,14 @@ pub const MAX_UNLISTED_FILE_BYTES: u64 = 64 << 30;
 
 pub struct CheckedBackend {
     inner: Box<dyn Backend>,
-    /// Sizes from the last listing.
-    sizes: Mutex<HashMap<String, u64>>,
+    sizes: ListedSizes,
 }
 
 impl CheckedBackend {
     pub fn new(inner: Box<dyn Backend>) -> CheckedBackend {
         CheckedBackend {
             inner,
-            sizes: Mutex::new(HashMap::new()),
+            sizes: ListedSizes::default(),
         }
     }
 }
@@ -66,12 +63,7 @@ pub fn checked_listing(listing: Vec<ListEntry>) -> Result<Vec<ListEntry>> {
 impl Backend for CheckedBackend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let listing = checked_listing(self.inner.list()?)?;
-        if let Ok(mut sizes) = self.sizes.lock() {
-            *sizes = listing
-                .iter()
-                .filter_map(|e| Some((e.name.clone(), e.size?)))
-                .collect();
-        }
+        self.sizes.record(&listing);
         Ok(listing)
     }
 
@@ -82,7 +74,7 @@ impl Backend for CheckedBackend {
                 shown(name)
             ))));
         }
-        let listed = self.sizes.lock().ok().and_then(|s| s.get(name).copied());
+        let listed = self.sizes.get(name);
         let opened = self.inner.open(name, offset)?;
         Ok(Opened {
             reader: Box::new(SizeCapped {

@@ -32,9 +32,10 @@ pub use local::LocalBackend;
 
 use anyhow::{anyhow, Result};
 use meter::Meter;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One file of the repository folder.
@@ -42,6 +43,26 @@ use std::time::Duration;
 pub struct ListEntry {
     pub name: String,
     pub size: Option<u64>,
+}
+
+/// The sizes a backend's last listing gave, by name: what the layers above it check reads
+/// against (a read that ends short was cut; one that goes on is refused).
+#[derive(Default)]
+pub struct ListedSizes(Mutex<HashMap<String, u64>>);
+
+impl ListedSizes {
+    pub fn record(&self, listing: &[ListEntry]) {
+        if let Ok(mut sizes) = self.0.lock() {
+            *sizes = listing
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.size?)))
+                .collect();
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.lock().ok().and_then(|s| s.get(name).copied())
+    }
 }
 
 /// A file opened for reading.

@@ -10,7 +10,7 @@
 //! Repositories are forged (support/fixture); servers are the small liars of
 //! support/hostile.rs.
 
-use crate::support::fixture::{delta, gzip, tar, Entry, Forge, ForgedSet, SetName};
+use crate::support::fixture::{delta, gzip, gzipped_zeros, tar, Entry, Forge, ForgedSet, SetName};
 use crate::support::hostile::*;
 use crate::support::oracle::BackupKind;
 use crate::support::*;
@@ -84,6 +84,17 @@ impl Bed {
         self.forge.full(t(0), entries.clone());
         self.sync_local().assert_ok("baseline sync");
         entries
+    }
+
+    /// A local sync that must succeed (leaving `content` at `path` in DEST) with a peak RSS
+    /// under 60 MiB, whatever the huge input it reads.
+    fn sync_in_fixed_memory(&self, ctx: &str, path: &str, content: &[u8]) {
+        let m = run_measured(self.args(self.forge.repo.clone(), &[]), None);
+        let peak = m.peak_rss_bytes / MIB;
+        eprintln!("{ctx}: peak RSS {peak} MiB");
+        m.run.assert_ok(ctx);
+        assert_eq!(fs::read(self.dest.join(path)).unwrap(), content, "{ctx}");
+        assert!(peak < 60, "{ctx}: peak RSS {peak} MiB");
     }
 
     fn state_json(&self) -> Option<Vec<u8>> {
@@ -533,15 +544,7 @@ fn a_huge_manifest_is_read_in_fixed_memory() {
         .full(t(0), vec![Entry::dir("."), Entry::file("f", b"x\n")]);
     grow_manifest(&set.manifest, 4_000_000);
     assert!(fs::metadata(&set.manifest).unwrap().len() > 140 * MIB);
-    let m = run_measured(bed.args(bed.forge.repo.clone(), &[]), None);
-    eprintln!("150 MB manifest: peak RSS {} MiB", m.peak_rss_bytes / MIB);
-    m.run.assert_ok("sync with a huge manifest");
-    assert_eq!(fs::read(bed.dest.join("f")).unwrap(), b"x\n");
-    assert!(
-        m.peak_rss_bytes < 60 * MIB,
-        "peak RSS {} MiB",
-        m.peak_rss_bytes / MIB
-    );
+    bed.sync_in_fixed_memory("150 MB manifest", "f", b"x\n");
 }
 
 /// One gzip member holding `data`.
@@ -549,15 +552,12 @@ fn gz(data: &[u8]) -> Vec<u8> {
     gzip(data)
 }
 
-/// A gzip stream that inflates to a tar with one entry `name` of `mib` MiB of zeros, made
-/// of repeated members (so the test never compresses that much itself).
+/// A gzip stream that inflates to a tar with one entry `name` of `mib` MiB of zeros (a
+/// multiple of 8), made of repeated members (so the test never compresses that much).
 fn zero_entry_gz(name: &[u8], mib: u64) -> Vec<u8> {
     let header = tar::header(name, b'0', mib * MIB, &Entry::raw(name, b'0'), b"");
     let mut out = gz(&header);
-    let zeros = gz(&vec![0u8; MIB as usize]);
-    for _ in 0..mib {
-        out.extend_from_slice(&zeros);
-    }
+    out.extend(gzipped_zeros(mib * MIB));
     out.extend(gz(&[0u8; 1024])); // end of archive
     out
 }
@@ -617,18 +617,7 @@ fn a_huge_signature_entry_is_read_in_fixed_memory() {
         zero_entry_gz(b"signature/zzz", 400),
     )
     .unwrap();
-    let m = run_measured(bed.args(bed.forge.repo.clone(), &[]), None);
-    eprintln!(
-        "400 MiB signature entry: peak RSS {} MiB",
-        m.peak_rss_bytes / MIB
-    );
-    m.run.assert_ok("sync with a huge signature entry");
-    assert_eq!(fs::read(bed.dest.join("a/new")).unwrap(), b"new\n");
-    assert!(
-        m.peak_rss_bytes < 60 * MIB,
-        "peak RSS {} MiB",
-        m.peak_rss_bytes / MIB
-    );
+    bed.sync_in_fixed_memory("400 MiB signature entry", "a/new", b"new\n");
 }
 
 // ---------------------------------------------------------------------------------------------

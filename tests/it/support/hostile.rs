@@ -10,12 +10,12 @@
 //! child), optionally under `RLIMIT_FSIZE`, so a test can show that memory and the files a
 //! run writes stay bounded whatever the input, without timing anything.
 
-use super::process::{dupmirror_command, Run};
+use super::process::{collect_output, dupmirror_command, limit_resource, Run};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -448,35 +448,12 @@ where
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(limit) = max_file_bytes {
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let lim = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_resource(&mut cmd, libc::RLIMIT_FSIZE, limit);
     }
     let cmdline = format!("{cmd:?}");
     let mut child = cmd.spawn().expect("start dupmirror");
     let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let output = collect_output(&mut child);
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -484,12 +461,13 @@ where
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
     drop(child); // reaped by wait4 above; dropping a Child neither waits nor kills
+    let (stdout, stderr) = output();
     Measured {
         run: Run {
             cmdline,
             status: ExitStatus::from_raw(status),
-            stdout: t_out.join().unwrap(),
-            stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+            stdout,
+            stderr,
         },
         // ru_maxrss is in KiB on Linux.
         peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
