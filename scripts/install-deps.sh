@@ -7,13 +7,13 @@
 #        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
 #        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
 #        tests), python3-openssl (pyftpdlib's FTPS), openssl (test certificates, htpasswd),
-#        pigz
+#        pigz, time (GNU time: the peak memory of a run, for the memory-bound tests)
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
 set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz)
+APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz time)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -6,18 +6,18 @@
 //! listings or files that never end, redirect to another origin. They record what they
 //! were asked (paths, `Authorization` headers) and how many bytes they managed to send.
 //!
-//! [`run_measured`] runs dupmirror and returns its peak RSS (`wait4` rusage of that one
-//! child), optionally under `RLIMIT_FSIZE`, so a test can show that memory and the files a
-//! run writes stay bounded whatever the input, without timing anything.
+//! [`run_measured`] runs dupmirror and returns its peak RSS (as GNU `time` reports it), and
+//! [`run_file_capped`] runs it under `RLIMIT_FSIZE`, so a test can show that memory and the
+//! files a run writes stay bounded whatever the input, without timing anything.
 
-use super::process::{collect_output, dupmirror_command, limit_resource, Run};
+use super::process::{dupmirror_command, limit_resource, run_with_timeout, Run};
+use super::remote::have;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -435,41 +435,55 @@ pub struct Measured {
     pub peak_rss_bytes: u64,
 }
 
-/// Runs dupmirror with `args` (environment as [`dupmirror_command`] sets it up) and measures
-/// its peak RSS with `wait4`. With `max_file_bytes`, the run may not write any file larger
-/// than that (`RLIMIT_FSIZE`; a write past it fails or the kernel's SIGXFSZ ends the run).
-pub fn run_measured<I, S>(args: I, max_file_bytes: Option<u64>) -> Measured
+/// Runs dupmirror with `args` (environment as [`dupmirror_command`] sets it up) under GNU
+/// `time`, which reports the peak RSS of its child; `None` (skipped) without `/usr/bin/time`.
+///
+/// Not `wait4` on a child of the test process: exec keeps the larger of the old and the new
+/// address space's high-water mark, so such a child reports the test process's own peak
+/// when that is higher (the whole suite runs in one process).
+pub fn run_measured<I, S>(args: I) -> Option<Measured>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    if !have("/usr/bin/time", "time") {
+        return None;
+    }
+    let report = tempfile::NamedTempFile::new().expect("temporary file");
+    let inner = dupmirror_command(args, &[]);
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let run = run_with_timeout(cmd, Duration::from_secs(300));
+    let text = fs::read_to_string(report.path()).unwrap_or_default();
+    // The last line is the figure (KiB); a line before it says when a signal ended the run.
+    let kib: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from GNU time: {text:?}"));
+    Some(Measured {
+        run,
+        peak_rss_bytes: kib * 1024,
+    })
+}
+
+/// Runs dupmirror with `args` allowed to write no file larger than `max_file_bytes`
+/// (`RLIMIT_FSIZE`: a write past it fails, or the kernel's SIGXFSZ ends the run).
+pub fn run_file_capped<I, S>(args: I, max_file_bytes: u64) -> Run
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let mut cmd = dupmirror_command(args, &[]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(limit) = max_file_bytes {
-        limit_resource(&mut cmd, libc::RLIMIT_FSIZE, limit);
-    }
-    let cmdline = format!("{cmd:?}");
-    let mut child = cmd.spawn().expect("start dupmirror");
-    let pid = child.id() as libc::pid_t;
-    let output = collect_output(&mut child);
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, not waited for elsewhere; both pointers are valid.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child); // reaped by wait4 above; dropping a Child neither waits nor kills
-    let (stdout, stderr) = output();
-    Measured {
-        run: Run {
-            cmdline,
-            status: ExitStatus::from_raw(status),
-            stdout,
-            stderr,
-        },
-        // ru_maxrss is in KiB on Linux.
-        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
-    }
+    limit_resource(&mut cmd, libc::RLIMIT_FSIZE, max_file_bytes);
+    run_with_timeout(cmd, Duration::from_secs(300))
 }

@@ -36,7 +36,7 @@ pub fn free_port() -> u16 {
 
 /// Whether `program` can be run; if not, print "skipped: ..." (or panic when the oracle is
 /// required: CI installs every server).
-fn have(program: &str, package: &str) -> bool {
+pub fn have(program: &str, package: &str) -> bool {
     let found = if program.contains('/') {
         Path::new(program).is_file()
     } else {
