@@ -7,13 +7,18 @@
 #        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
 #        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
 #        tests), python3-openssl (pyftpdlib's FTPS), openssl (test certificates, htpasswd),
-#        pigz, time (GNU time: the peak memory of a run, for the memory-bound tests)
+#        pigz; for the fleet tests: prometheus (promtool checks the metrics file), systemd
+#        (systemd-analyze verifies the units), man-db and groff (the man page renders without
+#        warnings), zsh and fish (the completion scripts parse), dpkg-dev (the .deb is built
+#        and inspected), util-linux (flock holds a lock in the exit-status test); time (GNU
+#        time: the peak memory of a run, for the memory-bound tests)
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
 set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz time)
+APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz
+              prometheus systemd man-db groff zsh fish dpkg-dev util-linux time)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

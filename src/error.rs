@@ -3,7 +3,8 @@
 //! Most of the library reports failures through `anyhow` with context, because the caller
 //! only prints them. The variants here are the ones a caller branches on: a repository that
 //! is corrupt or hostile (refuse the set, keep DEST), a volume whose hash does not match
-//! (maybe re-fetch it), a lock held by another process.
+//! (maybe re-fetch it), a lock held by another process, a DEST that `verify` found different.
+//! `exit` maps them (and the other typed errors) to the documented exit statuses.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,10 @@ pub enum Error {
     /// Another process holds the state directory's lock.
     #[error("another dupmirror sync holds the lock on {0} (use --wait to wait for it)")]
     Locked(PathBuf),
+
+    /// `verify` found DEST different from the backup (and `--repair` did not fix it all).
+    #[error("DEST differs from the backup at {state} in {paths} path(s)")]
+    DestDiffers { state: String, paths: usize },
 }
 
 impl Error {

@@ -12,13 +12,20 @@
 //! ```
 //!
 //! `index` (paths inside a backup) and `meta` (an entry's type and attributes) are the
-//! vocabulary every stage shares; `commands` compose the stages; `main.rs` parses and prints.
+//! vocabulary every stage shares; `progress` holds the [`progress::Reporter`] that the
+//! commands hand to the stages with something to report (bars, notices, transfer counts);
+//! `commands` compose the stages; `fleet` runs many mirrors from a configuration file, with
+//! hooks and metrics around each sync; `exit` gives every failure its documented exit
+//! status and `log` its line on stderr; `main.rs` parses and prints.
 
 pub mod commands;
 pub mod decode;
 pub mod dest;
 pub mod error;
+pub mod exit;
+pub mod fleet;
 pub mod index;
+pub mod log;
 pub mod meta;
 pub mod mirror;
 pub mod progress;

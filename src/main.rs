@@ -1,18 +1,25 @@
 //! The `dupmirror` command line: parses arguments, runs a command, prints its report.
-//! Exit status 0 on success (also when nothing was new), 1 with one line on stderr on
-//! failure, 2 for a usage error.
+//! A failure is one line on stderr and an exit status from `dupmirror::exit` (documented
+//! in `--help`, the man page and the README).
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use dupmirror::commands::{ls, status, sync, verify};
 use dupmirror::decode::crypto::Decryptor;
 use dupmirror::decode::crypto::{GpgDecryptor, GpgSignatureTally, Passphrase, SignKey};
-use dupmirror::progress::Progress;
+use dupmirror::dest::state::DestPaths;
+use dupmirror::exit::Exit;
+use dupmirror::fleet::config::{self, Config};
+use dupmirror::fleet::job::{parse_duration, run_job, Job, JobOptions, JobReport};
+use dupmirror::fleet::run::{run_jobs, write_metrics, Series};
+use dupmirror::fleet::status::{mirror_status, MirrorStatus};
+use dupmirror::log::{LogFormat, Logger};
+use dupmirror::progress::Reporter;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
-use dupmirror::source::meter::{parse_rate, Meter};
+use dupmirror::source::meter::parse_rate;
 use dupmirror::source::SourceOptions;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,11 +29,20 @@ use std::time::Duration;
 #[command(
     name = "dupmirror",
     version,
-    about = "Keep a tree in exact sync with a duplicity repository by replaying only its new sets"
+    about = "Keep a tree in exact sync with a duplicity repository by replaying only its new sets",
+    after_long_help = exit_status_help()
 )]
 struct Cli {
+    /// How lines on stderr are written: text (with syslog priority prefixes under systemd)
+    /// or one JSON object per line
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+fn exit_status_help() -> String {
+    format!("Exit status:\n{}", Exit::table())
 }
 
 /// How the repository's files are named (duplicity's options of the same names).
@@ -53,8 +69,9 @@ struct NameOptions {
 }
 
 /// How to decrypt and which signatures to require, for the commands that read encrypted
-/// files. The passphrase comes from `PASSPHRASE` unless --passphrase-file is given; keys come
-/// from the gpg keyring (`GNUPGHOME` or ~/.gnupg).
+/// files. The passphrase comes from --passphrase-file, else `PASSPHRASE`, else the systemd
+/// credential `dupmirror-passphrase`; keys come from the gpg keyring (`GNUPGHOME` or
+/// ~/.gnupg).
 #[derive(Args, Clone)]
 struct CryptoOptions {
     /// Read the gpg passphrase (symmetric, or of the secret key) from the first line of FILE
@@ -70,7 +87,10 @@ impl CryptoOptions {
     fn decryptor(&self) -> Result<Arc<dyn Decryptor>> {
         let passphrase = match &self.passphrase_file {
             Some(path) => Some(Passphrase::from_file(path)?),
-            None => Passphrase::from_env(),
+            None => match Passphrase::from_env() {
+                Some(p) => Some(p),
+                None => Passphrase::from_systemd_credential()?,
+            },
         };
         Ok(Arc::new(GpgDecryptor::new(
             passphrase,
@@ -107,17 +127,13 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 impl RemoteOptions {
-    /// `bars`: show progress bars; `notices`: print retry notices on stderr.
-    fn source_options(&self, bars: bool, notices: bool) -> Result<SourceOptions> {
+    fn source_options(&self) -> Result<SourceOptions> {
         Ok(SourceOptions {
             retries: self.retries,
             connect_timeout: seconds(self.connect_timeout, "connect-timeout")?,
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
-            meter: Arc::new(Meter::new(
-                self.bwlimit,
-                Arc::new(Progress::new(bars, notices)),
-            )),
+            bwlimit: self.bwlimit,
         })
     }
 }
@@ -151,22 +167,11 @@ enum Command {
     Sync(SyncArgs),
     /// Compare DEST with the backup's signatures (no volume is read); --repair fixes it
     Verify(VerifyArgs),
-    /// Show the repository's chains and sets (like duplicity collection-status)
-    Status {
-        source: String,
-        /// Also show what this DEST would need
-        #[arg(long)]
-        dest: Option<PathBuf>,
-        /// The state directory of --dest, when not the default
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        names: NameOptions,
-        #[command(flatten)]
-        remote: RemoteOptions,
-    },
+    /// Sync the mirrors of the configuration file (default: all), each under its own lock
+    Run(RunArgs),
+    /// Show the repository's chains and sets (like duplicity collection-status); with
+    /// --config, one line per configured mirror
+    Status(StatusArgs),
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
         source: String,
@@ -175,6 +180,56 @@ enum Command {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (dupmirror.1 and one per command) into DIR
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The mirrors to run (default: every mirror of the file)
+    names: Vec<String>,
+    /// The configuration file (default: $DUPMIRROR_CONFIG, else /etc/dupmirror/dupmirror.toml)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check the configuration and print the mirrors it would run; run nothing
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON report per mirror, one per line
+    #[arg(long)]
+    json: bool,
+    /// Mirrors synced at once
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    jobs: u32,
+    /// Sleep a random time up to DURATION before each mirror, also on a terminal (overrides
+    /// the configuration's jitter, which applies only when stderr is not a terminal)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    jitter: Option<Duration>,
+}
+
+/// What runs around a sync: hooks, lists, metrics, jitter. Also keys of the configuration.
+#[derive(Args)]
+struct JobArgs {
+    /// Run CMD with `sh -c` before contacting the source; if it fails the sync is skipped
+    #[arg(long, value_name = "CMD")]
+    pre_sync: Option<String>,
+    /// Run CMD with `sh -c` after a sync that changed DEST (environment: see the README);
+    /// if it fails the exit status is 3 and DEST stays synced
+    #[arg(long, value_name = "CMD")]
+    post_sync: Option<String>,
+    /// Write every path this run wrote, patched or removed in DEST to FILE, relative to
+    /// DEST, NUL-separated
+    #[arg(long, value_name = "FILE")]
+    changed_list: Option<PathBuf>,
+    /// Write Prometheus metrics for node_exporter's textfile collector to PATH (atomically)
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+    /// Sleep a random time up to DURATION (90, 90s, 15m, 1h) before contacting the source
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    jitter: Option<Duration>,
 }
 
 /// How to read a repository that dupmirror decrypts: names, encryption, transport.
@@ -189,11 +244,9 @@ struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn options(&self, bars: bool, notices: bool) -> Result<RepoOptions> {
-        self.names.repo_options(
-            Some(&self.crypto),
-            self.remote.source_options(bars, notices)?,
-        )
+    fn options(&self) -> Result<RepoOptions> {
+        self.names
+            .repo_options(Some(&self.crypto), self.remote.source_options()?)
     }
 }
 
@@ -236,7 +289,105 @@ struct SyncArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     prefetch: u32,
     #[command(flatten)]
+    around: JobArgs,
+    #[command(flatten)]
     repo: RepoArgs,
+}
+impl SyncArgs {
+    /// The sync as a job named `name`; `jitter`: whether the jitter option applies;
+    /// `record`: keep the outcome in the state directory (always for `run`; for `sync` when
+    /// its metrics need the counters).
+    fn job(
+        self,
+        name: String,
+        bars: bool,
+        notices: Option<Logger>,
+        jitter: bool,
+        record: bool,
+    ) -> Result<Job> {
+        Ok(Job {
+            name,
+            reporter: Arc::new(Reporter::new(bars, notices)),
+            sync: sync::SyncOptions {
+                repo: self.repo.options()?,
+                source: self.source,
+                dest: self.dest,
+                time: self.time,
+                state_dir: self.state_dir,
+                paths: self.paths,
+                dry_run: self.dry_run,
+                adopt: self.adopt,
+                wait: self.wait,
+                durable: !self.no_fsync,
+                prefetch: self.prefetch as usize,
+                list_changes: false,
+            },
+            options: JobOptions {
+                pre_sync: self.around.pre_sync,
+                post_sync: self.around.post_sync,
+                changed_list: self.around.changed_list,
+                jitter: self.around.jitter.filter(|_| jitter),
+                record,
+            },
+        })
+    }
+
+    /// Where this mirror's metrics come from and go (None: DEST cannot be resolved).
+    fn series(&self, mirror: &str) -> Option<Series> {
+        let paths = DestPaths::resolve(&self.dest, self.state_dir.as_deref()).ok()?;
+        Some(Series {
+            mirror: mirror.to_string(),
+            state_dir: paths.state_root,
+            metrics_file: self.around.metrics_file.clone(),
+        })
+    }
+}
+
+/// The `sync` command, whose options are the configuration's keys.
+fn sync_command() -> clap::Command {
+    Cli::command()
+        .find_subcommand("sync")
+        .cloned()
+        .unwrap_or_else(|| SyncArgs::augment_args(clap::Command::new("sync")))
+}
+
+fn sync_args(matches: &ArgMatches) -> Result<SyncArgs> {
+    Ok(SyncArgs::from_arg_matches(matches)?)
+}
+
+fn load_config(explicit: Option<&std::path::Path>) -> Result<Config> {
+    Ok(config::load(&config::locate(explicit), &sync_command())?)
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The repository (not with --config)
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    source: Option<String>,
+    /// Show the mirrors of this configuration file instead (see `run`)
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    config: Option<PathBuf>,
+    /// With --config: only these mirrors
+    #[arg(long = "mirror", value_name = "NAME", requires = "config")]
+    mirrors: Vec<String>,
+    /// Also show what a sync of this DEST would do
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// The state directory of --dest, when not the default
+    #[arg(long, value_name = "DIR", requires = "dest")]
+    state_dir: Option<PathBuf>,
+    /// With --dest: the --time that sync would be given (default: the latest backup)
+    #[arg(long, short = 't', requires = "dest")]
+    time: Option<String>,
+    /// With --dest: the --path subtrees that sync would be given (repeatable)
+    #[arg(long = "path", value_name = "P", requires = "dest")]
+    paths: Vec<String>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    names: NameOptions,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 #[derive(Args)]
@@ -458,7 +609,10 @@ fn print_status(r: &status::StatusReport) {
     if let Some(d) = &r.dest {
         match &d.holds {
             Some(t) => println!("DEST {} holds {t}", d.dest.display()),
-            None => println!("DEST {} was never synced", d.dest.display()),
+            None => println!(
+                "DEST {} holds no synced state (never synced, or removed)",
+                d.dest.display()
+            ),
         }
         if let Some(newest) = &d.newest_applied {
             let since = d
@@ -479,16 +633,16 @@ fn print_status(r: &status::StatusReport) {
                 human_duration(s)
             );
         }
+        let to = d.to.as_deref().unwrap_or("nothing (no complete backup)");
         println!(
-            "a sync would apply {} set(s), {}{}",
+            "a sync would apply {} set(s), {} at most, to reach {to}",
             d.pending_sets,
-            human_bytes(d.pending_bytes),
-            if d.needs_full {
-                ", starting from a full set"
-            } else {
-                ""
-            }
+            human_bytes(d.pending_bytes)
         );
+        if d.needs_full {
+            let why = d.restart_reason.as_deref().unwrap_or("DEST is empty");
+            println!("starting from a full set: {why}");
+        }
     }
 }
 
@@ -529,99 +683,337 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The commands other than sync and run draw no bars but tell about retries.
+fn notices_only(log: &Logger) -> Arc<Reporter> {
+    Arc::new(Reporter::new(false, Some(log.clone())))
+}
+
+/// Escapes text for roff: backslashes, hyphens, and a leading dot or quote.
+fn roff(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with(['.', '\'']) {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// The sections of dupmirror(1) that clap does not know: exit statuses, hooks, environment,
+/// files.
+fn man_extra_sections() -> String {
+    let mut out = String::from(".SH \"EXIT STATUS\"\n");
+    for e in Exit::ALL {
+        out.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            e.code(),
+            roff(e.meaning())
+        ));
+    }
+    let tagged = |title: &str, items: &[(&str, &str)]| {
+        let mut s = format!(".SH {title}\n");
+        for (tag, text) in items {
+            s.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", roff(tag), roff(text)));
+        }
+        s
+    };
+    out.push_str(&tagged(
+        "HOOKS",
+        &[
+            (
+                "DUPMIRROR_MIRROR",
+                "the mirror's name (sync: DEST as given)",
+            ),
+            ("DUPMIRROR_DEST", "DEST, absolute"),
+            (
+                "DUPMIRROR_FROM",
+                "the backup time DEST held before the run (ISO 8601; empty: none)",
+            ),
+            ("DUPMIRROR_TO", "post-sync: the backup time DEST holds now"),
+            (
+                "DUPMIRROR_CHANGED",
+                "post-sync: how many paths the run changed",
+            ),
+            (
+                "DUPMIRROR_CHANGED_LIST",
+                "post-sync: a file listing every path written, patched or removed in DEST, \
+                 relative to DEST, each followed by a NUL byte",
+            ),
+            (
+                "DUPMIRROR_REPORT",
+                "post-sync: a file holding the sync's JSON report",
+            ),
+        ],
+    ));
+    out.push_str(&tagged(
+        "ENVIRONMENT",
+        &[
+            ("DUPMIRROR_CONFIG", "the configuration file when --config is not given"),
+            ("PASSPHRASE", "the gpg passphrase when --passphrase-file is not given"),
+            ("CREDENTIALS_DIRECTORY", "systemd credentials: dupmirror-passphrase is read when neither of the above is given"),
+            ("GNUPGHOME", "the gpg keyring"),
+            ("DUPMIRROR_PASSWORD", "the password of a remote source whose URL names the user"),
+            ("JOURNAL_STREAM", "set by systemd: log lines carry syslog priority prefixes"),
+        ],
+    ));
+    out.push_str(&tagged(
+        "FILES",
+        &[
+            (config::DEFAULT_PATH, "the configuration of run and status --config ([defaults] and [mirror.NAME] tables whose keys are the long options of sync)"),
+            ("/usr/share/doc/dupmirror/dupmirror.toml.example", "an example configuration"),
+            (".DEST.dupmirror/", "the state directory beside DEST: lock, state.json, run.json (outcome and counters of the runs)"),
+        ],
+    ));
+    out.push_str(".SH \"SEE ALSO\"\n");
+    let pages: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| format!("\\fBdupmirror\\-{}\\fR(1)", c.get_name()))
+        .chain(["\\fBduplicity\\fR(1)".to_string()])
+        .collect();
+    out.push_str(&pages.join(", "));
+    out.push('\n');
+    out
+}
+
+/// dupmirror(1) and one page per command, from the clap definitions.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let cli = Cli::command().disable_help_subcommand(true);
+    clap_mangen::generate_to(cli.clone(), dir)?;
+    let mut cli = cli;
+    cli.build();
+    let man = clap_mangen::Man::new(cli);
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    page.extend(man_extra_sections().as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::write(dir.join("dupmirror.1"), page)?;
+    Ok(())
+}
+
+/// The line `run` logs when a mirror finishes.
+fn log_outcome(log: &Logger, r: &JobReport) {
+    match (&r.error, &r.sync) {
+        (Some(e), _) => log.error(&format!("{e} (exit status {})", r.exit_status)),
+        (None, Some(s)) if s.up_to_date => log.info(&format!("up to date at {}", s.to)),
+        (None, Some(s)) => log.info(&format!(
+            "synced from {} to {}: {} set(s), {} read{}",
+            s.from.as_deref().unwrap_or("empty"),
+            s.to,
+            s.sets.len(),
+            human_bytes(s.bytes_read),
+            r.changed
+                .map(|n| format!(", {n} path(s) changed"))
+                .unwrap_or_default()
+        )),
+        (None, None) => {}
+    }
+}
+
+fn print_mirror_status(s: &MirrorStatus) {
+    let lag = match s.lag_seconds {
+        Some(l) => format!("{l}s"),
+        None => "?".into(),
+    };
+    let last = match (&s.last_run, s.last_run_ok) {
+        (Some(t), Some(true)) => format!("ok at {t}"),
+        (Some(t), _) => format!(
+            "FAILED at {t} (exit status {}): {}",
+            s.last_exit_status.unwrap_or(1),
+            s.last_error.as_deref().unwrap_or("")
+        ),
+        (None, _) => "never run".into(),
+    };
+    println!(
+        "{}: holds {}, source has {}{}, lag {lag}; last run {last}",
+        s.mirror,
+        s.holds.as_deref().unwrap_or("nothing"),
+        s.latest.as_deref().unwrap_or("?"),
+        if s.source_error.is_some() {
+            " (last seen; source unreachable now)"
+        } else {
+            ""
+        }
+    );
+}
+
+fn run(cli: Cli) -> Result<Exit> {
+    let log = Logger::new(cli.log_format);
+    let interactive = Logger::interactive();
     match cli.command {
         Command::Sync(a) => {
-            let bars = !a.quiet && std::io::stderr().is_terminal();
-            let report = sync::sync(&sync::SyncOptions {
-                repo: a.repo.options(bars, !a.quiet)?,
-                source: a.source,
-                dest: a.dest,
-                time: a.time,
-                state_dir: a.state_dir,
-                paths: a.paths,
-                dry_run: a.dry_run,
-                adopt: a.adopt,
-                wait: a.wait,
-                durable: !a.no_fsync,
-                prefetch: a.prefetch as usize,
-            })?;
-            if a.json {
-                print_json(&report)?;
-            } else if !a.quiet {
-                print_sync(&report);
+            let bars = !a.quiet && interactive;
+            let (json, quiet) = (a.json, a.quiet);
+            let name = a.dest.display().to_string();
+            let series = a.series(&name);
+            let notices = (!quiet).then(|| log.clone());
+            let record = a.around.metrics_file.is_some();
+            let report = run_job(a.job(name.clone(), bars, notices, true, record)?, &log);
+            if let Some(s) = series.as_ref().filter(|s| s.metrics_file.is_some()) {
+                if let Err(e) = write_metrics(&[name.as_str()], std::slice::from_ref(s)) {
+                    log.warning(&format!("cannot write the metrics file: {e:#}"));
+                }
             }
+            if let Some(r) = &report.sync {
+                if json {
+                    print_json(r)?;
+                } else if !quiet {
+                    print_sync(r);
+                }
+            }
+            if let Some(e) = &report.error {
+                log.error(e);
+            }
+            return Ok(report.exit);
+        }
+        Command::Run(r) => {
+            let config = load_config(r.config.as_deref())?;
+            let selected = config.select(&r.names)?;
+            let mut all = Vec::new();
+            for m in &config.mirrors {
+                all.extend(sync_args(&m.matches)?.series(&m.name));
+            }
+            if r.check {
+                for m in &selected {
+                    let a = sync_args(&m.matches)?;
+                    println!(
+                        "{}: {} -> {}",
+                        m.name,
+                        dupmirror::source::url::redact(&a.source),
+                        a.dest.display()
+                    );
+                }
+                println!(
+                    "{}: {} mirror(s), configuration OK",
+                    config.path.display(),
+                    config.mirrors.len()
+                );
+                return Ok(Exit::Success);
+            }
+            let mut jobs = Vec::new();
+            for m in &selected {
+                let mut a = sync_args(&m.matches)?;
+                let explicit = r.jitter.is_some();
+                a.around.jitter = r.jitter.or(a.around.jitter);
+                let notices = Some(log.for_mirror(&m.name));
+                let jitter = explicit || !interactive;
+                jobs.push(a.job(m.name.clone(), false, notices, jitter, true)?);
+            }
+            let reports = run_jobs(jobs, r.jobs as usize, &log, |rep| {
+                log_outcome(&log.for_mirror(&rep.mirror), rep)
+            });
+            let ran: Vec<&str> = reports.iter().map(|r| r.mirror.as_str()).collect();
+            if let Err(e) = write_metrics(&ran, &all) {
+                log.warning(&format!("cannot write the metrics file: {e:#}"));
+            }
+            if r.json {
+                let mut out = std::io::stdout().lock();
+                for rep in &reports {
+                    serde_json::to_writer(&mut out, rep)?;
+                    writeln!(out)?;
+                }
+            }
+            return Ok(Exit::combine(reports.iter().map(|r| r.exit)));
         }
         Command::Verify(a) => {
-            let report = verify::verify(&verify::VerifyOptions {
-                repo: a.repo.options(false, true)?,
+            let options = verify::VerifyOptions {
+                repo: a.repo.options()?,
                 source: a.source,
                 dest: a.dest,
                 state_dir: a.state_dir,
                 repair: a.repair,
                 quick: a.quick,
                 durable: !a.no_fsync,
-            })?;
+            };
+            let report = verify::verify(&options, &notices_only(&log))?;
             if a.json {
                 print_json(&report)?;
             } else {
                 print_verify(&report);
             }
             if !report.clean() {
-                let n = report
+                let paths = report
                     .remaining
                     .as_ref()
                     .unwrap_or(&report.differences)
                     .len();
-                anyhow::bail!(
-                    "DEST differs from the backup at {} in {n} path(s)",
-                    report.state
-                );
+                return Err(dupmirror::Error::DestDiffers {
+                    state: report.state.clone(),
+                    paths,
+                }
+                .into());
             }
         }
-        Command::Status {
-            source,
-            dest,
-            state_dir,
-            json,
-            names,
-            remote,
-        } => {
-            let report = status::status(
-                &source,
-                dest.as_deref(),
-                state_dir.as_deref(),
-                &names.repo_options(None, remote.source_options(false, true)?)?,
-            )?;
-            if json {
+        Command::Status(a) if a.config.is_some() => {
+            let explicit = a.config.filter(|c| !c.as_os_str().is_empty());
+            let config = load_config(explicit.as_deref())?;
+            let mut lines = Vec::new();
+            for m in config.select(&a.mirrors)? {
+                let s = sync_args(&m.matches)?;
+                let paths = DestPaths::resolve(&s.dest, s.state_dir.as_deref())?;
+                let repo = s.repo.options()?;
+                let reporter = Arc::new(Reporter::default());
+                lines.push(mirror_status(&m.name, &s.source, &paths, &repo, &reporter));
+            }
+            if a.json {
+                print_json(&lines)?;
+            } else {
+                lines.iter().for_each(print_mirror_status);
+            }
+        }
+        Command::Status(a) => {
+            let options = status::StatusOptions {
+                repo: a.names.repo_options(None, a.remote.source_options()?)?,
+                source: a.source.unwrap_or_default(), // clap requires it without --config
+                dest: a.dest,
+                state_dir: a.state_dir,
+                time: a.time,
+                paths: a.paths,
+            };
+            let report = status::status(&options, &notices_only(&log))?;
+            if a.json {
                 print_json(&report)?;
             } else {
                 print_status(&report);
             }
         }
         Command::Ls { source, time, repo } => {
-            let repo = repo.options(false, true)?;
+            let repo = repo.options()?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            ls::list(&source, time.as_deref(), &repo, |e| {
+            ls::list(&source, time.as_deref(), &repo, &notices_only(&log), |e| {
                 out.write_all(&e.index.to_bytes())?;
                 out.write_all(b"\n")?;
                 Ok(())
             })?;
             out.flush()?;
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "dupmirror",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Manpages { dir } => write_man_pages(&dir)?,
     }
-    Ok(())
+    Ok(Exit::Success)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = Logger::new(cli.log_format);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => exit.into(),
         Err(e) => {
             // One line: the error and its causes, outermost first.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("dupmirror: error: {msg}");
-            ExitCode::FAILURE
+            log.error(&format!("{e:#}"));
+            Exit::of(&e).into()
         }
     }
 }

@@ -99,6 +99,7 @@ fn every_manifest_parses_and_hashes_match() {
         let repo = Repository::open(
             Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
             &RepoOptions::default(),
+            Default::default(),
         )
         .unwrap();
         for chain in &repo.collection.chains {
@@ -160,6 +161,7 @@ fn a_file_split_across_volumes_is_stitched_in_order() {
     let repo = Repository::open(
         Box::new(LocalBackend::new(repo_dir("volsize-08").to_str().unwrap()).unwrap()),
         &RepoOptions::default(),
+        Default::default(),
     )
     .unwrap();
     let full = &repo.collection.chains[0].full;
@@ -192,5 +194,95 @@ fn a_file_split_across_volumes_is_stitched_in_order() {
         tally.records[0],
         (big, RecordKind::Snapshot, true),
         "a headless run"
+    );
+}
+
+/// Every set of `repo`, all its volumes, read into one tally per set (prefetching them
+/// first when `cache` is given).
+fn read_every_set(repo: &Repository, cache: Option<&std::path::Path>) -> Vec<Tally> {
+    let sets: Vec<_> = repo
+        .collection
+        .chains
+        .iter()
+        .flat_map(|c| c.sets())
+        .collect();
+    let plan: Vec<(Manifest, Vec<u32>)> = sets
+        .iter()
+        .map(|s| {
+            let m = repo.manifest(s).unwrap();
+            let volumes = m.volumes.keys().copied().collect();
+            (m, volumes)
+        })
+        .collect();
+    if let Some(cache) = cache {
+        let mut wants = Vec::new();
+        for (set, (m, volumes)) in sets.iter().zip(&plan) {
+            wants.extend(repo.wants(set, m, volumes).unwrap());
+        }
+        repo.prefetch(wants, cache, 2).unwrap();
+    }
+    sets.iter()
+        .zip(&plan)
+        .map(|(set, (m, volumes))| {
+            let mut tally = Tally::default();
+            repo.read_set(set, m, volumes, &mut tally)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", set.label()));
+            tally
+        })
+        .collect()
+}
+
+#[test]
+fn a_source_that_cuts_fails_and_damages_reads_as_the_folder_does() {
+    use crate::progress::Reporter;
+    use crate::source::faulty::{Faults, FaultyBackend};
+    use crate::source::meter::Meter;
+    use crate::source::retry::RetryBackend;
+    use crate::source::MemoryBackend;
+    use std::sync::Arc;
+
+    let dir = repo_dir("volsize-08");
+    let local = Repository::open(
+        Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
+        &RepoOptions::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let expected = read_every_set(&local, None);
+
+    let vol2 = "duplicity-full.20231114T221320Z.vol2.difftar.gz";
+    let faults = Faults {
+        failing_lists: 1,
+        failing_opens: 2,
+        cut_after: Some(200_000),
+        damaged: Some((vol2.to_string(), 1)),
+        ..Faults::default()
+    };
+    let reporter = Arc::new(Reporter::default());
+    let remote = RetryBackend::new(
+        Box::new(FaultyBackend::new(
+            Box::new(MemoryBackend::from_dir(&dir).unwrap()),
+            faults,
+        )),
+        3,
+        Meter::new(None, reporter.clone()),
+    )
+    .without_waiting();
+    let repo =
+        Repository::open(Box::new(remote), &RepoOptions::default(), reporter.clone()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let got = read_every_set(&repo, Some(cache.path()));
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.records, e.records);
+        assert_eq!(g.bytes, e.bytes);
+    }
+    let size = |name: &str| std::fs::metadata(dir.join(name)).unwrap().len();
+    let vol1 = "duplicity-full.20231114T221320Z.vol1.difftar.gz";
+    let t = reporter.transfer();
+    assert!(t.retries >= 1 + 2 + size(vol1) / 200_000, "{t:?}");
+    assert!(
+        t.bytes_refetched >= size(vol2),
+        "the damaged volume came twice: {t:?}"
     );
 }

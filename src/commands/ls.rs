@@ -2,18 +2,21 @@
 //! chain (like `duplicity list-current-files`), without reading any volume.
 
 use super::{open_repository, resolve_time};
+use crate::progress::Reporter;
 use crate::repo::sigtar::{merge_chain, SigEntry};
 use crate::repo::RepoOptions;
 use anyhow::{bail, Result};
+use std::sync::Arc;
 
 /// Calls `out` for every path that exists at `time`, in index order.
 pub fn list(
     source: &str,
     time: Option<&str>,
     options: &RepoOptions,
+    reporter: &Arc<Reporter>,
     mut out: impl FnMut(&SigEntry) -> Result<()>,
 ) -> Result<()> {
-    let repo = open_repository(source, options)?;
+    let repo = open_repository(source, options, reporter)?;
     let t = resolve_time(time)?;
     let Some(chain) = repo.collection.select(t)? else {
         bail!("the source holds no complete duplicity backup");

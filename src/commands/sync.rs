@@ -1,28 +1,34 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
 //! Order of work: lock the state directory, finish or roll back an interrupted commit,
-//! list the source, refuse an older backup than DEST held unless `--time` asks for it
-//! (`mirror::rollback`), plan, then stage and commit one set at a time. A failure leaves DEST as
-//! the last committed set left it and cleans the staging area.
+//! list the source, decide (`mirror::decide`), refuse an older backup than DEST held
+//! unless `--time` asks for it (`mirror::rollback`), plan, then stage and commit one set at
+//! a time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! area.
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
+use crate::dest::changes::ChangedPaths;
 use crate::dest::fsops;
 use crate::dest::journal;
-use crate::dest::state::{absolute_dest, default_state_dir, MirrorState, StateDir};
+use crate::dest::state::{DestPaths, MirrorState, StateDir};
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
+use crate::mirror::compare::{Difference, DifferenceReport};
+use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
 use crate::mirror::rollback;
+use crate::progress::{Reporter, Transfer};
+use crate::repo::collection::BackupSet;
 use crate::repo::sigtar::set_signatures;
-use crate::repo::time::format_iso;
+use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
-use crate::source::meter::Transfer;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SyncOptions {
@@ -41,6 +47,8 @@ pub struct SyncOptions {
     pub durable: bool,
     /// Most volume files downloaded ahead and kept in the cache at once (≥ 1).
     pub prefetch: usize,
+    /// Collect the paths the run changes in DEST (`SyncReport::changed`).
+    pub list_changes: bool,
     pub repo: RepoOptions,
 }
 
@@ -53,16 +61,10 @@ pub struct SetReport {
     pub volumes_in_set: usize,
     pub bytes: u64,
     /// Replace: the paths that differ from the full, and how.
-    pub differences: Vec<PathReport>,
+    pub differences: Vec<DifferenceReport>,
     pub applied: Option<ApplyStats>,
     /// Paths found drifted while patching, restored from the chain.
     pub repaired: Option<RepairStats>,
-}
-
-#[derive(Serialize)]
-pub struct PathReport {
-    pub path: String,
-    pub what: String,
 }
 
 #[derive(Serialize)]
@@ -74,6 +76,8 @@ pub struct SyncReport {
     pub from: Option<String>,
     /// The state after this run (for a dry run: the state it would reach).
     pub to: String,
+    /// The newest backup the source holds (`to` unless `--time` chose an older one).
+    pub latest: Option<String>,
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
@@ -86,6 +90,19 @@ pub struct SyncReport {
     /// What was downloaded from a remote source (all zero for a local one).
     pub transfer: Transfer,
     pub phases: Phases,
+    /// `from`, `to` and `latest` as epoch seconds, for run records and metrics.
+    #[serde(skip)]
+    pub times: ReportTimes,
+    /// The paths this run changed in DEST, when `list_changes` asked for them.
+    #[serde(skip)]
+    pub changed: Option<ChangedPaths>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReportTimes {
+    pub from: Option<Epoch>,
+    pub to: Epoch,
+    pub latest: Option<Epoch>,
 }
 
 /// Where the time went. Downloading overlaps with applying (prefetch).
@@ -100,57 +117,29 @@ pub struct Phases {
     pub fetch: FetchTimes,
 }
 
-fn is_empty_or_missing(dest: &Path) -> Result<bool> {
-    match std::fs::read_dir(dest) {
-        Ok(mut it) => Ok(it.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", dest.display())),
-    }
-}
-
-pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
+pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
     let started = Instant::now();
-    let dest = absolute_dest(&opts.dest)?;
-    let state_root = match &opts.state_dir {
-        Some(s) => std::path::absolute(s)?,
-        None => default_state_dir(&dest)?,
-    };
-    if state_root.starts_with(&dest) {
-        bail!(
-            "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
-            state_root.display()
-        );
-    }
-    let state_dir = StateDir::open(&state_root, &dest, opts.wait)?;
-    let recovered = journal::recover(&state_dir, &dest)?.map(|s| format_iso(s.end_time));
-    let mut state = state_dir.load()?;
-    // The newest backup DEST ever held; kept even when DEST must be rebuilt.
-    let mut mark = state.as_ref().map(rollback::high_water);
-    if let Some(st) = &state {
-        if st.dest != dest {
-            bail!(
-                "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
-                state_root.display(),
-                st.dest.display(),
-                dest.display()
-            );
-        }
-        if !dest.exists() {
-            // DEST was removed: rebuild it from scratch.
-            state = None;
+    let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    let dest = &dest_paths.dest;
+    let state_dir = dest_paths.lock(opts.wait)?;
+    let mut changed = opts.list_changes.then(ChangedPaths::default);
+    if let Some(changed) = changed.as_mut() {
+        if state_dir.journal_path().exists() {
+            changed.add_journal(&state_dir.journal_path(), dest)?;
         }
     }
+    let recovered = journal::recover(&state_dir, dest)?.map(|s| format_iso(s.end_time));
+    let recorded = state_dir.load()?;
+    // The newest backup DEST ever held; kept even when DEST is gone and must be rebuilt.
+    let mut mark = recorded.as_ref().map(rollback::high_water);
+    let state = dest_paths.held(recorded);
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let repo = open_repository(&opts.source, &opts.repo)?;
+    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let explicit_time = opts.time.is_some();
-    if let Some(chain) = repo.collection.select(time)? {
-        rollback::check_target(mark, chain.end_time_at(time), explicit_time)?;
-    }
-    let dest_empty = is_empty_or_missing(&dest)?;
+    let dest_empty = dest_paths.dest_is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
         bail!(
             "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \
@@ -160,17 +149,21 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
     }
     let filter = PathFilter::from_args(&opts.paths);
     let phase = Instant::now();
-    let plan = Plan::build(&repo, state.as_ref(), &dest, dest_empty, time, &filter)?;
+    let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
+        .ok_or_else(|| no_backup(&repo))?;
+    rollback::check_target(mark, decision.end_time, explicit_time)?;
+    let plan = Plan::build(&repo, decision, dest, &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
         dest: dest.clone(),
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
-        to: format_iso(plan.end_time),
-        up_to_date: plan.steps.is_empty(),
+        to: format_iso(plan.decision.end_time),
+        latest: repo.collection.latest_time().map(format_iso),
+        up_to_date: plan.decision.is_up_to_date(),
         recovered,
-        restart_reason: plan.restart_reason.clone(),
+        restart_reason: plan.decision.restart.as_ref().map(|r| r.to_string()),
         sets: plan
             .steps
             .iter()
@@ -180,14 +173,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 volumes: s.volumes.len(),
                 volumes_in_set: s.manifest.volumes.len(),
                 bytes: s.bytes,
-                differences: s
-                    .differences
-                    .iter()
-                    .map(|d| PathReport {
-                        path: d.index.to_string(),
-                        what: d.describe(),
-                    })
-                    .collect(),
+                differences: s.differences.iter().map(Difference::report).collect(),
                 applied: None,
                 repaired: None,
             })
@@ -197,8 +183,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         signatures: None,
         transfer: Transfer::default(),
         phases: Phases::default(),
+        times: ReportTimes {
+            from: state.as_ref().map(|s| s.end_time),
+            to: plan.decision.end_time,
+            latest: repo.collection.latest_time(),
+        },
+        changed: None,
     };
-    let finish = |mut report: SyncReport, phases: Phases| {
+    let finish = |mut report: SyncReport, phases: Phases, changed: Option<ChangedPaths>| {
         report.seconds = started.elapsed().as_secs_f64();
         report.signatures = opts
             .repo
@@ -206,22 +198,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
             .as_ref()
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
-        report.transfer = opts.repo.source.meter.snapshot();
+        report.transfer = reporter.transfer();
         report.phases = phases;
+        report.changed = changed;
         Ok(report)
     };
     if opts.dry_run {
-        return finish(report, phases);
+        return finish(report, phases, None);
     }
     // Volumes download (prefetch) in the order the sets read them.
     let phase = Instant::now();
     let mut wants = Vec::new();
     for step in &plan.steps {
-        wants.extend(repo.wants(&step.set, &step.manifest, &step.volumes)?);
+        wants.extend(repo.wants(step.set, &step.manifest, &step.volumes)?);
     }
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
-    let progress = opts.repo.source.meter.progress();
-    progress.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
+    reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
         let newest = rollback::next_high_water(
             mark,
@@ -231,13 +223,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         );
         let target = MirrorState::new(
             repo.display(),
-            plan.chain_start,
+            plan.decision.chain_start,
             step.set.end_time,
             dest.clone(),
             filter.to_strings(),
         )
         .with_newest(newest);
-        let staged = stage_step(&repo, &plan, step, &dest, &state_dir, &target, opts.durable);
+        let staged = stage_step(&repo, &plan, step, dest, &state_dir, &target, opts.durable);
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
@@ -249,7 +241,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir) {
+        let stats = match applier.commit(&state_dir, changed.as_mut()) {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
@@ -266,10 +258,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncReport> {
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;
     }
-    progress.finish();
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
-    finish(report, phases)
+    finish(report, phases, changed)
+}
+
+/// Why there is nothing to sync to.
+fn no_backup(repo: &Repository) -> anyhow::Error {
+    let incomplete = repo.collection.incomplete.len();
+    if incomplete > 0 {
+        anyhow!(
+            "the source holds no complete backup yet: {incomplete} set(s) have no manifest (a \
+             backup in progress?)"
+        )
+    } else {
+        anyhow!("the source holds no duplicity backup ({})", repo.display())
+    }
 }
 
 /// Stages one set: its fixes, its records, and the repair of any path found drifted.
@@ -294,33 +298,25 @@ fn stage_step(
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
-        applier.detect_drift(set_signatures(repo, &step.set)?);
+        applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(&step.set, &step.manifest, &step.volumes, &mut applier)?;
+    repo.read_set(step.set, &step.manifest, &step.volumes, &mut applier)?;
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
         return Ok((applier, None));
     }
     // DEST did not hold what the previous set left: restore those paths as this set
     // leaves them, from the chain, and commit them with the set.
-    let sets: Vec<&crate::repo::collection::BackupSet> = plan
-        .chain_sets
+    let sets: Vec<&BackupSet> = plan
+        .decision
+        .chain
         .iter()
+        .copied()
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
-    let paths = PathFilter::subtrees(drifted.iter().cloned());
-    let scratch_root = state_dir.repair_scratch();
-    let (scratch, stats) = repair::restore_paths(repo, &sets, &paths, &scratch_root)?;
-    // Every drifted path was patched by this set, so the chain must hold it.
-    for index in &drifted {
-        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
-            bail!(
-                "cannot apply the change to {index}: the file in DEST differs from what the \
-                 previous backup left (the delta does not fit its basis), and no volume of \
-                 the chain holds the file to restore it from"
-            );
-        }
-    }
-    repair::graft(&scratch.tree, &paths, &mut applier)?;
+    let stats = repair::stage_repair(repo, &sets, &drifted, state_dir, &mut applier).context(
+        "a file in DEST differs from what the previous backup left (the delta does not fit \
+         its basis) and must be restored from the chain",
+    )?;
     Ok((applier, Some(stats)))
 }

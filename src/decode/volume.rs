@@ -14,7 +14,7 @@
 
 use crate::decode::crypto::Decryptor;
 use crate::error::Error;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use sha1::{Digest, Sha1};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -255,7 +255,8 @@ fn decode(
             report.bytes
         ));
     }
-    decoded.map_err(|e| anyhow!("{name}: {e:#}"))
+    // Context, not a new message: the typed cause (a CryptoError) stays in the chain.
+    decoded.with_context(|| name.clone())
 }
 
 fn pump(

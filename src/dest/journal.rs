@@ -196,7 +196,16 @@ pub fn recover(state_dir: &StateDir, dest: &Path) -> Result<Option<MirrorState>>
     Ok(Some(state))
 }
 
-fn replay(journal: &Path, dest: &Path) -> Result<MirrorState> {
+/// A committed journal as read back: the state it leads to, its staging folder, its
+/// operations.
+pub struct Committed {
+    pub state: MirrorState,
+    pub staging: PathBuf,
+    pub ops: Vec<Op>,
+}
+
+/// Reads a committed journal without carrying it out.
+pub fn read(journal: &Path) -> Result<Committed> {
     let reader = BufReader::new(File::open(journal)?);
     let mut lines = reader.split(b'\n');
     let mut next = || -> Result<Vec<u8>> {
@@ -235,10 +244,19 @@ fn replay(journal: &Path, dest: &Path) -> Result<MirrorState> {
             })?,
         );
     }
-    for op in &ops {
-        execute(op, &staging, dest)?;
+    Ok(Committed {
+        state,
+        staging,
+        ops,
+    })
+}
+
+fn replay(journal: &Path, dest: &Path) -> Result<MirrorState> {
+    let committed = read(journal)?;
+    for op in &committed.ops {
+        execute(op, &committed.staging, dest)?;
     }
-    Ok(state)
+    Ok(committed.state)
 }
 
 /// Carries out one operation; safe to repeat.

@@ -3,6 +3,7 @@
 //! and the state that remembers which backup DEST holds. Nothing here knows about
 //! repositories or backends.
 
+pub mod changes;
 pub mod fsops;
 pub mod guard;
 pub mod journal;

@@ -12,6 +12,10 @@
 //! staging.repair/  a scratch mirror of the paths being repaired
 //! ```
 //!
+//! Every command finds DEST and its state directory the same way, through [`DestPaths`];
+//! a `state.json` that cannot be read, or that names another DEST, is an error, never
+//! "not synced yet".
+//!
 //! Limits: the state says what dupmirror last wrote, not what DEST holds now; a person
 //! editing DEST behind its back is caught by `verify`, not here.
 
@@ -26,6 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const STATE_FORMAT: u32 = 1;
+const STATE_FILE: &str = "state.json";
 
 /// The backup state DEST holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,12 +91,67 @@ impl MirrorState {
 /// The state directory of one DEST, locked for as long as this value lives.
 pub struct StateDir {
     root: PathBuf,
+    dest: PathBuf,
     staging: PathBuf,
     _lock: Flock<File>,
 }
 
+/// DEST and its state directory, resolved once, the same way for every command.
+#[derive(Clone, Debug)]
+pub struct DestPaths {
+    /// Absolute, without `..`.
+    pub dest: PathBuf,
+    /// `--state-dir`, or `.<DEST name>.dupmirror` beside DEST; never inside DEST.
+    pub state_root: PathBuf,
+}
+
+impl DestPaths {
+    pub fn resolve(dest: &Path, state_dir: Option<&Path>) -> Result<DestPaths> {
+        let dest = absolute_dest(dest)?;
+        let state_root = match state_dir {
+            Some(s) => std::path::absolute(s)
+                .with_context(|| format!("cannot resolve --state-dir {}", s.display()))?,
+            None => default_state_dir(&dest)?,
+        };
+        if state_root.starts_with(&dest) {
+            bail!(
+                "the state directory {} lies inside DEST; DEST must hold only the backed-up tree",
+                state_root.display()
+            );
+        }
+        Ok(DestPaths { dest, state_root })
+    }
+
+    /// Opens the state directory and takes its lock (see [`StateDir::open`]).
+    pub fn lock(&self, wait: bool) -> Result<StateDir> {
+        StateDir::open(&self.state_root, &self.dest, wait)
+    }
+
+    /// The recorded state, read without the lock and without completing an interrupted
+    /// commit: a look, for `status`.
+    pub fn peek(&self) -> Result<Option<MirrorState>> {
+        read_state(&self.state_root.join(STATE_FILE), &self.dest)
+    }
+
+    /// What DEST holds, as `mirror::decide` takes it: the recorded state, unless DEST
+    /// itself is gone (then it is rebuilt from scratch).
+    pub fn held(&self, recorded: Option<MirrorState>) -> Option<MirrorState> {
+        recorded.filter(|_| self.dest.exists())
+    }
+
+    /// Whether DEST is missing or an empty folder (a first sync needs no `--adopt`).
+    pub fn dest_is_empty(&self) -> Result<bool> {
+        match fs::read_dir(&self.dest) {
+            Ok(mut it) => Ok(it.next().is_none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read DEST {}", self.dest.display())),
+        }
+    }
+}
+
 /// Where the state of `dest` lives by default: `.<name>.dupmirror` beside it.
-pub fn default_state_dir(dest: &Path) -> Result<PathBuf> {
+fn default_state_dir(dest: &Path) -> Result<PathBuf> {
     let name = dest
         .file_name()
         .with_context(|| format!("DEST {} has no folder name", dest.display()))?;
@@ -103,7 +163,7 @@ pub fn default_state_dir(dest: &Path) -> Result<PathBuf> {
 
 /// DEST as an absolute path without `..`, so that the default state directory and the
 /// recorded DEST do not depend on how the path was spelled.
-pub fn absolute_dest(dest: &Path) -> Result<PathBuf> {
+fn absolute_dest(dest: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(dest)
         .with_context(|| format!("cannot resolve DEST {}", dest.display()))?;
     // Resolve the parent (which must exist) so `a/../b` and symlinked parents agree.
@@ -169,6 +229,7 @@ impl StateDir {
         };
         Ok(StateDir {
             root: root.to_path_buf(),
+            dest: dest.to_path_buf(),
             staging,
             _lock: lock,
         })
@@ -193,31 +254,12 @@ impl StateDir {
     }
 
     fn state_path(&self) -> PathBuf {
-        self.root.join("state.json")
+        self.root.join(STATE_FILE)
     }
 
-    /// The state DEST is in, or `None` before the first sync.
+    /// The state DEST was last brought to, or `None` before the first sync.
     pub fn load(&self) -> Result<Option<MirrorState>> {
-        let path = self.state_path();
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let state: MirrorState = serde_json::from_slice(&data).with_context(|| {
-            format!(
-                "{} is damaged; remove it to rebuild DEST from scratch",
-                path.display()
-            )
-        })?;
-        if state.format != STATE_FORMAT {
-            bail!(
-                "{} has state format {}, this dupmirror reads format {STATE_FORMAT}",
-                path.display(),
-                state.format
-            );
-        }
-        Ok(Some(state))
+        read_state(&self.state_path(), &self.dest)
     }
 
     /// Records a new state atomically (write, fsync, rename, fsync the folder).
@@ -230,6 +272,38 @@ impl StateDir {
         fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
         sync_dir(&self.root)
     }
+}
+
+/// Reads `state.json` of `dest`: `None` when there is none (never synced); an error when
+/// it is damaged, of another format, or records another DEST.
+fn read_state(path: &Path, dest: &Path) -> Result<Option<MirrorState>> {
+    let data = match fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let state: MirrorState = serde_json::from_slice(&data).with_context(|| {
+        format!(
+            "{} is damaged; remove it to rebuild DEST from scratch",
+            path.display()
+        )
+    })?;
+    if state.format != STATE_FORMAT {
+        bail!(
+            "{} has state format {}, this dupmirror reads format {STATE_FORMAT}",
+            path.display(),
+            state.format
+        );
+    }
+    if state.dest != dest {
+        bail!(
+            "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
+            path.parent().unwrap_or(path).display(),
+            state.dest.display(),
+            dest.display()
+        );
+    }
+    Ok(Some(state))
 }
 
 /// Writes a small file and fsyncs it.

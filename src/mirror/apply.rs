@@ -32,6 +32,7 @@
 
 use crate::decode::delta::{self, SigDigest, Spool};
 use crate::decode::records::{Record, RecordKind, RecordSink};
+use crate::dest::changes::ChangedPaths;
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
 use crate::dest::guard::PathGuard;
 use crate::dest::journal::{self, JournalWriter, Op};
@@ -269,7 +270,12 @@ impl SetApplier {
     }
 
     /// Makes the staged set part of DEST; returns after DEST and the state are updated.
-    pub fn commit(mut self, state_dir: &StateDir) -> Result<ApplyStats> {
+    /// `changes`, when given, receives every path the commit changes.
+    pub fn commit(
+        mut self,
+        state_dir: &StateDir,
+        changes: Option<&mut ChangedPaths>,
+    ) -> Result<ApplyStats> {
         if !matches!(self.current, OpenRecord::Idle) {
             bail!("the set ended in the middle of a record");
         }
@@ -301,6 +307,9 @@ impl SetApplier {
         self.journal
             .commit(state_dir)
             .context("cannot commit the set's journal")?;
+        if let Some(changes) = changes {
+            changes.add_journal(&state_dir.journal_path(), &self.dest)?;
+        }
         // The set is committed. Carrying it out can still meet a passing I/O error: try
         // once more, then leave the journal for the next run to complete.
         journal::recover(state_dir, &self.dest)

@@ -28,6 +28,7 @@ use crate::repo::collection::BackupSet;
 use crate::repo::sigtar::merge_chain;
 use crate::repo::Repository;
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -48,9 +49,45 @@ pub enum DiffKind {
     Missing,
     /// In DEST, not in the backup.
     Extra,
-    /// In both, different: the list says what differs (`content`, `type`, `target`,
-    /// `device`, `mode`, `mtime`, `owner`).
-    Changed(Vec<&'static str>),
+    /// In both, different in these respects.
+    Changed(BTreeSet<Change>),
+}
+
+/// One respect in which a path differs, in the order reports list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    Content,
+    /// Another kind of object (nothing else is compared then).
+    Type,
+    /// Another symlink target.
+    Target,
+    /// Another device number.
+    Device,
+    Mode,
+    Mtime,
+    Owner,
+}
+
+impl Change {
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Content => "content",
+            Change::Type => "type",
+            Change::Target => "target",
+            Change::Device => "device",
+            Change::Mode => "mode",
+            Change::Mtime => "mtime",
+            Change::Owner => "owner",
+        }
+    }
+
+    /// Whether undoing it needs the object itself from a volume, not just attributes.
+    pub fn needs_data(self) -> bool {
+        matches!(
+            self,
+            Change::Content | Change::Type | Change::Target | Change::Device
+        )
+    }
 }
 
 impl Difference {
@@ -60,9 +97,7 @@ impl Difference {
         match &self.kind {
             DiffKind::Missing => true,
             DiffKind::Extra => false,
-            DiffKind::Changed(what) => what
-                .iter()
-                .any(|w| matches!(*w, "content" | "type" | "target" | "device")),
+            DiffKind::Changed(what) => what.iter().any(|c| c.needs_data()),
         }
     }
 
@@ -70,9 +105,28 @@ impl Difference {
         match &self.kind {
             DiffKind::Missing => "missing".into(),
             DiffKind::Extra => "extra".into(),
-            DiffKind::Changed(what) => format!("changed ({})", what.join(", ")),
+            DiffKind::Changed(what) => {
+                let names: Vec<&str> = what.iter().map(|c| c.name()).collect();
+                format!("changed ({})", names.join(", "))
+            }
         }
     }
+
+    /// How reports (sync, verify) show it.
+    pub fn report(&self) -> DifferenceReport {
+        DifferenceReport {
+            path: self.index.to_string(),
+            what: self.describe(),
+        }
+    }
+}
+
+/// A path that differs, as every report shows it: `{"path": ..., "what": ...}`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DifferenceReport {
+    pub path: String,
+    /// `missing`, `extra`, or `changed (content, mode, ...)`.
+    pub what: String,
 }
 
 /// Counts of one comparison.
@@ -90,7 +144,7 @@ struct HashJob {
     signature: SigDigest,
     expected: Metadata,
     /// Metadata differences already found.
-    what: Vec<&'static str>,
+    what: BTreeSet<Change>,
 }
 
 /// How closely to look at regular files.
@@ -180,11 +234,11 @@ pub fn compare(
         walker.advance(both_dirs && found.is_dir)?;
         // Regular files get their content checked even when metadata differs, so that a
         // repair knows whether it needs the data.
-        if entry.kind == RecordKind::Signature && what != ["type"] {
+        if entry.kind == RecordKind::Signature && !what.contains(&Change::Type) {
             if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
                 let mut what = what;
                 if !signature.size_fits(local.len()) {
-                    what.insert(0, "content");
+                    what.insert(Change::Content);
                 }
                 if !what.is_empty() {
                     diffs.push(Difference {
@@ -226,7 +280,7 @@ pub fn compare(
         match same {
             Ok(same) => {
                 if !same {
-                    job.what.insert(0, "content");
+                    job.what.insert(Change::Content);
                 }
                 if !job.what.is_empty() {
                     diffs.push(Difference {
@@ -263,7 +317,7 @@ fn metadata_differences(
     local: &fs::Metadata,
     path: &Path,
     owners: &mut OwnerMap,
-) -> Result<Vec<&'static str>> {
+) -> Result<BTreeSet<Change>> {
     let ft = local.file_type();
     let same_type = match &expected.file_type {
         FileType::Regular => ft.is_file(),
@@ -274,15 +328,15 @@ fn metadata_differences(
         FileType::BlockDevice { .. } => ft.is_block_device(),
     };
     if !same_type {
-        return Ok(vec!["type"]);
+        return Ok(BTreeSet::from([Change::Type]));
     }
-    let mut what = Vec::new();
+    let mut what = BTreeSet::new();
     match &expected.file_type {
         FileType::Symlink(target) => {
             let local_target = fs::read_link(path)
                 .with_context(|| format!("cannot read symlink {}", path.display()))?;
             if std::os::unix::ffi::OsStrExt::as_bytes(local_target.as_os_str()) != &target[..] {
-                what.push("target");
+                what.insert(Change::Target);
             }
         }
         FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
@@ -290,7 +344,7 @@ fn metadata_differences(
             if (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
                 != (u64::from(*major), u64::from(*minor))
             {
-                what.push("device");
+                what.insert(Change::Device);
             }
         }
         _ => {}
@@ -298,14 +352,14 @@ fn metadata_differences(
     let is_symlink = matches!(expected.file_type, FileType::Symlink(_));
     if !is_symlink {
         if local.mode() & 0o7777 != expected.mode {
-            what.push("mode");
+            what.insert(Change::Mode);
         }
         if local.mtime() != expected.mtime {
-            what.push("mtime");
+            what.insert(Change::Mtime);
         }
     }
     if owners.applies() && owners.resolve(expected) != (local.uid(), local.gid()) {
-        what.push("owner");
+        what.insert(Change::Owner);
     }
     Ok(what)
 }

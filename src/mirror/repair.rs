@@ -1,7 +1,10 @@
 //! Restoring chosen paths from a chain, for `verify --repair` and for a sync that finds a
-//! file DEST should hold intact but does not.
+//! file DEST should hold intact but does not. Both stage a repair the same way, through
+//! [`stage_repair`], into the applier of the commit that carries it.
 //!
 //! ```text
+//! stage_repair(chain sets up to T, paths, DEST's applier):
+//!     restore_paths, then check that each path came out of the chain, then graft
 //! restore_paths(chain sets up to T, paths):
 //!     a scratch mirror in the state directory, filtered to `paths`:
 //!     for each set: read only the volumes whose manifest ranges overlap `paths`,
@@ -19,12 +22,14 @@ use crate::decode::records::{Record, RecordKind, RecordSink};
 use crate::dest::fsops;
 use crate::dest::state::{MirrorState, StateDir};
 use crate::dest::walk::DestWalker;
+use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
 use crate::mirror::apply::{ApplyMode, SetApplier};
 use crate::mirror::filter::PathFilter;
 use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -39,9 +44,9 @@ pub struct RepairStats {
 }
 
 /// A scratch mirror holding restored paths; removed when dropped.
-pub struct Scratch {
+struct Scratch {
     root: PathBuf,
-    pub tree: PathBuf,
+    tree: PathBuf,
 }
 
 impl Drop for Scratch {
@@ -50,9 +55,32 @@ impl Drop for Scratch {
     }
 }
 
+/// Restores `paths` (objects the backup holds) as they are at the end of `sets` (a full
+/// and its incrementals) and stages them into `sink`, DEST's applier, so that they are
+/// committed with whatever else it holds. Restoring happens in `state_dir`'s repair
+/// scratch, on DEST's file system. Fails when the chain does not hold one of the paths.
+pub fn stage_repair(
+    repo: &Repository,
+    sets: &[&BackupSet],
+    paths: &BTreeSet<PathIndex>,
+    state_dir: &StateDir,
+    sink: &mut dyn RecordSink,
+) -> Result<RepairStats> {
+    let subtrees = PathFilter::subtrees(paths.iter().cloned());
+    let (scratch, stats) = restore_paths(repo, sets, &subtrees, &state_dir.repair_scratch())?;
+    for index in paths {
+        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
+            let last = sets.last().map(|s| s.label()).unwrap_or_default();
+            bail!("cannot restore {index}: no volume of the chain up to {last} holds it");
+        }
+    }
+    graft(&scratch.tree, &subtrees, sink)?;
+    Ok(stats)
+}
+
 /// Restores `paths` as they are at the end of `sets` into a scratch tree under `root`
 /// (which must be on DEST's file system).
-pub fn restore_paths(
+fn restore_paths(
     repo: &Repository,
     sets: &[&BackupSet],
     paths: &PathFilter,
@@ -101,7 +129,7 @@ pub fn restore_paths(
         )?;
         repo.read_set(set, &manifest, &volumes, &mut applier)
             .with_context(|| format!("restoring from set {}", set.label()))?;
-        applier.commit(&state_dir)?;
+        applier.commit(&state_dir, None)?;
         stats.volumes_read += volumes.len() as u64;
         stats.bytes_read += volumes
             .iter()
@@ -113,7 +141,7 @@ pub fn restore_paths(
 
 /// Feeds every object of the scratch tree that lies in `paths` to `sink` as a snapshot
 /// record, in index order.
-pub fn graft(tree: &Path, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
+fn graft(tree: &Path, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
     let mut walker = DestWalker::new(tree)?;
     while let Some(found) = walker.peek().cloned() {
         if !paths.covers(&found.index) {

@@ -86,15 +86,6 @@ impl BackupChain {
         std::iter::once(&self.full).chain(self.incs.iter())
     }
 
-    /// The backup this chain restores at time `t`: the end of its last set at or before `t`.
-    pub fn end_time_at(&self, t: Epoch) -> Epoch {
-        self.incs
-            .iter()
-            .rev()
-            .find(|s| s.end_time <= t)
-            .map_or(self.full.end_time, |s| s.end_time)
-    }
-
     /// The full and every incremental ending at or before `t`.
     pub fn sets_until(&self, t: Epoch) -> Vec<&BackupSet> {
         let mut out = vec![&self.full];
@@ -252,6 +243,20 @@ impl Collection {
             .or(self.chains.first()))
     }
 
+    /// A collection from bare names (default prefixes, every file 10 bytes), for tests.
+    #[cfg(test)]
+    pub(crate) fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Collection> {
+        let listing: Vec<ListEntry> = names
+            .iter()
+            .map(|n| ListEntry {
+                name: n.as_ref().to_string(),
+                size: Some(10),
+            })
+            .collect();
+        let prefixes = crate::repo::filename::Prefixes::default();
+        Collection::from_listing(&listing, &NameParser::new(&prefixes, ':'))
+    }
+
     /// The latest complete state of the repository.
     pub fn latest_time(&self) -> Option<Epoch> {
         self.chains.iter().map(|c| c.end_time()).max()
@@ -269,17 +274,9 @@ fn place(slot: &mut Option<RemoteFile>, f: &RemoteFile) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::filename::Prefixes;
 
     fn collect(names: &[&str]) -> Result<Collection> {
-        let listing: Vec<ListEntry> = names
-            .iter()
-            .map(|n| ListEntry {
-                name: n.to_string(),
-                size: Some(10),
-            })
-            .collect();
-        Collection::from_listing(&listing, &NameParser::new(&Prefixes::default(), ':'))
+        Collection::from_names(names)
     }
 
     const F1: &str = "20200101T000000Z";

@@ -38,6 +38,16 @@ pub enum ManifestError {
     Read(#[from] io::Error),
 }
 
+impl ManifestError {
+    /// The cause itself, so that a caller (the exit status) still sees an [`Error`].
+    pub fn into_cause(self) -> anyhow::Error {
+        match self {
+            ManifestError::Corrupt(e) => e.into(),
+            ManifestError::Read(e) => e.into(),
+        }
+    }
+}
+
 /// One volume's entry in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeInfo {

@@ -11,11 +11,11 @@ use crate::decode::crypto::Decryptor;
 use crate::decode::records::{RecordSink, RecordStream};
 use crate::decode::volume::{DecodedFile, VolumeSource};
 use crate::error::Error;
+use crate::progress::Reporter;
 use crate::repo::collection::{BackupSet, Collection};
 use crate::repo::filename::{Encoding, NameParser, Prefixes, RemoteFile};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{Manifest, ManifestError};
 use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
-use crate::source::meter::Meter;
 use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use sha1::{Digest, Sha1};
@@ -30,23 +30,28 @@ pub struct RepoOptions {
     /// duplicity's `--time-separator` for old W3 names; `:` by default.
     pub time_separator: Option<char>,
     pub decryptor: Option<Arc<dyn Decryptor>>,
-    /// How to reach a remote source; counts what it transfers.
+    /// How to reach a remote source.
     pub source: SourceOptions,
 }
 
 pub struct Repository {
     backend: Arc<dyn Backend>,
     decryptor: Option<Arc<dyn Decryptor>>,
-    /// Counts what a remote source transfers; moves the progress bars.
-    meter: Arc<Meter>,
+    /// Moves the apply bar; the fetcher reports its downloads here too.
+    reporter: Arc<Reporter>,
     /// Downloads a sync's volumes ahead (remote sources only).
     fetcher: OnceLock<Fetcher>,
     pub collection: Collection,
 }
 
 impl Repository {
-    /// Lists the source and sorts what it holds into chains.
-    pub fn open(backend: Box<dyn Backend>, options: &RepoOptions) -> Result<Self> {
+    /// Lists the source and sorts what it holds into chains. What the repository reads
+    /// is reported to `reporter`.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        options: &RepoOptions,
+        reporter: Arc<Reporter>,
+    ) -> Result<Self> {
         let parser = NameParser::new(&options.prefixes, options.time_separator.unwrap_or(':'));
         let listing = backend
             .list()
@@ -55,7 +60,7 @@ impl Repository {
         Ok(Repository {
             backend: backend.into(),
             decryptor: options.decryptor.clone(),
-            meter: options.source.meter.clone(),
+            reporter,
             fetcher: OnceLock::new(),
             collection,
         })
@@ -112,7 +117,9 @@ impl Repository {
             Ok(_) => reader.finish(),
             Err(_) => reader.abandon(),
         }?;
-        let manifest = parsed.with_context(|| format!("manifest {}", file.name))?;
+        let manifest = parsed
+            .map_err(ManifestError::into_cause)
+            .with_context(|| format!("manifest {}", file.name))?;
         if manifest.volumes.is_empty() {
             bail!("manifest {} lists no volumes", file.name);
         }
@@ -188,7 +195,7 @@ impl Repository {
         }
         let fetcher = Fetcher::start(
             self.backend.clone(),
-            self.meter.clone(),
+            self.reporter.clone(),
             wants,
             cache_dir,
             prefetch,
@@ -222,9 +229,9 @@ impl Repository {
                 (raw, Some(sha1))
             }
         };
-        let counted = Box::new(MeteredVolume {
+        let counted = Box::new(AppliedVolume {
             inner: raw,
-            meter: self.meter.clone(),
+            reporter: self.reporter.clone(),
         });
         Ok(self.decode(file, sha1, counted))
     }
@@ -286,15 +293,15 @@ impl Repository {
 }
 
 /// Counts the volume bytes the applier reads, for its progress bar.
-struct MeteredVolume {
+struct AppliedVolume {
     inner: Box<dyn Read + Send>,
-    meter: Arc<Meter>,
+    reporter: Arc<Reporter>,
 }
 
-impl Read for MeteredVolume {
+impl Read for AppliedVolume {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.meter.progress().applied(n as u64);
+        self.reporter.applied(n as u64);
         Ok(n)
     }
 }

@@ -14,7 +14,7 @@
 //! fill the disk, and only plain file names (`source::names`) are joined to the cache path.
 
 use crate::error::Error;
-use crate::source::meter::Meter;
+use crate::progress::Reporter;
 use crate::source::{names, Backend};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -57,7 +57,7 @@ pub struct Fetcher {
 
 struct Shared {
     backend: Arc<dyn Backend>,
-    meter: Arc<Meter>,
+    reporter: Arc<Reporter>,
     dir: PathBuf,
     wants: Vec<WantedVolume>,
     /// Most volume files in the cache at once.
@@ -86,22 +86,20 @@ impl Shared {
 
 impl Fetcher {
     /// Starts downloading `wants`, in this order, into `cache_dir`, keeping at most
-    /// `prefetch` (≥ 1) files there.
+    /// `prefetch` (≥ 1) files there; shows the download bar and re-downloads on `reporter`.
     pub fn start(
         backend: Arc<dyn Backend>,
-        meter: Arc<Meter>,
+        reporter: Arc<Reporter>,
         wants: Vec<WantedVolume>,
         cache_dir: &Path,
         prefetch: usize,
     ) -> Result<Fetcher> {
         let limit = prefetch.max(1);
         clean_cache(cache_dir, &wants[..limit.min(wants.len())])?;
-        meter
-            .progress()
-            .start_download(wants.iter().filter_map(|w| w.size).sum());
+        reporter.start_download(wants.iter().filter_map(|w| w.size).sum());
         let shared = Arc::new(Shared {
             backend,
-            meter,
+            reporter,
             dir: cache_dir.to_path_buf(),
             state: Mutex::new(State {
                 results: wants.iter().map(|_| None).collect(),
@@ -269,11 +267,11 @@ impl Shared {
                 }
                 .into());
             }
-            self.meter.progress().notice(&format!(
+            self.reporter.notice(&format!(
                 "{}: SHA1 does not match the manifest; downloading it again",
                 want.name
             ));
-            self.meter.refetched(bad);
+            self.reporter.refetched(bad);
             again = true;
         }
     }
@@ -291,7 +289,7 @@ impl Shared {
         let opened = self.backend.open(&want.name, have)?;
         // The source may start earlier than asked (no range support): keep only what
         // comes before its start, and hash that; the rest of the partial comes again.
-        self.meter.refetched(have - opened.offset);
+        self.reporter.refetched(have - opened.offset);
         file.set_len(opened.offset)?;
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha1::new();
@@ -314,7 +312,12 @@ impl Shared {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("cannot download {}: {e}", want.name)),
+                Err(e) => {
+                    // Keeps a typed cause inside the io::Error (a size bound) for the exit status.
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot download {}", want.name))
+                    );
+                }
             };
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])
@@ -343,5 +346,175 @@ impl Drop for CachedVolume {
         let mut st = self.shared.lock();
         st.released += 1;
         self.shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::faulty::{Faults, FaultyBackend};
+    use crate::source::meter::Meter;
+    use crate::source::retry::RetryBackend;
+    use crate::source::MemoryBackend;
+
+    /// Three volumes of 70,000, 1 and 300,000 bytes.
+    fn volumes() -> Vec<(String, Vec<u8>)> {
+        [70_000usize, 1, 300_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let data = (0..n).map(|j| (j * (i + 3) % 253) as u8).collect();
+                (format!("v{}", i + 1), data)
+            })
+            .collect()
+    }
+
+    struct Setup {
+        backend: Arc<dyn Backend>,
+        reporter: Arc<Reporter>,
+        wants: Vec<WantedVolume>,
+        cache: tempfile::TempDir,
+    }
+
+    /// The volumes behind `faults` and a retry layer that does not wait.
+    fn setup(faults: Faults) -> Setup {
+        let memory = MemoryBackend::new("test");
+        let mut wants = Vec::new();
+        for (name, data) in volumes() {
+            wants.push(WantedVolume {
+                name: name.clone(),
+                size: Some(data.len() as u64),
+                sha1: hex::encode(Sha1::digest(&data)),
+            });
+            memory.insert(&name, data);
+        }
+        let reporter = Arc::new(Reporter::default());
+        let retry = RetryBackend::new(
+            Box::new(FaultyBackend::new(Box::new(memory), faults)),
+            3,
+            Meter::new(None, reporter.clone()),
+        )
+        .without_waiting();
+        retry.list().unwrap();
+        Setup {
+            backend: Arc::new(retry),
+            reporter,
+            wants,
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    impl Setup {
+        fn start(&self) -> Fetcher {
+            Fetcher::start(
+                self.backend.clone(),
+                self.reporter.clone(),
+                self.wants.clone(),
+                self.cache.path(),
+                2,
+            )
+            .unwrap()
+        }
+
+        /// Takes every volume in order and checks its bytes.
+        fn take_all(&self, fetcher: &Fetcher) -> Result<()> {
+            for (name, data) in volumes() {
+                let mut reader = fetcher.take(&name).expect("a planned volume")?;
+                let mut got = Vec::new();
+                reader.read_to_end(&mut got)?;
+                assert!(got == data, "{name}: other bytes");
+            }
+            Ok(())
+        }
+
+        fn cache_files(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(self.cache.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    const TOTAL: u64 = 370_001;
+
+    #[test]
+    fn downloads_in_order_through_cuts_and_failed_opens() {
+        let s = setup(Faults {
+            failing_opens: 2,
+            cut_after: Some(25_000),
+            ..Faults::default()
+        });
+        let fetcher = s.start();
+        s.take_all(&fetcher).unwrap();
+        assert!(fetcher.take("v9").is_none(), "not a planned volume");
+        drop(fetcher);
+        assert!(
+            s.cache_files().is_empty(),
+            "applied volumes leave the cache"
+        );
+        let t = s.reporter.transfer();
+        assert_eq!((t.bytes_downloaded, t.bytes_refetched), (TOTAL, 0));
+        assert_eq!(t.files_fetched, 3);
+        assert!(t.retries >= 2 + 300_000 / 25_000, "{t:?}");
+    }
+
+    #[test]
+    fn a_partial_download_resumes_where_it_stopped() {
+        let s = setup(Faults::default());
+        let (_, v1) = &volumes()[0];
+        fs::write(s.cache.path().join("v1.part"), &v1[..30_000]).unwrap();
+        s.take_all(&s.start()).unwrap();
+        let t = s.reporter.transfer();
+        assert_eq!(
+            (t.bytes_resumed, t.bytes_downloaded),
+            (30_000, TOTAL - 30_000)
+        );
+    }
+
+    #[test]
+    fn a_partial_download_that_does_not_match_is_fetched_again() {
+        let s = setup(Faults::default());
+        fs::write(s.cache.path().join("v1.part"), vec![7u8; 30_000]).unwrap();
+        s.take_all(&s.start()).unwrap();
+        let t = s.reporter.transfer();
+        assert_eq!(t.bytes_refetched, 70_000, "the whole damaged file");
+        assert_eq!(t.bytes_downloaded, TOTAL - 30_000 + 70_000);
+    }
+
+    #[test]
+    fn a_damaged_download_is_fetched_once_more_then_refused() {
+        let s = setup(Faults {
+            damaged: Some(("v3".into(), 1)),
+            ..Faults::default()
+        });
+        s.take_all(&s.start()).unwrap();
+        assert_eq!(s.reporter.transfer().bytes_refetched, 300_000);
+
+        let s = setup(Faults {
+            damaged: Some(("v3".into(), 2)),
+            ..Faults::default()
+        });
+        let fetcher = s.start();
+        let err = s.take_all(&fetcher).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(Error::HashMismatch { name, .. }) if name == "v3"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn an_earlier_run_leaves_what_is_still_wanted() {
+        let s = setup(Faults::default());
+        let (_, v1) = &volumes()[0];
+        fs::write(s.cache.path().join("v1"), v1).unwrap(); // complete and checked
+        fs::write(s.cache.path().join("old.part"), b"x").unwrap();
+        fs::write(s.cache.path().join("older"), b"x").unwrap();
+        let fetcher = s.start();
+        s.take_all(&fetcher).unwrap();
+        drop(fetcher);
+        assert!(s.cache_files().is_empty());
+        assert_eq!(s.reporter.transfer().bytes_downloaded, TOTAL - 70_000);
     }
 }

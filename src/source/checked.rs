@@ -18,8 +18,9 @@
 //! manifest's SHA1 does that).
 
 use super::names::{self, shown};
-use super::{Backend, ListEntry, ListedSizes, Opened, SourceError};
-use anyhow::{anyhow, Result};
+use super::{Backend, ListEntry, ListedSizes, Opened};
+use crate::error::Error;
+use anyhow::Result;
 use std::io::{self, Read};
 
 /// The most bytes read of a file whose size the listing does not give (an FTP server
@@ -48,11 +49,12 @@ pub fn checked_listing(listing: Vec<ListEntry>) -> Result<Vec<ListEntry>> {
         match names::check(&entry.name) {
             Ok(()) => out.push(entry),
             Err(fault) if fault.is_hostile() => {
-                return Err(anyhow!(SourceError::Permanent(format!(
+                return Err(Error::corrupt(format!(
                     "the source lists a file named {} ({fault}), which no real folder can \
                      hold; refusing a listing that tries to reach outside the repository",
                     shown(&entry.name)
-                ))))
+                ))
+                .into())
             }
             Err(_) => {}
         }
@@ -69,10 +71,9 @@ impl Backend for CheckedBackend {
 
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         if let Err(fault) = names::check(name) {
-            return Err(anyhow!(SourceError::Permanent(format!(
-                "refusing to open {} ({fault})",
-                shown(name)
-            ))));
+            return Err(
+                Error::corrupt(format!("refusing to open {} ({fault})", shown(name))).into(),
+            );
         }
         let listed = self.sizes.get(name);
         let opened = self.inner.open(name, offset)?;
@@ -121,7 +122,9 @@ impl Read for SizeCapped {
                     MAX_UNLISTED_FILE_BYTES >> 30
                 )
             };
-            return Err(io::Error::other(format!("the source sent more than {why}")));
+            return Err(io::Error::other(Error::corrupt(format!(
+                "the source sent more than {why}"
+            ))));
         }
         Ok(n)
     }

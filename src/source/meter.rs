@@ -1,67 +1,36 @@
-//! Byte accounting and the bandwidth cap for remote reads.
+//! The bandwidth cap for remote reads, and the funnel their byte counts pass.
 //!
-//! Every byte read from a remote source passes [`Meter::transferred`], which counts it,
-//! sleeps as needed to keep under `--bwlimit`, and moves the download progress bar. The
-//! counters are what a sync reports (`--json` and the summary): bytes downloaded, bytes
-//! that a resume did not have to fetch again, bytes fetched a second time, files opened,
-//! listings, retries. Retry notices also go out through here, to the [`Progress`] display.
+//! Every byte read from a remote source passes [`Meter::transferred`], which counts it in
+//! the run's [`Reporter`] (the totals a sync reports, the download bar) and sleeps as
+//! needed to keep under `--bwlimit`. The transport's other events (resumes, re-reads,
+//! opens, listings, retries) go to the reporter through [`Meter::reporter`].
 
-use crate::progress::Progress;
+use crate::progress::Reporter;
 use anyhow::{bail, Result};
-use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
 pub struct Meter {
-    downloaded: AtomicU64,
-    resumed: AtomicU64,
-    refetched: AtomicU64,
-    files: AtomicU64,
-    listings: AtomicU64,
-    retries: AtomicU64,
     limit: Option<Mutex<Bucket>>,
-    progress: Arc<Progress>,
-}
-
-/// What crossed the network, as reported.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Transfer {
-    /// Bytes of file content received from the source.
-    pub bytes_downloaded: u64,
-    /// Bytes that resuming spared: for each resumed download, the offset it resumed at
-    /// (the bytes were on disk from an earlier run, or already read before a cut).
-    pub bytes_resumed: u64,
-    /// Bytes received a second time: after a cut from a server without range support, or
-    /// for a partial file that failed its SHA1 check. Included in `bytes_downloaded`.
-    pub bytes_refetched: u64,
-    /// Files opened for reading (manifests, volumes, signatures), resumes not counted.
-    pub files_fetched: u64,
-    /// Folder listings made.
-    pub listings: u64,
-    /// Requests repeated after a transient failure.
-    pub retries: u64,
+    reporter: Arc<Reporter>,
 }
 
 impl Meter {
     /// A meter that caps the rate at `limit` bytes per second (None: no cap).
-    pub fn new(limit: Option<u64>, progress: Arc<Progress>) -> Meter {
+    pub fn new(limit: Option<u64>, reporter: Arc<Reporter>) -> Meter {
         Meter {
             limit: limit.map(|rate| Mutex::new(Bucket::new(rate))),
-            progress,
-            ..Meter::default()
+            reporter,
         }
     }
 
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
     }
 
     /// Counts `n` bytes just received, then waits if they went over the rate cap.
     pub fn transferred(&self, n: usize) {
-        self.downloaded.fetch_add(n as u64, Relaxed);
-        self.progress.downloaded(n as u64);
+        self.reporter.downloaded(n as u64);
         if let Some(bucket) = &self.limit {
             let wait = bucket
                 .lock()
@@ -70,39 +39,6 @@ impl Meter {
             if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
-        }
-    }
-
-    pub fn resumed(&self, n: u64) {
-        self.resumed.fetch_add(n, Relaxed);
-    }
-
-    pub fn refetched(&self, n: u64) {
-        self.refetched.fetch_add(n, Relaxed);
-    }
-
-    pub fn file_opened(&self) {
-        self.files.fetch_add(1, Relaxed);
-    }
-
-    pub fn listed(&self) {
-        self.listings.fetch_add(1, Relaxed);
-    }
-
-    /// Counts a retry and tells the user about it.
-    pub fn retrying(&self, message: &str) {
-        self.retries.fetch_add(1, Relaxed);
-        self.progress.notice(message);
-    }
-
-    pub fn snapshot(&self) -> Transfer {
-        Transfer {
-            bytes_downloaded: self.downloaded.load(Relaxed),
-            bytes_resumed: self.resumed.load(Relaxed),
-            bytes_refetched: self.refetched.load(Relaxed),
-            files_fetched: self.files.load(Relaxed),
-            listings: self.listings.load(Relaxed),
-            retries: self.retries.load(Relaxed),
         }
     }
 }

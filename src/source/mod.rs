@@ -3,13 +3,16 @@
 //! A [`Backend`] is deliberately narrow, like restic's: list the folder (names and sizes) and
 //! open one file for reading from an offset (so a cut download can resume). Everything
 //! else wraps a backend instead of living inside each one: [`retry::RetryBackend`] retries
-//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts and
-//! throttles the bytes, and `crate::source::cache` caches and prefetches volumes. Nothing downstream
-//! knows which backend the bytes came from.
+//! transient failures with backoff and resumes cut reads, [`meter::Meter`] counts the
+//! bytes into the run's [`Reporter`] and throttles them, and [`cache`] caches and
+//! prefetches volumes. Nothing downstream knows which backend the bytes came from.
 //!
 //! Backends: a local folder (read in place), FTP/FTPS ([`ftp`]) and HTTP/HTTPS ([`http`],
-//! listing from the server's directory index, see [`autoindex`]). [`url`] parses remote
-//! SOURCE URLs, finds credentials and redacts passwords from everything shown.
+//! listing from the server's directory index, see [`autoindex`]), and [`MemoryBackend`] for
+//! tests. [`url`] parses remote SOURCE URLs, finds credentials and redacts passwords from
+//! everything shown. Every backend keeps the contract written on [`Backend`], and
+//! `tests/it/backends.rs` runs one conformance suite against each of them; `faulty` (tests
+//! only) breaks the contract on purpose, to test what wraps a backend.
 //!
 //! Nothing a source says is trusted: [`open_source`] wraps every backend in
 //! [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
@@ -19,9 +22,12 @@
 mod autoindex;
 pub mod cache;
 pub mod checked;
+#[cfg(test)]
+pub mod faulty;
 mod ftp;
 mod http;
 mod local;
+mod memory;
 pub mod meter;
 pub mod names;
 pub mod retry;
@@ -29,9 +35,10 @@ mod tls;
 pub mod url;
 
 pub use local::LocalBackend;
+pub use memory::MemoryBackend;
 
+use crate::progress::Reporter;
 use anyhow::{anyhow, Result};
-use meter::Meter;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -73,9 +80,31 @@ pub struct Opened {
     pub offset: u64,
 }
 
+/// One repository folder, reachable somehow. The contract every backend keeps (the
+/// conformance suite in `tests/it/backends.rs` checks it for each one):
+///
+/// * **Listing**: [`Backend::list`] gives every regular file directly in the folder, once,
+///   by its plain name (no `/`), with its exact size in bytes when the protocol tells it
+///   (`None` only when it does not, such as a directory index without sizes). No
+///   subfolders; names that are not UTF-8 may be left out (they cannot be duplicity's);
+///   order does not matter. A file added to the folder shows in the next listing.
+/// * **Ranged open**: [`Backend::open`] of a listed file returns a reader of its bytes from
+///   [`Opened::offset`] to the end, where that offset is the one asked for or 0 (a server
+///   that cannot start elsewhere; also allowed for an offset at or past the end). Never
+///   any other offset. Readers are independent: several may be open at once, on any
+///   thread (the download thread reads volumes while the repository reads a manifest).
+/// * **Errors say whether to retry**: a failure the same request may get past later
+///   (connection refused, reset or cut, a timeout, HTTP 5xx/408/429, FTP 4xx) is a
+///   [`SourceError::Transient`] or an [`io::Error`] that [`is_transient_io`] accepts;
+///   anything that will only repeat (a missing file, a refused login or certificate,
+///   HTTP 4xx, FTP 5xx) is a [`SourceError::Permanent`] or another error. A reader that
+///   fails mid-stream returns any `io::Error`: the retry layer treats every broken read as a
+///   cut and resumes it. A backend does not retry by itself; [`retry::RetryBackend`] does.
+/// * **Display**: [`Backend::display`] says which source this is, for messages and
+///   reports (a path, a URL), and never contains a password; neither does any error.
 pub trait Backend: Send + Sync {
-    /// The files of the repository folder (not recursive). A remote listing reads at most
-    /// [`MAX_LISTING_BYTES`] from the server.
+    /// The files of the repository folder (not recursive), with their sizes. A remote
+    /// listing reads at most [`MAX_LISTING_BYTES`] from the server.
     fn list(&self) -> Result<Vec<ListEntry>>;
 
     /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
@@ -87,6 +116,22 @@ pub trait Backend: Send + Sync {
     /// Whether files are read in place (a local folder): nothing to download or cache.
     fn is_local(&self) -> bool {
         false
+    }
+}
+
+/// A shared backend is a backend (so a test can keep a handle on one it hands over).
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    fn list(&self) -> Result<Vec<ListEntry>> {
+        (**self).list()
+    }
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
+        (**self).open(name, offset)
+    }
+    fn display(&self) -> String {
+        (**self).display()
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
     }
 }
 
@@ -134,6 +179,7 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// How to reach remote sources. The defaults suit a timer-driven sync over the internet.
+/// What a source transfers is counted elsewhere, in the run's [`Reporter`].
 #[derive(Clone)]
 pub struct SourceOptions {
     /// Retries after a transient failure (0: fail at the first one).
@@ -143,8 +189,8 @@ pub struct SourceOptions {
     pub read_timeout: Duration,
     /// Extra trusted root certificates (PEM), for a server with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Counts and throttles the bytes of every remote read; reports retries.
-    pub meter: Arc<Meter>,
+    /// Cap on the download rate, bytes per second (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for SourceOptions {
@@ -154,7 +200,7 @@ impl Default for SourceOptions {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             ca_file: None,
-            meter: Arc::new(Meter::default()),
+            bwlimit: None,
         }
     }
 }
@@ -179,18 +225,24 @@ pub fn read_listing(reader: impl Read, what: &str) -> Result<Vec<u8>> {
             })
         })?;
     if data.len() as u64 > MAX_LISTING_BYTES {
-        return Err(anyhow!(SourceError::Permanent(format!(
+        return Err(crate::error::Error::corrupt(format!(
             "{what}: the listing is larger than {} MiB, the most dupmirror reads of one",
             MAX_LISTING_BYTES >> 20
-        ))));
+        ))
+        .into());
     }
     Ok(data)
 }
 
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
 /// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
-/// [`retry::RetryBackend`], and every backend in [`checked::CheckedBackend`].
-pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Backend>> {
+/// [`retry::RetryBackend`], which counts what they transfer into `reporter`; every backend
+/// comes wrapped in [`checked::CheckedBackend`].
+pub fn open_source(
+    source: &str,
+    options: &SourceOptions,
+    reporter: &Arc<Reporter>,
+) -> Result<Box<dyn Backend>> {
     let backend: Box<dyn Backend> = if let Some(path) = source.strip_prefix("file://") {
         Box::new(LocalBackend::new(path)?)
     } else if !source.contains("://") {
@@ -203,7 +255,8 @@ pub fn open_source(source: &str, options: &SourceOptions) -> Result<Box<dyn Back
                 Box::new(http::HttpBackend::new(url, options)?)
             }
         };
-        Box::new(retry::RetryBackend::new(inner, options))
+        let meter = meter::Meter::new(options.bwlimit, reporter.clone());
+        Box::new(retry::RetryBackend::new(inner, options.retries, meter))
     };
     Ok(Box::new(checked::CheckedBackend::new(backend)))
 }

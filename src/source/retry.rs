@@ -8,13 +8,10 @@
 //! reached (HTTP `Range`, FTP `REST`), or, when the server can only start from the top,
 //! read and drop what they already had. The retry budget applies to failures in a row; a
 //! reader that makes progress between cuts starts afresh. Every byte and retry is counted
-//! in the [`Meter`].
+//! through the [`Meter`].
 
 use super::meter::Meter;
-use super::{
-    is_transient_io, root_cause, Backend, ListEntry, ListedSizes, Opened, SourceError,
-    SourceOptions,
-};
+use super::{is_transient_io, root_cause, Backend, ListEntry, ListedSizes, Opened, SourceError};
 use anyhow::{anyhow, Result};
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -60,7 +57,7 @@ impl RetryPolicy {
 struct Shared {
     inner: Box<dyn Backend>,
     policy: RetryPolicy,
-    meter: Arc<Meter>,
+    meter: Meter,
     /// A read that ends short of its listed size was cut.
     sizes: ListedSizes,
 }
@@ -68,13 +65,24 @@ struct Shared {
 pub struct RetryBackend(Arc<Shared>);
 
 impl RetryBackend {
-    pub fn new(inner: Box<dyn Backend>, options: &SourceOptions) -> RetryBackend {
+    /// Retries `inner`'s transient failures up to `retries` times in a row.
+    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Meter) -> RetryBackend {
         RetryBackend(Arc::new(Shared {
             inner,
-            policy: RetryPolicy::new(options.retries),
-            meter: options.meter.clone(),
+            policy: RetryPolicy::new(retries),
+            meter,
             sizes: ListedSizes::default(),
         }))
+    }
+
+    /// The same, backing off for a millisecond at most (tests).
+    #[cfg(test)]
+    pub fn without_waiting(mut self) -> RetryBackend {
+        if let Some(s) = Arc::get_mut(&mut self.0) {
+            s.policy.base = Duration::from_millis(1);
+            s.policy.cap = Duration::from_millis(1);
+        }
+        self
     }
 }
 
@@ -82,7 +90,7 @@ impl Shared {
     /// Announces retry `n` (1-based) after `failure` and waits for it.
     fn back_off(&self, failure: &str, n: u32) {
         let wait = self.policy.delay(n - 1);
-        self.meter.retrying(&format!(
+        self.meter.reporter().retrying(&format!(
             "{failure}; retry {n} of {} in {:.1}s",
             self.policy.retries,
             wait.as_secs_f64()
@@ -114,7 +122,7 @@ impl Shared {
                 opened.offset
             ))));
         }
-        self.meter.resumed(opened.offset);
+        self.meter.reporter().resumed(opened.offset);
         Ok(opened)
     }
 }
@@ -123,7 +131,7 @@ impl Backend for RetryBackend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let s = &self.0;
         let listing = s.with_retries(|| {
-            s.meter.listed();
+            s.meter.reporter().listed();
             s.inner.list()
         })?;
         s.sizes.record(&listing);
@@ -133,7 +141,7 @@ impl Backend for RetryBackend {
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let s = &self.0;
         let opened = s.with_retries(|| s.open_once(name, offset))?;
-        s.meter.file_opened();
+        s.meter.reporter().file_opened();
         let size = s.sizes.get(name);
         Ok(Opened {
             offset: opened.offset,
@@ -192,7 +200,7 @@ impl ResumingReader {
                 Ok(n) => {
                     self.shared.meter.transferred(n);
                     if self.skip > 0 {
-                        self.shared.meter.refetched(n as u64);
+                        self.shared.meter.reporter().refetched(n as u64);
                         self.skip -= n as u64;
                         continue;
                     }
@@ -258,74 +266,26 @@ impl Read for ResumingReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use crate::progress::Reporter;
+    use crate::source::faulty::{Faults, FaultyBackend};
+    use crate::source::MemoryBackend;
 
-    /// A file served in pieces: each open delivers at most `cut` bytes, then fails.
-    struct Flaky {
-        data: Vec<u8>,
-        cut: usize,
-        ranges: bool,
-        opens: AtomicU32,
-        failing_opens: u32,
+    fn data() -> Vec<u8> {
+        (0..100_000u32).map(|i| (i % 251) as u8).collect()
     }
 
-    impl Backend for Flaky {
-        fn list(&self) -> Result<Vec<ListEntry>> {
-            Ok(vec![ListEntry {
-                name: "f".into(),
-                size: Some(self.data.len() as u64),
-            }])
-        }
-        fn open(&self, _: &str, offset: u64) -> Result<Opened> {
-            if self.opens.fetch_add(1, Ordering::SeqCst) < self.failing_opens {
-                return Err(anyhow!(SourceError::Transient("503".into())));
-            }
-            let start = if self.ranges { offset as usize } else { 0 };
-            let end = (start + self.cut).min(self.data.len());
-            let piece = self.data[start..end].to_vec();
-            let tail: Box<dyn Read + Send> = if end < self.data.len() {
-                Box::new(FailAfter)
-            } else {
-                Box::new(io::empty())
-            };
-            Ok(Opened {
-                reader: Box::new(io::Cursor::new(piece).chain(tail)),
-                offset: start as u64,
-            })
-        }
-        fn display(&self) -> String {
-            "flaky".into()
-        }
-    }
-
-    struct FailAfter;
-    impl Read for FailAfter {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::ConnectionReset.into())
-        }
-    }
-
-    fn backend(ranges: bool, failing_opens: u32, retries: u32) -> (RetryBackend, Arc<Meter>) {
-        let meter = Arc::new(Meter::default());
-        let options = SourceOptions {
+    /// File `f` (100,000 bytes) behind `faults`, retried up to `retries` times at once.
+    fn backend(faults: Faults, retries: u32) -> (RetryBackend, Arc<Reporter>) {
+        let memory = MemoryBackend::new("test");
+        memory.insert("f", data());
+        let reporter = Arc::new(Reporter::default());
+        let b = RetryBackend::new(
+            Box::new(FaultyBackend::new(Box::new(memory), faults)),
             retries,
-            meter: meter.clone(),
-            ..SourceOptions::default()
-        };
-        let mut b = RetryBackend::new(
-            Box::new(Flaky {
-                data: (0..100_000u32).map(|i| (i % 251) as u8).collect(),
-                cut: 30_000,
-                ranges,
-                opens: AtomicU32::new(0),
-                failing_opens,
-            }),
-            &options,
-        );
-        if let Some(s) = Arc::get_mut(&mut b.0) {
-            s.policy.base = Duration::from_millis(1);
-        }
-        (b, meter)
+            Meter::new(None, reporter.clone()),
+        )
+        .without_waiting();
+        (b, reporter)
     }
 
     fn read_all(b: &RetryBackend) -> Result<Vec<u8>> {
@@ -337,11 +297,14 @@ mod tests {
 
     #[test]
     fn resumes_with_ranges_without_fetching_twice() {
-        let (b, meter) = backend(true, 1, 3);
-        let data = read_all(&b).unwrap();
-        assert_eq!(data.len(), 100_000);
-        assert!(data.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
-        let t = meter.snapshot();
+        let faults = Faults {
+            failing_opens: 1,
+            cut_after: Some(30_000),
+            ..Faults::default()
+        };
+        let (b, reporter) = backend(faults, 3);
+        assert_eq!(read_all(&b).unwrap(), data());
+        let t = reporter.transfer();
         assert_eq!(t.bytes_downloaded, 100_000);
         assert_eq!(t.bytes_refetched, 0);
         assert_eq!(t.bytes_resumed, 30_000 + 60_000 + 90_000);
@@ -351,54 +314,79 @@ mod tests {
 
     #[test]
     fn without_ranges_reads_again_and_drops() {
-        let (mut b, meter) = backend(false, 0, 3);
-        if let Some(s) = Arc::get_mut(&mut b.0) {
-            s.inner = Box::new(Flaky {
-                data: (0..100_000u32).map(|i| (i % 251) as u8).collect(),
-                cut: 60_000,
-                ranges: false,
-                opens: AtomicU32::new(0),
-                failing_opens: 0,
-            });
-        }
-        // 60k per connection from the top can never get past 60k: it gives up.
+        // 40k per connection from the top: each reconnect gets 40k further than it must
+        // drop, so the read completes; the dropped bytes are counted as fetched again.
+        let faults = Faults {
+            cut_after: Some(40_000),
+            cuts: Some(2),
+            no_ranges: true,
+            ..Faults::default()
+        };
+        let (b, reporter) = backend(faults, 3);
+        assert_eq!(read_all(&b).unwrap(), data());
+        let t = reporter.transfer();
+        assert_eq!(t.bytes_refetched, 40_000 + 40_000);
+        assert_eq!(t.bytes_downloaded, 100_000 + t.bytes_refetched);
+        // A cut that comes before the old position every time never gets further.
+        let faults = Faults {
+            cut_after: Some(60_000),
+            no_ranges: true,
+            ..Faults::default()
+        };
+        let (b, reporter) = backend(faults, 3);
         let err = read_all(&b).unwrap_err();
         assert!(
             format!("{err:#}").contains("gave up after 3 retries"),
             "{err:#}"
         );
-        assert!(meter.snapshot().bytes_refetched >= 60_000);
+        assert!(reporter.transfer().bytes_refetched >= 60_000);
     }
 
     #[test]
-    fn gives_up_on_a_permanent_error_at_once() {
-        struct Denied;
-        impl Backend for Denied {
-            fn list(&self) -> Result<Vec<ListEntry>> {
-                Err(anyhow!(SourceError::Permanent(
-                    "530 login incorrect".into()
-                )))
-            }
-            fn open(&self, _: &str, _: u64) -> Result<Opened> {
-                unreachable!()
-            }
-            fn display(&self) -> String {
-                "denied".into()
-            }
-        }
-        let meter = Arc::new(Meter::default());
-        let b = RetryBackend::new(
-            Box::new(Denied),
-            &SourceOptions {
-                meter: meter.clone(),
-                ..SourceOptions::default()
-            },
+    fn listings_are_retried() {
+        let faults = Faults {
+            failing_lists: 2,
+            ..Faults::default()
+        };
+        let (b, reporter) = backend(faults, 2);
+        assert_eq!(b.list().unwrap().len(), 1);
+        assert_eq!(reporter.transfer().retries, 2);
+        assert_eq!(reporter.transfer().listings, 3);
+        let faults = Faults {
+            failing_lists: 3,
+            ..Faults::default()
+        };
+        let (b, _) = backend(faults, 2);
+        let err = format!("{:#}", b.list().unwrap_err());
+        assert!(err.contains("gave up after 2 retries"), "{err}");
+    }
+
+    #[test]
+    fn a_permanent_error_is_not_retried() {
+        let (b, reporter) = backend(Faults::default(), 5);
+        let Err(err) = b.open("missing", 0) else {
+            panic!("a missing file opened");
+        };
+        let err = format!("{err:#}");
+        assert_eq!(err, "missing: no such file");
+        assert_eq!(reporter.transfer().retries, 0);
+    }
+
+    #[test]
+    fn a_read_short_of_the_listed_size_is_a_cut() {
+        // The listing promises more than the file holds: the reader must not take the
+        // early end for the end of the file.
+        let faults = Faults {
+            wrong_sizes: [("f".to_string(), 100_500)].into(),
+            ..Faults::default()
+        };
+        let (b, reporter) = backend(faults, 2);
+        let err = read_all(&b).unwrap_err().to_string();
+        assert!(
+            err.contains("closed after 100000 of 100500 bytes") && err.contains("gave up"),
+            "{err}"
         );
-        assert_eq!(
-            format!("{:#}", b.list().unwrap_err()),
-            "530 login incorrect"
-        );
-        assert_eq!(meter.snapshot().retries, 0);
+        assert_eq!(reporter.transfer().retries, 2);
     }
 
     #[test]

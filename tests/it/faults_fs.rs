@@ -173,8 +173,11 @@ fn a_second_sync_is_refused_or_waits_while_the_first_holds_the_lock() {
     let host = &bed.host;
 
     // Without --wait: refused at once, nothing touched.
-    dupmirror(bed.sync_args(host, t(1), &[]))
-        .assert_one_error_line("second sync", &["another dupmirror sync holds the lock"]);
+    dupmirror(bed.sync_args(host, t(1), &[])).assert_one_error_line(
+        "second sync",
+        &["another dupmirror sync holds the lock"],
+        &[5],
+    );
     assert!(
         started.elapsed() < hold,
         "the refusal should not wait for the lock"
@@ -396,7 +399,7 @@ fn full_disk_attempt(bed: &Bed, options: &str, sweep: &Sweep, tally: &mut FullDi
         tally.succeeded += 1;
         target.assert_same(&host.tree(), Compare::default(), &ctx);
     } else {
-        r.assert_one_error_line(&ctx, &["no space left on device"]);
+        r.assert_one_error_line(&ctx, &["no space left on device"], &[1]);
         match after_failure(&ctx, &host, baseline.map(|b| b.1), target) {
             Outcome::Unchanged => tally.failed_before_commit += 1,
             Outcome::Complete => tally.failed_after_commit += 1,
@@ -493,7 +496,7 @@ fn an_io_error_anywhere_fails_cleanly() {
             continue;
         }
         let words = ["input/output error", "no space left on device"];
-        r.assert_one_error_line(&ctx, &words);
+        r.assert_one_error_line(&ctx, &words, &[1]);
         match after_failure(&ctx, host, Some(&bed.t0), &bed.t1) {
             Outcome::Unchanged => before_commit += 1,
             Outcome::Complete => after_commit += 1,

@@ -2,17 +2,20 @@
 //! [`support`] is compiled once and every test runs in one `cargo test` process.
 //!
 //! Each module below was a test file of its own; they drive the dupmirror binary only through
-//! its command line. Run one module with `cargo test --test it MODULE::`, one test with its
+//! its command line, except `backends`: the conformance suite of the library's `Backend`
+//! contract, which every backend runs. Run one module with `cargo test --test it MODULE::`, one test with its
 //! full path. `testdata_gen` holds the generator of the committed `testdata/` (ignored: see
 //! scripts/make-testdata.sh).
 
 mod support;
 
+mod backends;
 mod commands;
 mod crash_kill;
 mod faults_fs;
 mod faults_input;
 mod fetch_only;
+mod fleet;
 mod gpg_formats;
 mod gpg_oracle;
 mod gpg_refusals;

@@ -104,12 +104,19 @@ impl Bed {
     }
 
     /// Runs `run`, which must be refused cleanly and change nothing (see the module doc).
-    fn expect_refused(&self, ctx: &str, keywords: &[&str], run: impl FnOnce() -> Run) -> Run {
+    /// `status` is the exit status it must end with (7: a damaged or hostile source).
+    fn expect_refused(
+        &self,
+        ctx: &str,
+        keywords: &[&str],
+        status: i32,
+        run: impl FnOnce() -> Run,
+    ) -> Run {
         let before = Tree::capture_opt(&self.dest);
         let outside = Tree::capture(&self.outside);
         let state = self.state_json();
         let r = run();
-        r.assert_one_error_line(ctx, keywords);
+        r.assert_one_error_line(ctx, keywords, &[status]);
         assert_dest_unchanged(&before, &Tree::capture_opt(&self.dest), ctx);
         outside.assert_same(&Tree::capture(&self.outside), Compare::default(), ctx);
         assert_eq!(
@@ -166,6 +173,7 @@ fn listing_names_that_are_paths_are_refused() {
     bed.expect_refused(
         "FTP listing with ../ names",
         &["no real folder can hold", "refusing a listing"],
+        7,
         || bed.sync(ftp.url.clone(), &[]),
     );
     // Before, the cache downloaded the inc's volume to ../../outside/ (and deleted it once
@@ -248,7 +256,7 @@ fn https_to_http_redirects_are_refused() {
     );
     let source = with_password(&secure.url, "alice", "s3cret-pw");
     let ca = ca.into_os_string().into_string().unwrap();
-    let r = bed.expect_refused("HTTPS to HTTP redirect", &["not encrypted"], || {
+    let r = bed.expect_refused("HTTPS to HTTP redirect", &["not encrypted"], 1, || {
         bed.sync(source, &["--ca-file", &ca])
     });
     assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
@@ -318,6 +326,7 @@ fn a_source_that_goes_back_is_refused_and_reported() {
     bed.expect_refused(
         "newest set hidden",
         &["refusing to take DEST back", "--time"],
+        7,
         || bed.sync_local(),
     );
     assert!(dest_status(&bed).source_behind);
@@ -346,6 +355,7 @@ fn a_rebuilt_dest_does_not_go_back_either() {
     bed.expect_refused(
         "rebuild from an older backup",
         &["refusing to take DEST back"],
+        7,
         || bed.sync_local(),
     );
 }
@@ -436,7 +446,11 @@ fn an_old_signed_set_renamed_as_new_is_refused() {
         &["--sign-key", &fpr, "--no-fsync", "--quiet"],
         &env,
     );
-    r.assert_one_error_line("renamed signed set", &["renamed to pass for a newer one"]);
+    r.assert_one_error_line(
+        "renamed signed set",
+        &["renamed to pass for a newer one"],
+        &[6],
+    );
     before.assert_same(&host.tree(), Compare::default(), "renamed signed set");
     assert_eq!(fs::read(host.state.join("state.json")).unwrap(), state);
 }
@@ -462,7 +476,7 @@ fn an_endless_http_listing_is_cut_at_its_bound() {
         },
     );
     let mut peak = 0;
-    bed.expect_refused("endless HTTP listing", &["larger than 64 MiB"], || {
+    bed.expect_refused("endless HTTP listing", &["larger than 64 MiB"], 7, || {
         let Some(m) = run_measured(bed.args(http.url.clone(), &[])) else {
             return bed.sync(http.url.clone(), &[]);
         };
@@ -486,7 +500,7 @@ fn an_endless_ftp_listing_is_cut_at_its_bound() {
         },
     );
     let mut peak = 0;
-    bed.expect_refused("endless FTP listing", &["larger than 64 MiB"], || {
+    bed.expect_refused("endless FTP listing", &["larger than 64 MiB"], 7, || {
         let Some(m) = run_measured(bed.args(ftp.url.clone(), &[])) else {
             return bed.sync(ftp.url.clone(), &[]);
         };
@@ -517,7 +531,7 @@ fn downloads_stop_at_the_listed_size() {
             ..HttpOptions::default()
         },
     );
-    bed.expect_refused("file longer than listed", &["listing gives"], || {
+    bed.expect_refused("file longer than listed", &["listing gives"], 7, || {
         bed.sync(http.url.clone(), &[])
     });
     let sent = http.sent.load(std::sync::atomic::Ordering::Relaxed);
@@ -640,7 +654,7 @@ fn a_gzip_bomb_with_a_wrong_hash_writes_nothing() {
     bed.baseline(vec![]);
     let inc = bed.forge.inc(t(0), t(1), vec![Entry::file("a/x", b"x\n")]);
     fs::write(&inc.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
-    bed.expect_refused("gzip bomb, wrong SHA1", &["SHA1 mismatch"], || {
+    bed.expect_refused("gzip bomb, wrong SHA1", &["SHA1 mismatch"], 7, || {
         run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
     });
 }
@@ -673,7 +687,7 @@ fn a_delta_cannot_amplify_past_its_bound() {
             .unwrap();
         }
         let ctx = format!("delta amplification, signature: {with_signature}");
-        bed.expect_refused(&ctx, &["the delta writes more than"], || {
+        bed.expect_refused(&ctx, &["the delta writes more than"], 7, || {
             run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
         });
     }
@@ -690,7 +704,7 @@ fn a_password_in_a_malformed_url_is_never_shown() {
         "https://alice:hun?ter2@127.0.0.1/repo/",
         "http://alice:hun#ter2@127.0.0.1/repo/",
     ] {
-        let r = bed.expect_refused(source, &["SOURCE"], || bed.sync(source, &[]));
+        let r = bed.expect_refused(source, &["SOURCE"], 1, || bed.sync(source, &[]));
         assert!(
             !r.stderr.contains("hunter2") && !r.stderr.contains("ter2"),
             "{}",

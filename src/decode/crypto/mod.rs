@@ -124,6 +124,19 @@ impl Passphrase {
         })
     }
 
+    /// The systemd credential `dupmirror-passphrase` (`LoadCredential=` in the shipped
+    /// units), unless it is missing or its first line is empty (the units' default).
+    pub fn from_systemd_credential() -> Result<Option<Passphrase>> {
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+            return Ok(None);
+        };
+        let path = Path::new(&dir).join("dupmirror-passphrase");
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Passphrase::from_file(&path)?).filter(|p| !p.bytes.is_empty()))
+    }
+
     /// The first line of `path` (without its line end), as gpg's `--passphrase-file` reads it.
     pub fn from_file(path: &Path) -> Result<Passphrase> {
         let mut bytes = std::fs::read(path)

@@ -80,15 +80,20 @@ impl Run {
         self
     }
 
-    /// The whole contract of a failed run: refused as [`Run::assert_refused`] says, exit
-    /// status 1, and stderr exactly one line, `dupmirror: error: ...` (runs that print
-    /// progress or retries pass `--quiet`).
-    pub fn assert_one_error_line(&self, context: &str, keywords: &[&str]) -> &Self {
+    /// The whole contract of a failed run: refused as [`Run::assert_refused`] says, one of
+    /// the documented exit `statuses` (README, `dupmirror::exit`), and stderr exactly one
+    /// line, `dupmirror: error: ...` (runs that print progress or retries pass `--quiet`).
+    pub fn assert_one_error_line(
+        &self,
+        context: &str,
+        keywords: &[&str],
+        statuses: &[i32],
+    ) -> &Self {
         self.assert_refused(context, keywords);
-        assert_eq!(
+        assert!(
+            self.status.code().is_some_and(|c| statuses.contains(&c)),
+            "{context}: exit status {:?}, expected one of {statuses:?}\n{}",
             self.status.code(),
-            Some(1),
-            "{context}: exit status\n{}",
             self.stderr
         );
         let lines: Vec<&str> = self

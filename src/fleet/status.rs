@@ -1,0 +1,61 @@
+//! `dupmirror status --config`: one line per mirror: the backup DEST holds, the newest in
+//! the source (listed now; the last run's figure when the source cannot be listed), the
+//! lag, and the last run's outcome from its record.
+
+use super::record::RunRecord;
+use crate::commands::open_repository;
+use crate::dest::state::DestPaths;
+use crate::progress::Reporter;
+use crate::repo::time::format_iso;
+use crate::repo::RepoOptions;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Serialize)]
+pub struct MirrorStatus {
+    pub mirror: String,
+    /// The backup time DEST holds.
+    pub holds: Option<String>,
+    /// The newest backup time in the source.
+    pub latest: Option<String>,
+    pub lag_seconds: Option<i64>,
+    /// Why the source could not be listed now (then `latest` is the last run's).
+    pub source_error: Option<String>,
+    pub last_run: Option<String>,
+    pub last_run_ok: Option<bool>,
+    pub last_exit_status: Option<u8>,
+    pub last_error: Option<String>,
+}
+
+pub fn mirror_status(
+    mirror: &str,
+    source: &str,
+    paths: &DestPaths,
+    repo: &RepoOptions,
+    reporter: &Arc<Reporter>,
+) -> MirrorStatus {
+    let record = RunRecord::load(&paths.state_root).unwrap_or_default();
+    let held = paths.held(paths.peek().ok().flatten()).map(|s| s.end_time);
+    let (latest, source_error) = match open_repository(source, repo, reporter) {
+        Ok(r) => (r.collection.latest_time(), None),
+        Err(e) => (record.latest, Some(format!("{e:#}").replace('\n', " "))),
+    };
+    let lag = RunRecord {
+        held,
+        latest,
+        ..RunRecord::default()
+    }
+    .lag_seconds();
+    let ran = record.last_run.is_some();
+    MirrorStatus {
+        mirror: mirror.to_string(),
+        holds: held.map(format_iso),
+        latest: latest.map(format_iso),
+        lag_seconds: lag,
+        source_error,
+        last_run: record.last_run.map(format_iso),
+        last_run_ok: ran.then_some(record.success),
+        last_exit_status: ran.then_some(record.exit_status),
+        last_error: record.error,
+    }
+}
