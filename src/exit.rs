@@ -64,7 +64,7 @@ impl Exit {
                 "a pre-sync or post-sync hook failed (after a post-sync failure DEST is synced)"
             }
             Exit::SourceUnreachable => "the source could not be reached, after --retries retries",
-            Exit::Locked => "another dupmirror holds the lock of DEST's state directory",
+            Exit::Locked => "another dupmirror holds the lock of DEST or of its state directory",
             Exit::Decryption => {
                 "a file could not be decrypted, or its signature was refused (--sign-key)"
             }

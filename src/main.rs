@@ -471,6 +471,20 @@ fn print_sync(r: &sync::SyncReport) {
     if let Some(t) = &r.recovered {
         println!("completed an interrupted commit: DEST was brought to {t}");
     }
+    if let Some(t) = &r.discarded {
+        println!("dropped an interrupted commit (to {t}) made for a folder that is no longer DEST");
+    }
+    let replaced = r.recovered_replaced.iter().chain(
+        r.sets
+            .iter()
+            .flat_map(|s| s.applied.iter().flat_map(|a| &a.replaced)),
+    );
+    for path in replaced {
+        println!(
+            "  {path}: replaced by a folder, as the committed set requires (it was changed \
+             after the commit point); `dupmirror verify --repair` restores what it held"
+        );
+    }
     if r.up_to_date {
         println!(
             "{} is up to date at {} (nothing new in {}; checked in {:.2}s)",

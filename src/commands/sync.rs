@@ -1,17 +1,19 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
-//! Order of work: lock the state directory, finish or roll back an interrupted commit,
-//! list the source, decide (`mirror::decide`), refuse an older backup than DEST held
-//! unless `--time` asks for it (`mirror::rollback`), plan, then stage and commit one set at
-//! a time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! Order of work: open and lock DEST and its state directory (`dest::session`), finish or
+//! roll back an interrupted commit, list the source, decide (`mirror::decide`), refuse an
+//! older backup than DEST held unless `--time` asks for it (`mirror::rollback`), plan,
+//! then stage and commit one set at a time. A failure leaves DEST as the last committed
+//! set left it and cleans the staging
 //! area.
 
 use super::{open_repository, resolve_time};
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::changes::ChangedPaths;
-use crate::dest::fsops;
-use crate::dest::journal;
+use crate::dest::journal::Recovery;
+use crate::dest::session::Session;
 use crate::dest::state::{DestPaths, MirrorState, StateDir};
+use crate::dest::tree::Dest;
 use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
 use crate::mirror::compare::{Difference, DifferenceReport};
 use crate::mirror::decide::decide;
@@ -27,7 +29,7 @@ use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,6 +83,13 @@ pub struct SyncReport {
     pub up_to_date: bool,
     /// An interrupted commit that this run completed first.
     pub recovered: Option<String>,
+    /// Paths that the completed commit found replaced by a symlink or file and replaced
+    /// by a directory again (`verify --repair` restores what they held).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered_replaced: Vec<String>,
+    /// An interrupted commit that was dropped: made for a DEST folder that is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<String>,
     pub restart_reason: Option<String>,
     pub sets: Vec<SetReport>,
     pub bytes_read: u64,
@@ -121,26 +130,40 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let started = Instant::now();
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
     let dest = &dest_paths.dest;
-    let state_dir = dest_paths.lock(opts.wait)?;
     let mut changed = opts.list_changes.then(ChangedPaths::default);
-    if let Some(changed) = changed.as_mut() {
-        if state_dir.journal_path().exists() {
-            changed.add_journal(&state_dir.journal_path(), dest)?;
-        }
-    }
-    let recovered = journal::recover(&state_dir, dest)?.map(|s| format_iso(s.end_time));
-    let recorded = state_dir.load()?;
-    // The newest backup DEST ever held; kept even when DEST is gone and must be rebuilt.
-    let mut mark = recorded.as_ref().map(rollback::high_water);
-    let state = dest_paths.held(recorded);
+    let Session {
+        state_dir,
+        dest: mut dest_dir,
+        recovery,
+        state,
+        stale,
+    } = Session::open(&dest_paths, opts.wait, opts.durable, changed.as_mut())?;
+    let (recovered, recovered_replaced, discarded) = match recovery {
+        Recovery::Nothing => (None, Vec::new(), None),
+        Recovery::Completed { state, replaced } => (
+            Some(format_iso(state.end_time)),
+            replaced.iter().map(ToString::to_string).collect(),
+            None,
+        ),
+        Recovery::Discarded { state } => (None, Vec::new(), Some(format_iso(state.end_time))),
+    };
+    // The newest backup DEST ever held; kept even when DEST is gone or replaced.
+    let mut mark = state.as_ref().or(stale.as_ref()).map(rollback::high_water);
     let mut phases = Phases::default();
     let phase = Instant::now();
     let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let explicit_time = opts.time.is_some();
-    let dest_empty = dest_paths.dest_is_empty()?;
+    let dest_empty = dest_dir.is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
+        if stale.is_some() {
+            bail!(
+                "DEST {} is not the folder dupmirror synced (it was replaced since); pass \
+                 --adopt to make it the backup (files not in the backup are removed)",
+                dest.display()
+            );
+        }
         bail!(
             "DEST {} is not empty and was never synced by dupmirror; use an empty or missing \
              folder, or pass --adopt to make it the backup (files not in the backup are removed)",
@@ -152,7 +175,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
         .ok_or_else(|| no_backup(&repo))?;
     rollback::check_target(mark, decision.end_time, explicit_time)?;
-    let plan = Plan::build(&repo, decision, dest, &filter)?;
+    let plan = Plan::build(&repo, decision, dest_dir.tree(), &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
@@ -163,6 +186,8 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         latest: repo.collection.latest_time().map(format_iso),
         up_to_date: plan.decision.is_up_to_date(),
         recovered,
+        recovered_replaced,
+        discarded,
         restart_reason: plan.decision.restart.as_ref().map(|r| r.to_string()),
         sets: plan
             .steps
@@ -229,26 +254,29 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
             filter.to_strings(),
         )
         .with_newest(newest);
-        let staged = stage_step(&repo, &plan, step, dest, &state_dir, &target, opts.durable);
+        let staged = dest_dir
+            .recheck()
+            .and_then(|()| stage_step(&repo, &plan, step, &dest_dir, &state_dir, &target));
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
                 // Nothing was committed: DEST is as the previous set left it.
-                let _ = fsops::remove_any(state_dir.staging());
+                let _ = state_dir.remove_staging();
                 return Err(e.context(format!(
                     "set {} was not applied; DEST is unchanged by it",
                     step.set.label()
                 )));
             }
         };
-        let stats = match applier.commit(&state_dir, changed.as_mut()) {
+        let stats = match applier.commit(&state_dir, &mut dest_dir, opts.durable, changed.as_mut())
+        {
             Ok(stats) => stats,
             Err(e) => {
                 // Without a journal the commit point was not reached (e.g. the journal could
                 // not be written or renamed): DEST is unchanged, and staging goes as above.
                 // With one, the staging it points to must stay for the next run's replay.
-                if !state_dir.journal_path().exists() {
-                    let _ = fsops::remove_any(state_dir.staging());
+                if !state_dir.has_journal() {
+                    let _ = state_dir.remove_staging();
                 }
                 return Err(e);
             }
@@ -281,19 +309,11 @@ fn stage_step(
     repo: &Repository,
     plan: &Plan,
     step: &Step,
-    dest: &Path,
+    dest: &Dest,
     state_dir: &StateDir,
     target: &MirrorState,
-    durable: bool,
 ) -> Result<(SetApplier, Option<RepairStats>)> {
-    let mut applier = SetApplier::new(
-        step.mode,
-        dest,
-        state_dir,
-        target,
-        step.filter.clone(),
-        durable,
-    )?;
+    let mut applier = SetApplier::new(step.mode, dest, state_dir, target, step.filter.clone())?;
     for diff in step.differences.iter().filter(|d| !d.needs_data()) {
         applier.add_fix(diff)?;
     }

@@ -3,7 +3,7 @@
 //! differ (reading only the volumes that hold them), atomically, and verify again.
 
 use super::open_repository;
-use crate::dest::journal;
+use crate::dest::session::Session;
 use crate::dest::state::DestPaths;
 use crate::mirror::apply::{ApplyMode, SetApplier};
 use crate::mirror::compare::{compare, CompareStats, ContentCheck, Difference, DifferenceReport};
@@ -13,7 +13,7 @@ use crate::mirror::repair::{self, RepairStats};
 use crate::progress::Reporter;
 use crate::repo::time::{format_compact, format_iso};
 use crate::repo::RepoOptions;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -58,14 +58,25 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
     let started = Instant::now();
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
     let dest = &dest_paths.dest;
-    let state_dir = dest_paths.lock(false)?;
-    journal::recover(&state_dir, dest)?;
-    let state = state_dir.load()?.ok_or_else(|| {
-        anyhow!(
+    let Session {
+        state_dir,
+        dest: mut dest_dir,
+        state,
+        stale,
+        ..
+    } = Session::open(&dest_paths, false, opts.durable, None)?;
+    let state = match (state, stale) {
+        (Some(st), _) => st,
+        (None, Some(_)) => bail!(
+            "DEST {} is not the folder dupmirror synced (it was removed or replaced since); \
+             run sync",
+            dest.display()
+        ),
+        (None, None) => bail!(
             "DEST {} was never synced by dupmirror: nothing to verify against",
             dest.display()
-        )
-    })?;
+        ),
+    };
     let repo = open_repository(&opts.source, &opts.repo, reporter)?;
     let filter = PathFilter::from_args(&state.paths);
     // The sets DEST holds are those a sync to its own state would find it up to date with.
@@ -95,7 +106,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
     } else {
         ContentCheck::Signatures
     };
-    let (diffs, stats) = compare(&repo, &sets, dest, &filter, check)?;
+    let (diffs, stats) = compare(&repo, &sets, dest_dir.tree(), &filter, check)?;
     let mut report = VerifyReport {
         dest: dest.clone(),
         state: format_iso(state.end_time),
@@ -108,11 +119,10 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
     if opts.repair && !diffs.is_empty() {
         let mut applier = SetApplier::new(
             ApplyMode::Update,
-            dest,
+            &dest_dir,
             &state_dir,
             &state,
             filter.clone(),
-            opts.durable,
         )?;
         let mut need = BTreeSet::new();
         for d in &diffs {
@@ -126,9 +136,9 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         if !need.is_empty() {
             repair_stats = repair::stage_repair(&repo, &sets, &need, &state_dir, &mut applier)?;
         }
-        applier.commit(&state_dir, None)?;
+        applier.commit(&state_dir, &mut dest_dir, opts.durable, None)?;
         report.repaired = Some(repair_stats);
-        let (after, _) = compare(&repo, &sets, dest, &filter, check)?;
+        let (after, _) = compare(&repo, &sets, dest_dir.tree(), &filter, check)?;
         report.remaining = Some(after.iter().map(Difference::report).collect());
     }
     report.seconds = started.elapsed().as_secs_f64();

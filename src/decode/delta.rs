@@ -17,7 +17,6 @@ use anyhow::{bail, Context, Result};
 use sha1::{Digest, Sha1};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 
 /// The magic number that opens every librsync delta.
 pub const DELTA_MAGIC: [u8; 4] = [0x72, 0x73, 0x02, 0x36];
@@ -145,11 +144,15 @@ pub fn patch(
     }
 }
 
+/// Makes the file a large delta spills into: private, read-write, and already unlinked
+/// (so nothing is left behind, however the set ends).
+pub type SpillFile = Box<dyn FnOnce() -> Result<File>>;
+
 /// Holds a delta while its chunks arrive: in memory while small, then in a file.
 pub struct Spool {
     mem: Vec<u8>,
-    file: Option<(File, PathBuf)>,
-    spill_path: PathBuf,
+    file: Option<File>,
+    spill: Option<SpillFile>,
     /// Bytes in the spill file.
     spilled: u64,
 }
@@ -157,11 +160,11 @@ pub struct Spool {
 const SPOOL_IN_MEMORY: usize = 4 << 20;
 
 impl Spool {
-    pub fn new(spill_path: PathBuf) -> Self {
+    pub fn new(spill: SpillFile) -> Self {
         Spool {
             mem: Vec::new(),
             file: None,
-            spill_path,
+            spill: Some(spill),
             spilled: 0,
         }
     }
@@ -173,20 +176,19 @@ impl Spool {
             if self.mem.len() <= SPOOL_IN_MEMORY {
                 return Ok(());
             }
-            let mut f = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.spill_path)
-                .with_context(|| format!("cannot create {}", self.spill_path.display()))?;
-            f.write_all(&self.mem)?;
+            let make = self
+                .spill
+                .take()
+                .context("the delta spool was spilled twice")?;
+            let mut f = make()?;
+            f.write_all(&self.mem)
+                .context("cannot spill a delta to disk")?;
             self.spilled = self.mem.len() as u64;
             self.mem = Vec::new();
-            self.file = Some((f, self.spill_path.clone()));
+            self.file = Some(f);
         }
-        if let Some((f, _)) = &mut self.file {
-            self.spilled += io::copy(r, f)?;
+        if let Some(f) = &mut self.file {
+            self.spilled += io::copy(r, f).context("cannot spill a delta to disk")?;
         }
         Ok(())
     }
@@ -199,26 +201,13 @@ impl Spool {
     /// The spooled bytes, from the start.
     pub fn reader(&mut self) -> Result<Box<dyn Read + '_>> {
         match &mut self.file {
-            Some((f, _)) => {
+            Some(f) => {
                 f.seek(SeekFrom::Start(0))?;
                 Ok(Box::new(io::BufReader::with_capacity(256 * 1024, f)))
             }
             None => Ok(Box::new(&self.mem[..])),
         }
     }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        if let Some((_, p)) = self.file.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Opens a delta basis for reading.
-pub fn open_basis(path: &Path) -> Result<File> {
-    File::open(path).with_context(|| format!("cannot open {} to patch it", path.display()))
 }
 
 #[cfg(test)]
@@ -298,11 +287,21 @@ mod tests {
     #[test]
     fn spool_spills_to_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::new(dir.path().join("spill"));
+        let spill = dir.path().join("spill");
+        let made = spill.clone();
+        let mut s = Spool::new(Box::new(move || {
+            Ok(File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(made)?)
+        }));
         let big = vec![7u8; SPOOL_IN_MEMORY + 10];
         s.fill_from(&mut &big[..1000]).unwrap();
+        assert!(!spill.exists(), "small deltas stay in memory");
         s.fill_from(&mut &big[1000..]).unwrap();
-        assert!(dir.path().join("spill").exists());
+        assert!(spill.exists());
         let mut back = Vec::new();
         s.reader().unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), big.len());

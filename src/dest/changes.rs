@@ -18,8 +18,9 @@
 //! one set changes and a later one changes back is listed although it ends as it was. The
 //! set is held in memory (only when a list was asked for).
 
-use super::fsops::{self, Ancestors};
-use super::journal::{self, Op};
+use super::dir::{Dir, Kind, Lookup};
+use super::journal::{Journal, Op, TREE};
+use super::tree::{Parent, Tree};
 use super::walk::DestWalker;
 use crate::index::PathIndex;
 use anyhow::{Context, Result};
@@ -33,24 +34,29 @@ pub struct ChangedPaths {
 }
 
 impl ChangedPaths {
-    /// Adds what the committed journal at `journal_path` is about to do to `dest`.
-    pub fn add_journal(&mut self, journal_path: &Path, dest: &Path) -> Result<()> {
-        let committed = journal::read(journal_path)
-            .with_context(|| format!("cannot read {}", journal_path.display()))?;
-        for op in &committed.ops {
+    /// Adds what the committed `journal` is about to do to `dest` (missing before a first
+    /// sync moves its staged tree in), with the staged objects in `staging`.
+    pub fn add_journal(
+        &mut self,
+        journal: &Journal,
+        dest: Option<&Tree>,
+        staging: Option<&Dir>,
+    ) -> Result<()> {
+        for op in journal.ops() {
             match op {
                 Op::Dir { index } | Op::Attrs { index, .. } => self.add(index),
                 Op::Place { index, .. } | Op::Remove { index } => {
-                    self.add_dest_subtree(dest, index)?;
+                    if let Some(dest) = dest {
+                        self.add_dest_subtree(dest, index)?;
+                    }
                     self.add(index);
                 }
                 Op::Mtime { .. } => {}
                 Op::MoveTree => {
                     self.add(&PathIndex::root());
-                    self.add_tree(
-                        &journal::staged_tree(&committed.staging),
-                        &PathIndex::root(),
-                    )?;
+                    if let Some(Lookup::Found(tree)) = staging.map(|s| s.child(TREE)).transpose()? {
+                        self.add_tree(&Tree::new(tree)?, &PathIndex::root())?;
+                    }
                 }
             }
         }
@@ -62,21 +68,23 @@ impl ChangedPaths {
     }
 
     /// Every path below `index` in DEST, when DEST holds a directory there.
-    fn add_dest_subtree(&mut self, dest: &Path, index: &PathIndex) -> Result<()> {
+    fn add_dest_subtree(&mut self, dest: &Tree, index: &PathIndex) -> Result<()> {
         // Nothing below a symlink or a file is DEST's: the journal will not touch it.
-        if !matches!(fsops::check_ancestors(dest, index), Ok(Ancestors::AllDirs)) {
+        let (Parent::Found(parent), Some(name)) = (dest.parent(index)?, index.components().last())
+        else {
             return Ok(());
-        }
-        let path = fsops::dest_path(dest, index);
-        if fsops::lstat_type(&path)?.is_some_and(|t| t.is_dir()) {
-            self.add_tree(&path, index)?;
+        };
+        if parent.stat(name)?.is_some_and(|st| st.kind == Kind::Dir) {
+            if let Lookup::Found(dir) = parent.child(name)? {
+                self.add_tree(&Tree::new(dir)?, index)?;
+            }
         }
         Ok(())
     }
 
-    /// Every path inside the directory `root`, named as below `prefix`.
-    fn add_tree(&mut self, root: &Path, prefix: &PathIndex) -> Result<()> {
-        let mut walk = DestWalker::new(root)?;
+    /// Every path inside `tree`, named as below `prefix`.
+    fn add_tree(&mut self, tree: &Tree, prefix: &PathIndex) -> Result<()> {
+        let mut walk = DestWalker::new(Some(tree))?;
         walk.advance(true)?; // the root itself is the caller's
         while let Some(found) = walk.peek() {
             let mut index = prefix.clone();
@@ -132,7 +140,7 @@ pub fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::dest::fsops::Attrs;
-    use crate::dest::journal::JournalWriter;
+    use crate::dest::journal::{pending, JournalWriter};
     use crate::dest::state::{MirrorState, StateDir};
 
     fn index(p: &str) -> PathIndex {
@@ -148,10 +156,8 @@ mod tests {
         }
         std::fs::write(dest.join("gone/sub/f"), b"").unwrap();
         let state_dir = StateDir::open(&d.path().join("state"), &dest, false).unwrap();
-        let staging = state_dir.staging().to_path_buf();
-        std::fs::create_dir_all(&staging).unwrap();
         let target = MirrorState::new("src".into(), 1, 2, dest.clone(), Vec::new());
-        let mut w = JournalWriter::create(&staging, &target).unwrap();
+        let mut w = JournalWriter::create(&state_dir, &target).unwrap();
         let attrs = Attrs {
             mode: 0o644,
             owner: None,
@@ -182,10 +188,10 @@ mod tests {
             w.push(&op).unwrap();
         }
         w.commit(&state_dir).unwrap();
+        let journal = pending(&state_dir).unwrap().unwrap();
+        let dest = Tree::new(Dir::open_path(&dest).unwrap()).unwrap();
         let mut changed = ChangedPaths::default();
-        changed
-            .add_journal(&state_dir.journal_path(), &dest)
-            .unwrap();
+        changed.add_journal(&journal, Some(&dest), None).unwrap();
         let list = d.path().join("list");
         changed.write_nul_separated(&list).unwrap();
         assert_eq!(

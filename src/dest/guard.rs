@@ -7,12 +7,12 @@
 //! deleted path is refused before anything is committed. DEST is consulted (lstat) only for
 //! ancestors the set does not mention, and each one once per run of siblings.
 
-use super::fsops;
+use super::dir::Kind;
+use super::tree::Tree;
 use crate::decode::records::{Record, RecordKind};
 use crate::error::Error;
 use crate::index::PathIndex;
 use anyhow::Result;
-use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
@@ -29,31 +29,30 @@ enum Node {
 }
 
 pub struct PathGuard {
-    dest: PathBuf,
+    /// DEST; `None` when it is known to be empty (a first sync): no need to look at it.
+    dest: Option<Tree>,
     stack: Vec<(PathIndex, Node)>,
-    /// DEST is known to be empty (a first sync): no need to look at it.
     fresh: bool,
 }
 
 impl PathGuard {
-    pub fn new(dest: &Path, fresh: bool) -> Self {
+    pub fn new(dest: Option<Tree>) -> Self {
         PathGuard {
-            dest: dest.to_path_buf(),
+            fresh: dest.is_none(),
+            dest,
             stack: Vec::new(),
-            fresh,
         }
     }
 
     /// What DEST has at `index` now.
     fn dest_node(&self, index: &PathIndex) -> Result<Node> {
-        if self.fresh {
+        let Some(dest) = &self.dest else {
             return Ok(Node::NewDir);
-        }
-        let p = fsops::dest_path(&self.dest, index);
-        Ok(match fsops::lstat_type(&p)? {
+        };
+        Ok(match dest.stat(index)?.map(|s| s.kind) {
             None => Node::NewDir,
-            Some(t) if t.is_dir() => Node::ExistingDir,
-            Some(t) if t.is_symlink() => Node::NotDir {
+            Some(Kind::Dir) => Node::ExistingDir,
+            Some(Kind::Symlink) => Node::NotDir {
                 what: "symlink",
                 in_set: false,
             },

@@ -12,16 +12,24 @@
 //! Format: a header with the resulting state, one operation per line with paths in manifest
 //! quoting (raw bytes, `\xNN` for whitespace and quotes), and a final `commit` line.
 
-use super::fsops::{self, Ancestors, Attrs};
-use crate::dest::state::{sync_dir, MirrorState, StateDir};
+use super::changes::ChangedPaths;
+use super::dir::{Dir, Kind, Lookup};
+use super::fsops::Attrs;
+use super::state::{MirrorState, StateDir};
+use super::tree::{Dest, Parent, Tree};
 use crate::index::{quote, unquote, PathIndex};
 use anyhow::{anyhow, bail, Context, Result};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const MAGIC: &str = "dupmirror journal 1";
+const JOURNAL: &[u8] = b"journal";
+const TMP: &[u8] = b"journal.tmp";
+/// In the staging folder: the staged objects of an update, the staged tree of a first sync.
+pub const OBJECTS: &[u8] = b"obj";
+pub const TREE: &[u8] = b"tree";
 
 /// One change to DEST.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,14 +49,9 @@ pub enum Op {
     MoveTree,
 }
 
-/// Where staged objects live inside the staging folder.
-pub fn staged_object(staging: &Path, n: u64) -> PathBuf {
-    staging.join("obj").join(n.to_string())
-}
-
-/// The staged tree of a first sync.
-pub fn staged_tree(staging: &Path) -> PathBuf {
-    staging.join("tree")
+/// The name of staged object `n` in the staging folder's `obj`.
+pub fn object_name(n: u64) -> Vec<u8> {
+    n.to_string().into_bytes()
 }
 
 fn encode(op: &Op) -> Vec<u8> {
@@ -94,19 +97,33 @@ fn decode(line: &[u8]) -> Result<Op> {
             .and_then(|f| std::str::from_utf8(f).ok())
             .ok_or_else(|| anyhow!("field {i} missing"))
     };
+    // Checked like a tar entry's name: a journal line must never lead out of DEST.
     let index = |i: usize| -> Result<PathIndex> {
         let raw = fields.get(i).ok_or_else(|| anyhow!("path missing"))?;
-        Ok(PathIndex::from_bytes(
-            &unquote(raw).map_err(|e| anyhow!(e))?,
-        ))
+        let index = PathIndex::from_bytes(&unquote(raw).map_err(|e| anyhow!(e))?);
+        index
+            .check_safe()
+            .map_err(|reason| anyhow!("unsafe path {index}: {reason}"))?;
+        Ok(index)
     };
+    let below_root = |index: PathIndex| -> Result<PathIndex> {
+        if index.is_root() {
+            bail!("an operation on DEST's root itself");
+        }
+        Ok(index)
+    };
+    if fields.len() > 7 {
+        bail!("too many fields");
+    }
     Ok(match fields[0] {
         b"P" => Op::Place {
             staged: text(1)?.parse()?,
-            index: index(2)?,
+            index: below_root(index(2)?)?,
         },
         b"D" => Op::Dir { index: index(1)? },
-        b"R" => Op::Remove { index: index(1)? },
+        b"R" => Op::Remove {
+            index: below_root(index(1)?)?,
+        },
         b"A" => {
             let owner = match (text(2)?, text(3)?) {
                 ("-", "-") => None,
@@ -131,83 +148,89 @@ fn decode(line: &[u8]) -> Result<Op> {
     })
 }
 
-/// Writes the journal of the set being staged.
+/// Writes the journal of the set being staged, as `journal.tmp` in the state folder.
 pub struct JournalWriter {
-    path: PathBuf,
     out: BufWriter<File>,
+    shown: PathBuf,
 }
 
 impl JournalWriter {
-    pub fn create(staging: &Path, state: &MirrorState) -> Result<Self> {
-        let path = staging.join("journal.tmp");
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    pub fn create(state_dir: &StateDir, state: &MirrorState) -> Result<Self> {
+        let shown = state_dir.dir().show(TMP);
+        let file = state_dir.dir().create_scratch(TMP)?;
         let mut out = BufWriter::new(file);
         writeln!(out, "{MAGIC}")?;
         writeln!(out, "state {}", serde_json::to_string(state)?)?;
         out.write_all(b"staging ")?;
-        out.write_all(&quote(staging.as_os_str().as_bytes()))?;
+        out.write_all(&quote(state_dir.staging_path().as_os_str().as_bytes()))?;
         out.write_all(b"\n")?;
-        Ok(JournalWriter { path, out })
+        Ok(JournalWriter { out, shown })
     }
 
     pub fn push(&mut self, op: &Op) -> Result<()> {
         self.out
             .write_all(&encode(op))
-            .with_context(|| format!("cannot write {}", self.path.display()))
+            .with_context(|| format!("cannot write {}", self.shown.display()))
     }
 
-    /// The commit point: the journal becomes `state_dir/journal`. The staged data must
-    /// already be durable (the caller syncs the file system first).
+    /// The commit point: `journal.tmp` becomes `journal`, a rename inside the state folder.
+    /// The staged data must already be durable (the caller syncs the file system first).
     pub fn commit(mut self, state_dir: &StateDir) -> Result<()> {
         self.out.write_all(b"commit\n")?;
         let file = self
             .out
             .into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", self.path.display(), e.error()))?;
-        file.sync_all()?;
-        fs::rename(&self.path, state_dir.journal_path())
-            .with_context(|| format!("cannot commit {}", self.path.display()))?;
-        sync_dir(state_dir.root()).context(
+            .map_err(|e| anyhow!("cannot write {}: {}", self.shown.display(), e.error()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", self.shown.display()))?;
+        let dir = state_dir.dir();
+        dir.rename(TMP, dir, JOURNAL)
+            .with_context(|| format!("cannot commit {}", self.shown.display()))?;
+        dir.sync().context(
             "the set's journal is committed but not carried out yet (the next sync completes it)",
         )
     }
 }
 
-/// Carries out a committed journal and records its state; then removes journal and staging.
-/// Without a journal, removes leftover staging. Returns the state the journal recorded.
-pub fn recover(state_dir: &StateDir, dest: &Path) -> Result<Option<MirrorState>> {
-    let journal = state_dir.journal_path();
-    fsops::remove_any(&state_dir.repair_scratch())?;
-    if !journal.exists() {
-        fsops::remove_any(state_dir.staging())?;
-        return Ok(None);
-    }
-    let state = replay(&journal, dest).with_context(|| {
-        format!(
-            "cannot complete the interrupted commit in {}",
-            journal.display()
-        )
-    })?;
-    state_dir.save(&state)?;
-    fs::remove_file(&journal).with_context(|| format!("cannot remove {}", journal.display()))?;
-    sync_dir(state_dir.root())?;
-    fsops::remove_any(state_dir.staging())?;
-    Ok(Some(state))
-}
-
-/// A committed journal as read back: the state it leads to, its staging folder, its
-/// operations.
-pub struct Committed {
+/// A committed journal, read whole and checked before any of it is carried out.
+pub struct Journal {
+    /// The state DEST is in once the journal is carried out.
     pub state: MirrorState,
-    pub staging: PathBuf,
-    pub ops: Vec<Op>,
+    staging: PathBuf,
+    ops: Vec<Op>,
 }
 
-/// Reads a committed journal without carrying it out.
-pub fn read(journal: &Path) -> Result<Committed> {
-    let reader = BufReader::new(File::open(journal)?);
-    let mut lines = reader.split(b'\n');
+impl Journal {
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+}
+
+/// The committed journal in the state folder, if there is one. Every line is checked like
+/// a tar entry name (no `..`, no NUL, no operation on DEST's root but attributes); a
+/// journal that is not all well-formed is refused whole.
+pub fn pending(state_dir: &StateDir) -> Result<Option<Journal>> {
+    let shown = state_dir.dir().show(JOURNAL);
+    let file = match state_dir.dir().open_file(JOURNAL)? {
+        Ok(f) => f,
+        Err(None) => return Ok(None),
+        Err(Some(k)) => bail!(
+            "{} is {}; refusing to use it",
+            shown.display(),
+            k.described()
+        ),
+    };
+    read_journal(file).map(Some).with_context(|| {
+        format!(
+            "the interrupted commit in {} is damaged; remove it and run `dupmirror verify \
+             --repair` (DEST may be part-way through a set)",
+            shown.display()
+        )
+    })
+}
+
+fn read_journal(file: File) -> Result<Journal> {
+    let mut lines = BufReader::new(file).split(b'\n');
     let mut next = || -> Result<Vec<u8>> {
         lines
             .next()
@@ -244,115 +267,259 @@ pub fn read(journal: &Path) -> Result<Committed> {
             })?,
         );
     }
-    Ok(Committed {
+    Ok(Journal {
         state,
         staging,
         ops,
     })
 }
 
-fn replay(journal: &Path, dest: &Path) -> Result<MirrorState> {
-    let committed = read(journal)?;
-    for op in &committed.ops {
-        execute(op, &committed.staging, dest)?;
-    }
-    Ok(committed.state)
+/// What finishing an interrupted commit did.
+#[derive(Debug)]
+pub enum Recovery {
+    /// No journal (leftover staging of a set that never reached its commit point is gone).
+    Nothing,
+    /// The journal was carried out: DEST is at `state`. `replaced` lists what stood where
+    /// the set needs a directory (changed behind dupmirror's back after the commit point)
+    /// and was replaced by one.
+    Completed {
+        state: MirrorState,
+        replaced: Vec<PathIndex>,
+    },
+    /// The journal was made for a DEST folder that is gone (removed, or replaced by another
+    /// folder at the same path): dropped without touching anything.
+    Discarded { state: MirrorState },
 }
 
-/// Carries out one operation; safe to repeat.
-pub fn execute(op: &Op, staging: &Path, dest: &Path) -> Result<()> {
+/// Carries out a committed journal and records its state; then removes journal and staging.
+/// Without a journal, removes leftover staging.
+///
+/// ```text
+/// recover(state folder, DEST, changes):
+///     no journal                            -> remove staging; Nothing
+///     journal for another DEST path         -> refuse (the caller checked already)
+///     journal names another staging folder  -> refuse (damaged or planted)
+///     DEST is not the folder the journal was made for (identity), and is not about to
+///         be the staged tree it moves in    -> remove journal and staging; Discarded
+///     otherwise: check DEST's root, list what the journal changes (when asked), carry
+///         out every operation (idempotent), sync DEST's file system (durable), save the
+///         state, remove journal and staging; Completed
+/// ```
+///
+/// An ancestor of a path to place that is no longer a directory when the journal is
+/// carried out (a symlink or file put there after the commit point) is removed, never
+/// followed, and replaced by a directory: the committed set says a directory is there, and
+/// refusing would leave the journal stuck and DEST half-applied for good. Such paths are
+/// reported; what the replaced directory held is restored by `verify --repair`.
+pub fn recover(
+    state_dir: &StateDir,
+    dest: &mut Dest,
+    durable: bool,
+    changes: Option<&mut ChangedPaths>,
+) -> Result<Recovery> {
+    state_dir.remove_repair_scratch()?;
+    let Some(journal) = pending(state_dir)? else {
+        state_dir.remove_staging()?;
+        return Ok(Recovery::Nothing);
+    };
+    state_dir.check_belongs_to(Some(&journal.state))?;
+    if journal.staging != state_dir.staging_path() {
+        bail!(
+            "the interrupted commit in {} names staging folder {}, not {}; refusing to carry \
+             it out",
+            state_dir.root().display(),
+            journal.staging.display(),
+            state_dir.staging_path().display()
+        );
+    }
+    dest.recheck()?;
+    let staging = state_dir.staging()?;
+    if !journal_fits(&journal, dest, staging.as_ref())? {
+        discard(state_dir)?;
+        return Ok(Recovery::Discarded {
+            state: journal.state,
+        });
+    }
+    if let Some(changes) = changes {
+        changes.add_journal(&journal, dest.tree(), staging.as_ref())?;
+    }
+    let replaced = replay(&journal, staging.as_ref(), dest).with_context(|| {
+        format!(
+            "cannot complete the interrupted commit in {}",
+            state_dir.dir().show(JOURNAL).display()
+        )
+    })?;
+    if durable {
+        dest.require()?.root().sync_filesystem()?;
+    }
+    let mut state = journal.state;
+    state.dest_id = dest.id();
+    state_dir.save(&state)?;
+    discard(state_dir)?;
+    Ok(Recovery::Completed { state, replaced })
+}
+
+/// Whether DEST is the folder the journal was made for: the same identity, or (a first
+/// sync whose staged tree is not moved in yet) missing while the staged tree has it.
+fn journal_fits(journal: &Journal, dest: &Dest, staging: Option<&Dir>) -> Result<bool> {
+    let Some(expected) = journal.state.dest_id else {
+        return Ok(true); // written before identities were recorded
+    };
+    if let Some(now) = dest.id() {
+        return Ok(now == expected);
+    }
+    let tree_id = staging
+        .map(|s| s.stat(TREE))
+        .transpose()?
+        .flatten()
+        .map(|st| st.id);
+    Ok(tree_id == Some(expected) && journal.ops.contains(&Op::MoveTree))
+}
+
+/// Removes the journal and the staging it points to.
+fn discard(state_dir: &StateDir) -> Result<()> {
+    state_dir.dir().remove(JOURNAL)?;
+    state_dir.dir().sync()?;
+    state_dir.remove_staging()
+}
+
+fn replay(journal: &Journal, staging: Option<&Dir>, dest: &mut Dest) -> Result<Vec<PathIndex>> {
+    let objects = match staging {
+        Some(s) => match s.child(OBJECTS)? {
+            Lookup::Found(d) => Some(d),
+            _ => None,
+        },
+        None => None,
+    };
+    let mut replaced = Vec::new();
+    for op in &journal.ops {
+        if *op == Op::MoveTree {
+            move_tree(staging, dest)?;
+        } else {
+            execute(op, objects.as_ref(), dest.require()?, &mut replaced)?;
+        }
+    }
+    Ok(replaced)
+}
+
+/// Carries out one operation; safe to repeat. `objects` is the staging folder's `obj`.
+pub fn execute(
+    op: &Op,
+    objects: Option<&Dir>,
+    dest: &Tree,
+    replaced: &mut Vec<PathIndex>,
+) -> Result<()> {
+    let leaf = |index: &PathIndex| index.components().last().cloned();
     match op {
         Op::Place { index, staged } => {
-            let src = staged_object(staging, *staged);
-            if fsops::lstat_type(&src)?.is_none() {
+            let name = object_name(*staged);
+            let Some(objects) = objects.filter(|o| matches!(o.stat(&name), Ok(Some(_)))) else {
                 return Ok(()); // moved by an earlier run of this journal
-            }
-            if fsops::check_ancestors(dest, index)? == Ancestors::Missing {
-                fsops::create_ancestors(dest, index)?;
-            }
-            let target = fsops::dest_path(dest, index);
-            fsops::remove_any(&target)?;
-            fs::rename(&src, &target)
-                .with_context(|| format!("cannot move new {} into place", target.display()))
+            };
+            let Some(leaf) = leaf(index) else {
+                bail!("cannot place an object at DEST's root");
+            };
+            let parent = dest.parent_or_create(index, 0o755, Some(replaced))?;
+            parent.remove(&leaf)?;
+            objects.rename(&name, &parent, &leaf)
         }
         Op::Dir { index } => {
-            if fsops::check_ancestors(dest, index)? == Ancestors::Missing {
-                fsops::create_ancestors(dest, index)?;
-            }
-            let target = fsops::dest_path(dest, index);
-            match fsops::lstat_type(&target)? {
-                Some(t) if t.is_dir() => Ok(()),
+            let Some(leaf) = leaf(index) else {
+                return Ok(()); // DEST itself: checked to be a directory
+            };
+            let parent = dest.parent_or_create(index, 0o755, Some(replaced))?;
+            match parent.stat(&leaf)? {
+                Some(st) if st.kind == Kind::Dir => Ok(()),
                 _ => {
-                    fsops::remove_any(&target)?;
-                    fs::create_dir(&target)
-                        .with_context(|| format!("cannot create {}", target.display()))
+                    parent.remove(&leaf)?;
+                    // Private until its attributes are set, after its contents.
+                    parent.mkdir(&leaf, 0o700)
                 }
             }
         }
         Op::Remove { index } => {
+            let Some(leaf) = leaf(index) else {
+                bail!("cannot remove DEST's root");
+            };
             // Below a symlink or a file there is nothing of DEST's to remove.
-            match fsops::check_ancestors(dest, index) {
-                Ok(Ancestors::AllDirs) => fsops::remove_any(&fsops::dest_path(dest, index)),
-                _ => Ok(()),
+            match dest.parent(index)? {
+                Parent::Found(d) => d.remove(&leaf),
+                Parent::Missing | Parent::Blocked { .. } => Ok(()),
             }
         }
         Op::Attrs { index, attrs } => {
+            let Some(leaf) = leaf(index) else {
+                return attrs.apply_to_dir(dest.root());
+            };
             // An earlier operation may have replaced an ancestor by a symlink or a file:
             // then the object is gone and there is nothing to set.
-            if !matches!(fsops::check_ancestors(dest, index), Ok(Ancestors::AllDirs)) {
+            let Parent::Found(d) = dest.parent(index)? else {
                 return Ok(());
-            }
-            let target = fsops::dest_path(dest, index);
-            match fsops::lstat_type(&target)? {
-                Some(t) if t.is_symlink() == attrs.symlink => attrs.apply(&target),
+            };
+            match d.stat(&leaf)? {
+                Some(st) if (st.kind == Kind::Symlink) == attrs.symlink => attrs.apply(&d, &leaf),
                 _ => Ok(()),
             }
         }
         Op::Mtime { index, mtime } => {
-            if !matches!(fsops::check_ancestors(dest, index), Ok(Ancestors::AllDirs)) {
+            let Some(leaf) = leaf(index) else {
+                return dest.root().set_own_mtime(*mtime);
+            };
+            let Parent::Found(d) = dest.parent(index)? else {
                 return Ok(());
-            }
-            let target = fsops::dest_path(dest, index);
-            match fsops::lstat_type(&target)? {
-                Some(t) if t.is_dir() => fsops::set_mtime(&target, *mtime),
+            };
+            match d.stat(&leaf)? {
+                Some(st) if st.kind == Kind::Dir => d.set_mtime(&leaf, *mtime),
                 _ => Ok(()),
             }
         }
-        Op::MoveTree => move_tree(&staged_tree(staging), dest),
+        Op::MoveTree => bail!("moving a staged tree is not an operation on a tree"),
     }
 }
 
-/// Moves the staged tree's entries into DEST, which is missing or an empty directory (or a
-/// directory that an earlier, interrupted run of this operation filled in part).
-fn move_tree(tree: &Path, dest: &Path) -> Result<()> {
-    let Some(kind) = fsops::lstat_type(tree)? else {
-        return Ok(()); // a single-file backup, already moved
+/// Moves the staged tree in as DEST: one rename when DEST does not exist, else its
+/// entries one by one into DEST (empty, or filled in part by an interrupted run).
+fn move_tree(staging: Option<&Dir>, dest: &mut Dest) -> Result<()> {
+    let Some(staging) = staging else {
+        return Ok(()); // moved, and staging removed, by an earlier run
     };
-    if !kind.is_dir() {
-        // The backup is a single file: DEST becomes that file.
-        fsops::remove_any(dest)?;
-        return fs::rename(tree, dest).with_context(|| format!("cannot create {}", dest.display()));
-    }
-    match fsops::lstat_type(dest)? {
-        Some(t) if t.is_dir() => {}
-        _ => {
-            fsops::remove_any(dest)?;
-            fs::create_dir(dest)
-                .with_context(|| format!("cannot create DEST {}", dest.display()))?;
+    let tree = match staging.child(TREE)? {
+        Lookup::Found(t) => t,
+        Lookup::Missing => return Ok(()),
+        Lookup::Blocked(b) => bail!(
+            "staged tree {} is {}",
+            staging.show(TREE).display(),
+            b.kind.described()
+        ),
+    };
+    if dest.tree().is_none() {
+        if dest.adopt(staging, TREE)? {
+            return Ok(());
         }
+        bail!(
+            "DEST {} appeared while this sync was staging (another sync?)",
+            dest.path().display()
+        );
     }
-    for entry in fs::read_dir(tree)? {
-        let entry = entry?;
-        let target = dest.join(entry.file_name());
-        fs::rename(entry.path(), &target)
-            .with_context(|| format!("cannot move {} into DEST", target.display()))?;
+    let root = dest.require()?.root();
+    for name in tree.list()? {
+        root.remove(&name)?;
+        tree.rename(&name, root, &name)?;
     }
-    fs::remove_dir(tree).with_context(|| format!("cannot remove {}", tree.display()))
+    staging.remove(TREE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::super::dir::Dir;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn tree(path: &std::path::Path) -> Tree {
+        Tree::new(Dir::open_path(path).unwrap()).unwrap()
+    }
 
     /// Regression (oracle tests edge_types and subtree_deleted_and_recreated, and the crash
     /// harness's dir-to-symlink step): a directory
@@ -366,7 +533,10 @@ mod tests {
         fs::create_dir_all(outside.join("sub")).unwrap();
         fs::create_dir(&dest).unwrap();
         std::os::unix::fs::symlink(&outside, dest.join("was_dir")).unwrap();
-        fsops::set_mtime(&outside.join("sub"), 1000).unwrap();
+        Dir::open_path(&outside)
+            .unwrap()
+            .set_mtime(b"sub", 1000)
+            .unwrap();
         let index = PathIndex::from_bytes(b"was_dir/sub");
         let ops = [
             Op::Mtime {
@@ -382,18 +552,73 @@ mod tests {
                     symlink: false,
                 },
             },
+            Op::Remove {
+                index: PathIndex::from_bytes(b"was_dir/sub"),
+            },
         ];
+        let dest = tree(&dest);
         for op in ops {
-            execute(&op, d.path(), &dest).unwrap();
+            execute(&op, None, &dest, &mut Vec::new()).unwrap();
         }
         let m = fs::metadata(outside.join("sub")).unwrap();
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert_eq!(m.mtime(), 1000, "the mtime was set through the symlink");
         assert_ne!(
             m.permissions().mode() & 0o7777,
             0o700,
             "chmod through the symlink"
         );
+    }
+
+    /// Issue 10, finding 12: an ancestor of a committed `Place` that became a symlink (to
+    /// outside DEST) after the commit point is replaced by a directory, never followed, and
+    /// reported; the journal no longer stays stuck.
+    #[test]
+    fn a_place_below_an_ancestor_made_unsafe_rolls_forward() {
+        let d = tempfile::tempdir().unwrap();
+        let (dest, outside, objects) = (
+            d.path().join("dest"),
+            d.path().join("outside"),
+            d.path().join("obj"),
+        );
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir(&dest).unwrap();
+        fs::create_dir(&objects).unwrap();
+        fs::write(objects.join("1"), b"new").unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a")).unwrap();
+        let op = Op::Place {
+            index: PathIndex::from_bytes(b"a/f"),
+            staged: 1,
+        };
+        let mut replaced = Vec::new();
+        let objects = Dir::open_path(&objects).unwrap();
+        execute(&op, Some(&objects), &tree(&dest), &mut replaced).unwrap();
+        assert_eq!(replaced, [PathIndex::from_bytes(b"a")]);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "wrote outside");
+        assert!(fs::symlink_metadata(dest.join("a")).unwrap().is_dir());
+        assert_eq!(fs::read(dest.join("a/f")).unwrap(), b"new");
+    }
+
+    /// Issue 10, finding 7: a planted journal line is refused before anything runs.
+    #[test]
+    fn unsafe_journal_lines_are_refused() {
+        for line in [
+            &b"R ../x"[..],
+            b"R a/../../x",
+            b"P 1 ../x",
+            b"P 1 .",
+            b"R .",
+            b"D \"a\\x00b\"",
+            b"P x a",
+            b"P -1 a",
+            b"A 644 - - 0 - a extra",
+            b"Q a",
+        ] {
+            assert!(
+                decode(line).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! DEST and the state beside it: every file operation on the mirrored tree, the walker that
-//! reads it, the guard that keeps records inside it, the journal that makes a set atomic,
-//! and the state that remembers which backup DEST holds. Nothing here knows about
-//! repositories or backends.
+//! DEST and the state beside it: directory handles through which every file operation on
+//! the mirrored tree goes (`dir`, `tree`), the attributes given to objects (`fsops`), the
+//! walker that reads a tree, the guard that keeps records inside it, the journal that
+//! makes a set atomic, the state that remembers which backup DEST holds, and the order in
+//! which a command opens them (`session`). Nothing here knows about repositories or
+//! backends.
 
 pub mod changes;
+pub mod dir;
 pub mod fsops;
 pub mod guard;
 pub mod journal;
+pub mod session;
 pub mod state;
+pub mod tree;
 pub mod walk;

@@ -1,16 +1,30 @@
 //! What DEST holds, and the folder where dupmirror keeps that knowledge.
 //!
 //! DEST holds exactly the backed-up tree, so dupmirror's own files live in a state
-//! directory outside it: by default `.<name>.dupmirror` beside DEST (same file system, so
-//! staged files can be renamed into place), or `--state-dir`. It holds:
+//! directory outside it: by default `.<name>.dupmirror` beside DEST, or `--state-dir`. It
+//! holds:
 //!
 //! ```text
-//! lock         flock(2): one sync per DEST at a time; the kernel drops it if we die
-//! state.json   the chain DEST belongs to and the end time of the last set applied
-//! journal      present only while a set is being committed (see apply::journal)
-//! staging/     new content of the set being applied (same file system as DEST)
+//! lock         flock(2): one sync per state folder at a time (DEST itself is locked too)
+//! state.json   the chain DEST belongs to, the end time of the last set applied, and DEST's
+//!              path and identity (device, inode)
+//! journal      present only while a set is being committed (see dest::journal)
+//! journal.tmp  the journal being written, renamed to `journal` at the commit point
+//! staging/     new content of the set being applied
 //! staging.repair/  a scratch mirror of the paths being repaired
+//! cache/       downloaded volumes (remote sources)
 //! ```
+//!
+//! The folder is trusted as much as DEST is, so it must be the user's alone: opening it
+//! refuses a symlink, a folder owned by another user, or one that others may write; a
+//! folder others may only read (made by an older dupmirror) is tightened to 0700. It is
+//! created 0700, its files 0600. Everything in it is reached through its handle.
+//!
+//! Staged objects are renamed into DEST, so staging must be on DEST's file system. When
+//! the state folder is on another one (`--state-dir` on a tmpfs, say), staging moves to a
+//! hidden folder beside DEST, `.<name>.dupmirror-staging` (0700, checked like the state
+//! folder), and the journal stays in the state folder: the commit point is a rename inside
+//! the state folder, the placement renames stay inside DEST's file system.
 //!
 //! Every command finds DEST and its state directory the same way, through [`DestPaths`];
 //! a `state.json` that cannot be read, or that names another DEST, is an error, never
@@ -19,14 +33,15 @@
 //! Limits: the state says what dupmirror last wrote, not what DEST holds now; a person
 //! editing DEST behind its back is caught by `verify`, not here.
 
+use super::dir::{Dir, FileId, Lookup, OpenError};
 use crate::error::Error;
 use crate::repo::time::Epoch;
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 const STATE_FORMAT: u32 = 1;
@@ -44,6 +59,10 @@ pub struct MirrorState {
     pub end_time: Epoch,
     /// The absolute path of DEST, so one state directory never serves two trees.
     pub dest: PathBuf,
+    /// DEST's device and inode: the folder the state describes (absent in states written
+    /// before dupmirror recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_id: Option<FileId>,
     /// The subtrees DEST mirrors (`--path`); empty for the whole tree.
     #[serde(default)]
     pub paths: Vec<String>,
@@ -76,6 +95,7 @@ impl MirrorState {
             chain_start,
             end_time,
             dest,
+            dest_id: None,
             paths,
             newest: None,
         }
@@ -86,14 +106,60 @@ impl MirrorState {
         self.newest = Some(newest);
         self
     }
+
+    /// Whether this state describes DEST as it is (`id`: DEST's identity, `None` when it is
+    /// missing): DEST exists and is the folder recorded (states written before identities
+    /// were recorded describe any folder at DEST's path).
+    pub fn describes(&self, id: Option<FileId>) -> bool {
+        id.is_some() && (self.dest_id.is_none() || self.dest_id == id)
+    }
+}
+
+/// Where a staging-like folder lives: an entry of a folder we hold a handle on.
+struct Place {
+    parent: Dir,
+    name: Vec<u8>,
+}
+
+impl Place {
+    fn path(&self) -> PathBuf {
+        self.parent.show(&self.name)
+    }
+
+    /// The folder, when it exists; it must be ours (see [`check_private`]).
+    fn open(&self) -> Result<Option<Dir>> {
+        match self.parent.child(&self.name)? {
+            Lookup::Found(d) => {
+                check_private(&d, &self.path(), "staging folder")?;
+                Ok(Some(d))
+            }
+            Lookup::Missing => Ok(None),
+            Lookup::Blocked(b) => bail!(
+                "staging folder {} is {}; refusing to use it",
+                self.path().display(),
+                b.kind.described()
+            ),
+        }
+    }
+
+    /// The folder, emptied or made (0700).
+    fn fresh(&self) -> Result<Dir> {
+        self.remove()?;
+        self.parent.create_dir(&self.name, 0o700)
+    }
+
+    fn remove(&self) -> Result<()> {
+        self.parent.remove(&self.name)
+    }
 }
 
 /// The state directory of one DEST, locked for as long as this value lives.
 pub struct StateDir {
-    root: PathBuf,
+    dir: Dir,
     dest: PathBuf,
-    staging: PathBuf,
-    _lock: Flock<File>,
+    staging: Place,
+    repair: Place,
+    _lock: File,
 }
 
 /// DEST and its state directory, resolved once, the same way for every command.
@@ -122,21 +188,29 @@ impl DestPaths {
         Ok(DestPaths { dest, state_root })
     }
 
-    /// Opens the state directory and takes its lock (see [`StateDir::open`]).
-    pub fn lock(&self, wait: bool) -> Result<StateDir> {
-        StateDir::open(&self.state_root, &self.dest, wait)
-    }
-
     /// The recorded state, read without the lock and without completing an interrupted
     /// commit: a look, for `status`.
     pub fn peek(&self) -> Result<Option<MirrorState>> {
-        read_state(&self.state_root.join(STATE_FILE), &self.dest)
+        let path = self.state_root.join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(data) => parse_state(&data, &self.state_root, &self.dest).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
     }
 
-    /// What DEST holds, as `mirror::decide` takes it: the recorded state, unless DEST
-    /// itself is gone (then it is rebuilt from scratch).
+    /// What DEST holds, as `mirror::decide` takes it (a look, like [`DestPaths::peek`]):
+    /// the recorded state, unless DEST is gone (then it is rebuilt from scratch) or is not
+    /// the folder the state describes (then it counts as never synced).
     pub fn held(&self, recorded: Option<MirrorState>) -> Option<MirrorState> {
-        recorded.filter(|_| self.dest.exists())
+        let id = fs::symlink_metadata(&self.dest)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| FileId {
+                dev: std::os::unix::fs::MetadataExt::dev(&m),
+                ino: std::os::unix::fs::MetadataExt::ino(&m),
+            });
+        recorded.filter(|st| st.describes(id))
     }
 
     /// Whether DEST is missing or an empty folder (a first sync needs no `--adopt`).
@@ -184,105 +258,230 @@ fn absolute_dest(dest: &Path) -> Result<PathBuf> {
     }
 }
 
-fn device_of(path: &Path) -> Option<u64> {
-    fs::metadata(path).ok().map(|m| m.dev())
+/// Refuses a folder of ours that is not the user's alone; tightens one that others may
+/// only read (older dupmirror versions made it 0755).
+fn check_private(dir: &Dir, path: &Path, what: &str) -> Result<()> {
+    let st = dir.stat_self()?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.uid != euid {
+        bail!(
+            "{what} {} belongs to uid {}, not to the user running dupmirror (uid {euid}); \
+             refusing to use it",
+            path.display(),
+            st.uid
+        );
+    }
+    if st.mode & 0o022 != 0 {
+        bail!(
+            "{what} {} may be written by other users (mode {:04o}); refusing to use it \
+             (it must be 0700)",
+            path.display(),
+            st.mode
+        );
+    }
+    if st.mode & 0o7777 != 0o700 {
+        dir.chmod_self(0o700)
+            .with_context(|| format!("cannot make {what} {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens (making it 0700 when missing) a private folder of ours at `path`.
+fn open_private(path: &Path, what: &str) -> Result<Dir> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!(
+            "{what} {} cannot be the root of the file system",
+            path.display()
+        );
+    };
+    // The folders above are the administrator's choice, made like `mkdir -p` would.
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let parent = Dir::open_existing(parent, "the folder that holds the state directory")?;
+    match parent.child_or_create(name.as_bytes(), 0o700)? {
+        Lookup::Found(_) => {}
+        Lookup::Blocked(b) => bail!(
+            "{what} {} is {}; refusing to use it",
+            path.display(),
+            b.kind.described()
+        ),
+        Lookup::Missing => bail!("{what} {} vanished while being created", path.display()),
+    }
+    let dir = match Dir::open_path(path) {
+        Ok(d) => d,
+        Err(OpenError::NotDir(k)) => bail!(
+            "{what} {} is {}; refusing to use it",
+            path.display(),
+            k.described()
+        ),
+        Err(OpenError::Missing) => bail!("{what} {} vanished while being opened", path.display()),
+        Err(OpenError::Io(e)) => {
+            return Err(e).with_context(|| format!("cannot open {what} {}", path.display()))
+        }
+    };
+    check_private(&dir, path, what)?;
+    Ok(dir)
 }
 
 impl StateDir {
-    /// Opens (creating) the state directory and takes its lock. With `wait`, blocks until
-    /// another sync releases it; otherwise fails at once with [`Error::Locked`].
+    /// Opens (creating) the state directory of DEST `dest` and takes its lock. With
+    /// `wait`, blocks until another sync releases it; otherwise fails at once with
+    /// [`Error::Locked`].
     pub fn open(root: &Path, dest: &Path, wait: bool) -> Result<StateDir> {
-        fs::create_dir_all(root)
-            .with_context(|| format!("cannot create state directory {}", root.display()))?;
-        let lock_path = root.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        let arg = if wait {
-            FlockArg::LockExclusive
+        let dir = open_private(root, "state directory")?;
+        let lock = dir.create_or_open(b"lock")?;
+        let op = if wait {
+            libc::LOCK_EX
         } else {
-            FlockArg::LockExclusiveNonblock
+            libc::LOCK_EX | libc::LOCK_NB
         };
-        let lock = match Flock::lock(file, arg) {
-            Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(Error::Locked(root.to_path_buf()).into())
+        if unsafe { libc::flock(lock.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(Error::Locked(root.to_path_buf()).into());
             }
-            Err((_, e)) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("cannot lock {}", lock_path.display()))
-            }
-        };
+            return Err(e).with_context(|| format!("cannot lock {}", dir.show(b"lock").display()));
+        }
         // Staged files are renamed into DEST, so they must be on DEST's file system. When
         // the state directory is elsewhere, stage beside DEST instead.
-        let dest_fs = device_of(dest).or_else(|| dest.parent().and_then(device_of));
-        let staging = if dest_fs.is_some() && dest_fs != device_of(root) {
-            let mut name = std::ffi::OsString::from(".");
-            name.push(dest.file_name().unwrap_or_default());
-            name.push(".dupmirror-staging");
-            dest.parent().unwrap_or(Path::new(".")).join(name)
+        let dest_parent = dest.parent().unwrap_or(Path::new("/"));
+        let dest_fs = fs::metadata(dest)
+            .or_else(|_| fs::metadata(dest_parent))
+            .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+            .ok();
+        let staging = if dest_fs.is_some() && dest_fs != Some(dir.stat_self()?.id.dev) {
+            let mut name = b".".to_vec();
+            name.extend_from_slice(dest.file_name().unwrap_or_default().as_bytes());
+            name.extend_from_slice(b".dupmirror-staging");
+            Place {
+                parent: Dir::open_existing(dest_parent, "the folder that holds DEST")?,
+                name,
+            }
         } else {
-            root.join("staging")
+            Place {
+                parent: dir.try_clone()?,
+                name: b"staging".to_vec(),
+            }
+        };
+        let mut repair_name = staging.name.clone();
+        repair_name.extend_from_slice(b".repair");
+        let repair = Place {
+            parent: staging.parent.try_clone()?,
+            name: repair_name,
         };
         Ok(StateDir {
-            root: root.to_path_buf(),
+            dir,
             dest: dest.to_path_buf(),
             staging,
+            repair,
             _lock: lock,
         })
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.dir.path()
     }
 
-    pub fn staging(&self) -> &Path {
-        &self.staging
+    /// The state folder's handle.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
     }
 
-    /// Where a repair restores paths before grafting them (beside the staging folder, so
-    /// on DEST's file system too).
-    pub fn repair_scratch(&self) -> PathBuf {
-        self.staging.with_extension("repair")
+    /// Where staging lives (for messages, and as the journal records it).
+    pub fn staging_path(&self) -> PathBuf {
+        self.staging.path()
     }
 
-    pub fn journal_path(&self) -> PathBuf {
-        self.root.join("journal")
+    /// A new, empty staging folder.
+    pub fn fresh_staging(&self) -> Result<Dir> {
+        self.staging.fresh().with_context(|| {
+            format!(
+                "cannot create staging folder {}",
+                self.staging_path().display()
+            )
+        })
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.root.join(STATE_FILE)
+    /// The staging folder left by a committed set, if any.
+    pub fn staging(&self) -> Result<Option<Dir>> {
+        self.staging.open()
     }
 
-    /// The state DEST was last brought to, or `None` before the first sync.
+    /// Removes the staging folder and the uncommitted journal that describes it.
+    pub fn remove_staging(&self) -> Result<()> {
+        self.dir.remove(b"journal.tmp")?;
+        self.staging.remove()
+    }
+
+    /// A new, empty folder for a repair's scratch mirror (beside staging, so on DEST's
+    /// file system too), and its path.
+    pub fn fresh_repair_scratch(&self) -> Result<PathBuf> {
+        self.repair.fresh()?;
+        Ok(self.repair.path())
+    }
+
+    pub fn remove_repair_scratch(&self) -> Result<()> {
+        self.repair.remove()
+    }
+
+    /// The state DEST was last brought to, or `None` before the first sync; an error when
+    /// it records another DEST.
     pub fn load(&self) -> Result<Option<MirrorState>> {
-        read_state(&self.state_path(), &self.dest)
+        let name = STATE_FILE.as_bytes();
+        let path = self.dir.show(name);
+        let mut data = Vec::new();
+        match self.dir.open_file(name)? {
+            Ok(mut f) => f
+                .read_to_end(&mut data)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            Err(None) => return Ok(None),
+            Err(Some(k)) => bail!(
+                "{} is {}; refusing to use it",
+                path.display(),
+                k.described()
+            ),
+        };
+        parse_state(&data, self.root(), &self.dest).map(Some)
     }
 
     /// Records a new state atomically (write, fsync, rename, fsync the folder).
     pub fn save(&self, state: &MirrorState) -> Result<()> {
-        let path = self.state_path();
-        let tmp = self.root.join("state.json.tmp");
         let mut data = serde_json::to_vec_pretty(state)?;
         data.push(b'\n');
-        write_durably(&tmp, &data)?;
-        fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        sync_dir(&self.root)
+        self.write_durably(b"state.json.tmp", &data)?;
+        self.dir
+            .rename(b"state.json.tmp", &self.dir, STATE_FILE.as_bytes())?;
+        self.dir.sync()
+    }
+
+    /// Writes a small private file in the state folder and fsyncs it.
+    fn write_durably(&self, name: &[u8], data: &[u8]) -> Result<()> {
+        let mut f = self.dir.create_scratch(name)?;
+        f.write_all(data)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write {}", self.dir.show(name).display()))
+    }
+
+    /// Whether a committed journal waits to be carried out.
+    pub fn has_journal(&self) -> bool {
+        matches!(self.dir.stat(b"journal"), Ok(Some(_)))
+    }
+
+    /// Refuses a state folder that belongs to another DEST: its state or its pending
+    /// journal names another path. Checked before anything in it is used.
+    pub fn check_belongs_to(&self, journal: Option<&MirrorState>) -> Result<()> {
+        self.load()?;
+        match journal {
+            Some(st) if st.dest != self.dest => Err(belongs_elsewhere(self.root(), st, &self.dest)),
+            _ => Ok(()),
+        }
     }
 }
 
-/// Reads `state.json` of `dest`: `None` when there is none (never synced); an error when
-/// it is damaged, of another format, or records another DEST.
-fn read_state(path: &Path, dest: &Path) -> Result<Option<MirrorState>> {
-    let data = match fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let state: MirrorState = serde_json::from_slice(&data).with_context(|| {
+/// Reads the bytes of `state.json` in `state_root` for `dest`: an error when they are
+/// damaged, of another format, or record another DEST.
+fn parse_state(data: &[u8], state_root: &Path, dest: &Path) -> Result<MirrorState> {
+    let path = state_root.join(STATE_FILE);
+    let state: MirrorState = serde_json::from_slice(data).with_context(|| {
         format!(
             "{} is damaged; remove it to rebuild DEST from scratch",
             path.display()
@@ -296,27 +495,63 @@ fn read_state(path: &Path, dest: &Path) -> Result<Option<MirrorState>> {
         );
     }
     if state.dest != dest {
-        bail!(
-            "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
-            path.parent().unwrap_or(path).display(),
-            state.dest.display(),
-            dest.display()
-        );
+        return Err(belongs_elsewhere(state_root, &state, dest));
     }
-    Ok(Some(state))
+    Ok(state)
 }
 
-/// Writes a small file and fsyncs it.
-pub fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+fn belongs_elsewhere(state_root: &Path, state: &MirrorState, dest: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "state directory {} belongs to DEST {}, not {}; pass another --state-dir",
+        state_root.display(),
+        state.dest.display(),
+        dest.display()
+    )
 }
 
-/// fsyncs a directory, making renames inside it durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_state_folder_must_be_private() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let made = t.path().join("made");
+        drop(StateDir::open(&made, &dest, false).unwrap());
+        let mode = fs::metadata(&made).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "created private");
+
+        let open = t.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(StateDir::open(&open, &dest, false).unwrap());
+        let mode = fs::metadata(&open).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "readable by others: tightened");
+
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&open, &dest, false).err().unwrap();
+        assert!(format!("{e:#}").contains("written by other users"), "{e:#}");
+
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        let e = StateDir::open(&link, &dest, false).err().unwrap();
+        assert!(format!("{e:#}").contains("symlink"), "{e:#}");
+    }
+
+    #[test]
+    fn state_files_are_private() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let s = StateDir::open(&t.path().join("s"), &dest, false).unwrap();
+        s.save(&MirrorState::new("src".into(), 1, 2, dest.clone(), vec![]))
+            .unwrap();
+        let mode = fs::metadata(t.path().join("s/state.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+        assert_eq!(s.load().unwrap().unwrap().end_time, 2);
+    }
 }

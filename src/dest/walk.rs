@@ -1,42 +1,54 @@
-//! Walks DEST in duplicity's index order, lazily.
+//! Walks a tree (DEST, or a repair's scratch mirror) in duplicity's index order, lazily.
 //!
-//! Used where DEST must be compared with a whole backup (a full set applied over an existing
-//! tree, and `verify`): the walk and the record stream advance together like a merge join,
-//! so neither side is ever held in memory whole. Only the sorted listings of the directories
-//! on the current path are kept. Symlinks are reported, never followed.
+//! Used where a tree must be compared with a whole backup (a full set applied over an
+//! existing DEST, and `verify`) or read whole (a repair's graft): the walk and the record
+//! stream advance together like a merge join, so neither side is ever held in memory whole.
+//! Only the sorted listings of the directories on the current path are kept, each with its
+//! directory handle: every look at an object is relative to the handle of the directory
+//! that holds it, and symlinks are reported, never followed.
 
+use super::dir::{Dir, Kind, Lookup, Stat};
+use super::tree::Tree;
 use crate::index::PathIndex;
-use anyhow::{Context, Result};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use anyhow::{anyhow, Result};
+use std::fs::File;
 
-/// One object found in DEST.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One object found in the tree.
+#[derive(Clone, Debug)]
 pub struct Found {
     pub index: PathIndex,
-    pub is_dir: bool,
+    pub stat: Stat,
+}
+
+impl Found {
+    pub fn is_dir(&self) -> bool {
+        self.stat.kind == Kind::Dir
+    }
 }
 
 pub struct DestWalker {
-    root: PathBuf,
-    /// For each open directory: its index and its remaining children, sorted, reversed.
-    stack: Vec<(PathIndex, Vec<Vec<u8>>)>,
+    root: Option<Dir>,
+    /// For each open directory: its index, its handle, its remaining children, sorted,
+    /// reversed. The current object (when not the root) is a child of the last one.
+    stack: Vec<(PathIndex, Dir, Vec<Vec<u8>>)>,
     current: Option<Found>,
 }
 
 impl DestWalker {
-    /// Starts at DEST's root (nothing at all when DEST does not exist).
-    pub fn new(root: &Path) -> Result<Self> {
-        let current = match std::fs::symlink_metadata(root) {
-            Ok(m) => Some(Found {
-                index: PathIndex::root(),
-                is_dir: m.is_dir(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", root.display())),
+    /// Starts at the tree's root (nothing at all when there is no tree).
+    pub fn new(tree: Option<&Tree>) -> Result<Self> {
+        let (root, current) = match tree {
+            Some(t) => (
+                Some(t.root().try_clone()?),
+                Some(Found {
+                    index: PathIndex::root(),
+                    stat: t.root().stat_self()?,
+                }),
+            ),
+            None => (None, None),
         };
         Ok(DestWalker {
-            root: root.to_path_buf(),
+            root,
             stack: Vec::new(),
             current,
         })
@@ -47,35 +59,62 @@ impl DestWalker {
         self.current.as_ref()
     }
 
+    /// The directory holding the current object, and its name there.
+    fn holder(&self) -> Result<(&Dir, &[u8])> {
+        let cur = self
+            .current
+            .as_ref()
+            .ok_or_else(|| anyhow!("the walk is over"))?;
+        match (self.stack.last(), cur.index.components().last()) {
+            (Some((_, dir, _)), Some(name)) => Ok((dir, name)),
+            _ => Err(anyhow!("the root of the tree has no holder")),
+        }
+    }
+
+    /// Opens the current object, a regular file, for reading.
+    pub fn open_file(&self) -> Result<File> {
+        let (dir, name) = self.holder()?;
+        dir.read_file(name)
+    }
+
+    /// The target of the current object, a symlink.
+    pub fn read_link(&self) -> Result<Vec<u8>> {
+        let (dir, name) = self.holder()?;
+        dir.read_link(name)
+    }
+
     /// Moves on; with `descend`, into the current directory's contents first.
     pub fn advance(&mut self, descend: bool) -> Result<()> {
         if let Some(cur) = self.current.take() {
-            if descend && cur.is_dir {
-                let dir = self.root.join(cur.index.to_path());
-                let mut names: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-                    .with_context(|| format!("cannot list {}", dir.display()))?
-                    .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-                    .collect::<std::io::Result<_>>()
-                    .with_context(|| format!("cannot list {}", dir.display()))?;
-                names.sort_unstable_by(|a, b| b.cmp(a));
-                self.stack.push((cur.index, names));
+            if descend && cur.is_dir() {
+                let dir = match (cur.index.components().last(), self.stack.last()) {
+                    (Some(name), Some((_, parent, _))) => match parent.child(name)? {
+                        Lookup::Found(d) => Some(d),
+                        // Replaced since it was seen: there is nothing to descend into.
+                        _ => None,
+                    },
+                    (None, _) => self.root.as_ref().map(Dir::try_clone).transpose()?,
+                    (Some(_), None) => None,
+                };
+                if let Some(dir) = dir {
+                    let mut names = dir.list()?;
+                    names.sort_unstable_by(|a, b| b.cmp(a));
+                    self.stack.push((cur.index, dir, names));
+                }
             }
         }
-        while let Some((dir, names)) = self.stack.last_mut() {
+        while let Some((index, dir, names)) = self.stack.last_mut() {
             let Some(name) = names.pop() else {
                 self.stack.pop();
                 continue;
             };
-            let index = dir.join(&name);
-            let path = self.root.join(index.to_path());
-            let is_dir = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m.is_dir(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot inspect {}", path.display()))
-                }
+            let Some(stat) = dir.stat(&name)? else {
+                continue; // removed since the listing
             };
-            self.current = Some(Found { index, is_dir });
+            self.current = Some(Found {
+                index: index.join(&name),
+                stat,
+            });
             return Ok(());
         }
         Ok(())
@@ -94,10 +133,15 @@ mod tests {
         std::fs::write(r.join("a-b"), b"").unwrap();
         std::fs::write(r.join("a/x/f"), b"").unwrap();
         std::os::unix::fs::symlink("a", r.join("link")).unwrap();
-        let mut w = DestWalker::new(r).unwrap();
+        let tree = Tree::new(Dir::open_path(r).unwrap()).unwrap();
+        let mut w = DestWalker::new(Some(&tree)).unwrap();
         let mut seen = Vec::new();
         while let Some(f) = w.peek() {
             seen.push(f.index.to_string());
+            if f.index.to_string() == "link" {
+                assert_eq!(w.read_link().unwrap(), b"a");
+                assert!(w.open_file().is_err(), "a symlink is not opened");
+            }
             w.advance(true).unwrap();
         }
         assert_eq!(seen, [".", "a", "a/x", "a/x/f", "a-b", "link"]);

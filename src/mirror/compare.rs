@@ -19,7 +19,9 @@
 
 use crate::decode::delta::SigDigest;
 use crate::decode::records::RecordKind;
+use crate::dest::dir::{Kind, Stat};
 use crate::dest::fsops::OwnerMap;
+use crate::dest::tree::Tree;
 use crate::dest::walk::DestWalker;
 use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
@@ -29,9 +31,7 @@ use crate::repo::sigtar::merge_chain;
 use crate::repo::Repository;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
-use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
 use std::sync::mpsc;
 
 /// One way DEST differs from the backup.
@@ -139,7 +139,7 @@ pub struct CompareStats {
 
 struct HashJob {
     index: PathIndex,
-    path: PathBuf,
+    file: File,
     size: u64,
     signature: SigDigest,
     expected: Metadata,
@@ -162,7 +162,7 @@ pub enum ContentCheck {
 pub fn compare(
     repo: &Repository,
     sets: &[&BackupSet],
-    dest: &Path,
+    dest: Option<&Tree>,
     filter: &PathFilter,
     check: ContentCheck,
 ) -> Result<(Vec<Difference>, CompareStats)> {
@@ -183,7 +183,7 @@ pub fn compare(
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
-                let same = content_matches(&job.path, job.size, &job.signature);
+                let same = content_matches(&job.file, job.size, &job.signature);
                 if tx.send((same, job)).is_err() {
                     return;
                 }
@@ -226,18 +226,21 @@ pub fn compare(
             });
             return Ok(());
         };
-        let path = crate::dest::fsops::dest_path(dest, &entry.index);
-        let local = fs::symlink_metadata(&path)
-            .with_context(|| format!("cannot inspect {}", path.display()))?;
-        let what = metadata_differences(&entry.meta, &local, &path, &mut owners)?;
-        let both_dirs = entry.meta.is_dir() && local.is_dir();
-        walker.advance(both_dirs && found.is_dir)?;
+        let local = found.stat;
+        let what = metadata_differences(&entry.meta, &local, || walker.read_link(), &mut owners)?;
         // Regular files get their content checked even when metadata differs, so that a
-        // repair knows whether it needs the data.
-        if entry.kind == RecordKind::Signature && !what.contains(&Change::Type) {
+        // repair knows whether it needs the data: opened now, through the walk's handle.
+        let hashed = entry.kind == RecordKind::Signature && !what.contains(&Change::Type);
+        let file = if hashed && entry.signature.is_some() && check == ContentCheck::Signatures {
+            Some(walker.open_file()?)
+        } else {
+            None
+        };
+        walker.advance(entry.meta.is_dir() && found.is_dir())?;
+        if hashed {
             if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
                 let mut what = what;
-                if !signature.size_fits(local.len()) {
+                if !signature.size_fits(local.size) {
                     what.insert(Change::Content);
                 }
                 if !what.is_empty() {
@@ -249,14 +252,14 @@ pub fn compare(
                 }
                 return Ok(());
             }
-            if let Some(signature) = entry.signature {
+            if let (Some(signature), Some(file)) = (entry.signature, file) {
                 stats.files_hashed += 1;
-                stats.bytes_hashed += local.len();
+                stats.bytes_hashed += local.size;
                 job_tx
                     .send(HashJob {
                         index: entry.index,
-                        path,
-                        size: local.len(),
+                        file,
+                        size: local.size,
                         signature,
                         expected: entry.meta,
                         what,
@@ -314,33 +317,28 @@ pub fn compare(
 
 fn metadata_differences(
     expected: &Metadata,
-    local: &fs::Metadata,
-    path: &Path,
+    local: &Stat,
+    read_link: impl FnOnce() -> Result<Vec<u8>>,
     owners: &mut OwnerMap,
 ) -> Result<BTreeSet<Change>> {
-    let ft = local.file_type();
     let same_type = match &expected.file_type {
-        FileType::Regular => ft.is_file(),
-        FileType::Dir => ft.is_dir(),
-        FileType::Symlink(_) => ft.is_symlink(),
-        FileType::Fifo => ft.is_fifo(),
-        FileType::CharDevice { .. } => ft.is_char_device(),
-        FileType::BlockDevice { .. } => ft.is_block_device(),
+        FileType::Regular => local.kind == Kind::Regular,
+        FileType::Dir => local.kind == Kind::Dir,
+        FileType::Symlink(_) => local.kind == Kind::Symlink,
+        FileType::Fifo => local.kind == Kind::Fifo,
+        FileType::CharDevice { .. } => local.kind == Kind::CharDevice,
+        FileType::BlockDevice { .. } => local.kind == Kind::BlockDevice,
     };
     if !same_type {
         return Ok(BTreeSet::from([Change::Type]));
     }
     let mut what = BTreeSet::new();
     match &expected.file_type {
-        FileType::Symlink(target) => {
-            let local_target = fs::read_link(path)
-                .with_context(|| format!("cannot read symlink {}", path.display()))?;
-            if std::os::unix::ffi::OsStrExt::as_bytes(local_target.as_os_str()) != &target[..] {
-                what.insert(Change::Target);
-            }
+        FileType::Symlink(target) if read_link()? != *target => {
+            what.insert(Change::Target);
         }
         FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
-            let rdev = local.rdev();
+            let rdev = local.rdev;
             if (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
                 != (u64::from(*major), u64::from(*minor))
             {
@@ -351,21 +349,22 @@ fn metadata_differences(
     }
     let is_symlink = matches!(expected.file_type, FileType::Symlink(_));
     if !is_symlink {
-        if local.mode() & 0o7777 != expected.mode {
+        if local.mode != expected.mode {
             what.insert(Change::Mode);
         }
-        if local.mtime() != expected.mtime {
+        if local.mtime != expected.mtime {
             what.insert(Change::Mtime);
         }
     }
-    if owners.applies() && owners.resolve(expected) != (local.uid(), local.gid()) {
+    if owners.applies() && owners.resolve(expected) != (local.uid, local.gid) {
         what.insert(Change::Owner);
     }
     Ok(what)
 }
 
-/// Whether the file's content has the signature `expected` stands for.
-pub fn content_matches(path: &Path, size: u64, expected: &SigDigest) -> Result<bool> {
+/// Whether the content of `file` (`size` bytes, read from its start) has the signature
+/// `expected` stands for.
+pub fn content_matches(file: &File, size: u64, expected: &SigDigest) -> Result<bool> {
     let kind = match expected.magic {
         0x7273_0136 => librsync::SignatureType::MD4,
         0x7273_0137 => librsync::SignatureType::Blake2,
@@ -374,7 +373,6 @@ pub fn content_matches(path: &Path, size: u64, expected: &SigDigest) -> Result<b
     if !expected.size_fits(size) {
         return Ok(false);
     }
-    let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut job = librsync::Signature::with_options(
         file,
         expected.block_len as usize,
@@ -382,8 +380,7 @@ pub fn content_matches(path: &Path, size: u64, expected: &SigDigest) -> Result<b
         kind,
     )
     .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
-    let actual =
-        SigDigest::read(&mut job).with_context(|| format!("cannot read {}", path.display()))?;
+    let actual = SigDigest::read(&mut job).context("cannot read a file to hash it")?;
     Ok(actual == *expected)
 }
 
@@ -396,7 +393,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
-        fs::write(&p, &data).unwrap();
+        std::fs::write(&p, &data).unwrap();
+        let open = || File::open(&p).unwrap();
         let mut sig = Vec::new();
         std::io::Read::read_to_end(
             &mut librsync::Signature::with_options(
@@ -410,15 +408,15 @@ mod tests {
         )
         .unwrap();
         let sig = SigDigest::of(&sig);
-        assert!(content_matches(&p, 5000, &sig).unwrap());
+        assert!(content_matches(&open(), 5000, &sig).unwrap());
         let mut edited = data.clone();
         edited[4000] ^= 1;
-        fs::write(&p, &edited).unwrap();
-        assert!(!content_matches(&p, 5000, &sig).unwrap());
+        std::fs::write(&p, &edited).unwrap();
+        assert!(!content_matches(&open(), 5000, &sig).unwrap());
         assert!(
-            !content_matches(&p, 9000, &sig).unwrap(),
+            !content_matches(&open(), 9000, &sig).unwrap(),
             "size outside the block count"
         );
-        assert!(!content_matches(&p, 5000, &SigDigest::of(b"junk")).unwrap());
+        assert!(!content_matches(&open(), 5000, &SigDigest::of(b"junk")).unwrap());
     }
 }

@@ -14,6 +14,7 @@
 //! `--dry-run` prints this and stops. Limits: the volume bytes come from the listing's
 //! sizes (0 when the source gives none).
 
+use crate::dest::tree::Tree;
 use crate::mirror::apply::ApplyMode;
 use crate::mirror::compare::{compare, ContentCheck, Difference};
 use crate::mirror::decide::Decision;
@@ -22,7 +23,6 @@ use crate::repo::collection::BackupSet;
 use crate::repo::manifest::Manifest;
 use crate::repo::Repository;
 use anyhow::Result;
-use std::path::Path;
 
 /// One set to apply.
 pub struct Step<'c> {
@@ -51,7 +51,7 @@ impl<'c> Plan<'c> {
     pub fn build(
         repo: &Repository,
         decision: Decision<'c>,
-        dest: &Path,
+        dest: Option<&Tree>,
         filter: &PathFilter,
     ) -> Result<Plan<'c>> {
         let mut steps = Vec::new();

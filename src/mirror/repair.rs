@@ -19,9 +19,10 @@
 //! its manifest is read when no volume of it overlaps the paths).
 
 use crate::decode::records::{Record, RecordKind, RecordSink};
-use crate::dest::fsops;
+use crate::dest::dir::{Kind, Stat};
 use crate::dest::state::{MirrorState, StateDir};
-use crate::dest::walk::DestWalker;
+use crate::dest::tree::{Dest, Tree};
+use crate::dest::walk::{DestWalker, Found};
 use crate::index::PathIndex;
 use crate::meta::{FileType, Metadata};
 use crate::mirror::apply::{ApplyMode, SetApplier};
@@ -30,10 +31,6 @@ use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
 
 /// What a repair read.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -44,14 +41,14 @@ pub struct RepairStats {
 }
 
 /// A scratch mirror holding restored paths; removed when dropped.
-struct Scratch {
-    root: PathBuf,
-    tree: PathBuf,
+struct Scratch<'a> {
+    owner: &'a StateDir,
+    tree: Dest,
 }
 
-impl Drop for Scratch {
+impl Drop for Scratch<'_> {
     fn drop(&mut self) {
-        let _ = fsops::remove_any(&self.root);
+        let _ = self.owner.remove_repair_scratch();
     }
 }
 
@@ -67,31 +64,39 @@ pub fn stage_repair(
     sink: &mut dyn RecordSink,
 ) -> Result<RepairStats> {
     let subtrees = PathFilter::subtrees(paths.iter().cloned());
-    let (scratch, stats) = restore_paths(repo, sets, &subtrees, &state_dir.repair_scratch())?;
+    let (scratch, stats) = restore_paths(repo, sets, &subtrees, state_dir)?;
+    let last = || sets.last().map(|s| s.label()).unwrap_or_default();
+    let tree = scratch
+        .tree
+        .tree()
+        .with_context(|| format!("the chain up to {} restored nothing", last()))?;
     for index in paths {
-        if fsops::lstat_type(&fsops::dest_path(&scratch.tree, index))?.is_none() {
-            let last = sets.last().map(|s| s.label()).unwrap_or_default();
-            bail!("cannot restore {index}: no volume of the chain up to {last} holds it");
+        if tree.stat(index)?.is_none() {
+            bail!(
+                "cannot restore {index}: no volume of the chain up to {} holds it",
+                last()
+            );
         }
     }
-    graft(&scratch.tree, &subtrees, sink)?;
+    graft(tree, &subtrees, sink)?;
     Ok(stats)
 }
 
-/// Restores `paths` as they are at the end of `sets` into a scratch tree under `root`
-/// (which must be on DEST's file system).
-fn restore_paths(
+/// Restores `paths` as they are at the end of `sets` into a scratch tree beside
+/// `state_dir`'s staging (so on DEST's file system).
+fn restore_paths<'a>(
     repo: &Repository,
     sets: &[&BackupSet],
     paths: &PathFilter,
-    root: &Path,
-) -> Result<(Scratch, RepairStats)> {
-    fsops::remove_any(root)?;
-    let scratch = Scratch {
-        root: root.to_path_buf(),
-        tree: root.join("tree"),
+    state_dir: &'a StateDir,
+) -> Result<(Scratch<'a>, RepairStats)> {
+    let root = state_dir.fresh_repair_scratch()?;
+    let tree_path = root.join("tree");
+    let scratch_state = StateDir::open(&root.join("state"), &tree_path, false)?;
+    let mut scratch = Scratch {
+        owner: state_dir,
+        tree: Dest::open(&tree_path)?,
     };
-    let state_dir = StateDir::open(&root.join("state"), &scratch.tree, false)?;
     let mut stats = RepairStats {
         paths: paths.roots().len() as u64,
         ..Default::default()
@@ -116,20 +121,14 @@ fn restore_paths(
             repo.display(),
             sets[0].end_time,
             set.end_time,
-            scratch.tree.clone(),
+            tree_path.clone(),
             Vec::new(),
         );
-        let mut applier = SetApplier::new(
-            mode,
-            &scratch.tree,
-            &state_dir,
-            &target,
-            paths.clone(),
-            false,
-        )?;
+        let mut applier =
+            SetApplier::new(mode, &scratch.tree, &scratch_state, &target, paths.clone())?;
         repo.read_set(set, &manifest, &volumes, &mut applier)
             .with_context(|| format!("restoring from set {}", set.label()))?;
-        applier.commit(&state_dir, None)?;
+        applier.commit(&scratch_state, &mut scratch.tree, false, None)?;
         stats.volumes_read += volumes.len() as u64;
         stats.bytes_read += volumes
             .iter()
@@ -141,25 +140,22 @@ fn restore_paths(
 
 /// Feeds every object of the scratch tree that lies in `paths` to `sink` as a snapshot
 /// record, in index order.
-fn graft(tree: &Path, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
-    let mut walker = DestWalker::new(tree)?;
+fn graft(tree: &Tree, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<()> {
+    let mut walker = DestWalker::new(Some(tree))?;
     while let Some(found) = walker.peek().cloned() {
         if !paths.covers(&found.index) {
             walker.advance(paths.wants(&found.index))?;
             continue;
         }
-        let path = fsops::dest_path(tree, &found.index);
         let record = Record {
-            meta: local_metadata(&path)?,
+            meta: local_metadata(&found, &walker)?,
             index: found.index.clone(),
             kind: RecordKind::Snapshot,
             headless: false,
         };
         sink.begin(&record)?;
         if record.meta.is_regular() {
-            let mut f =
-                fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            sink.data(&mut f)?;
+            sink.data(&mut walker.open_file()?)?;
         }
         sink.end()?;
         walker.advance(true)?;
@@ -169,39 +165,35 @@ fn graft(tree: &Path, paths: &PathFilter, sink: &mut dyn RecordSink) -> Result<(
 
 /// The metadata of a local object, in the form records carry (numeric owners only: the
 /// scratch tree already holds the mapped ids).
-fn local_metadata(path: &Path) -> Result<Metadata> {
-    let m =
-        fs::symlink_metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
-    let ft = m.file_type();
+fn local_metadata(found: &Found, walker: &DestWalker) -> Result<Metadata> {
+    let st: &Stat = &found.stat;
     let rdev = || {
-        let r = m.rdev();
         (
-            nix::sys::stat::major(r) as u32,
-            nix::sys::stat::minor(r) as u32,
+            nix::sys::stat::major(st.rdev) as u32,
+            nix::sys::stat::minor(st.rdev) as u32,
         )
     };
-    let file_type = if ft.is_dir() {
-        FileType::Dir
-    } else if ft.is_symlink() {
-        FileType::Symlink(fs::read_link(path)?.as_os_str().as_bytes().to_vec())
-    } else if ft.is_fifo() {
-        FileType::Fifo
-    } else if ft.is_char_device() {
-        let (major, minor) = rdev();
-        FileType::CharDevice { major, minor }
-    } else if ft.is_block_device() {
-        let (major, minor) = rdev();
-        FileType::BlockDevice { major, minor }
-    } else {
-        FileType::Regular
+    let file_type = match st.kind {
+        Kind::Dir => FileType::Dir,
+        Kind::Symlink => FileType::Symlink(walker.read_link()?),
+        Kind::Fifo => FileType::Fifo,
+        Kind::CharDevice => {
+            let (major, minor) = rdev();
+            FileType::CharDevice { major, minor }
+        }
+        Kind::BlockDevice => {
+            let (major, minor) = rdev();
+            FileType::BlockDevice { major, minor }
+        }
+        Kind::Regular | Kind::Socket => FileType::Regular,
     };
     Ok(Metadata {
         file_type,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
+        mode: st.mode,
+        uid: st.uid,
+        gid: st.gid,
         uname: Vec::new(),
         gname: Vec::new(),
-        mtime: m.mtime(),
+        mtime: st.mtime,
     })
 }

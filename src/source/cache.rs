@@ -178,8 +178,13 @@ fn clean_cache(dir: &Path, keep: &[WantedVolume]) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create cache {}", dir.display()))
+            // Private: an unencrypted repository's volumes are the backup's contents.
+            return std::os::unix::fs::DirBuilderExt::mode(
+                fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .with_context(|| format!("cannot create cache {}", dir.display()));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read cache {}", dir.display())),
     };

@@ -16,7 +16,7 @@
 //! The normal suite tries about a dozen points per transition (`DUPMIRROR_KILL_POINTS`
 //! overrides: a number per transition, or `all`); scripts/crash-soak.sh runs the long form.
 
-use crate::support::lab::copy_tree;
+use crate::support::lab::{copy_tree, restore_host};
 use crate::support::scenario::{back_up, full, inc, Step};
 use crate::support::strace;
 use crate::support::*;
@@ -166,7 +166,7 @@ fn run_case(strace: &Path, bench: Bench<'_>, oracles: &[(i64, Tree)], case: &Cas
             point.phase,
             point.line
         );
-        copy_tree(&template, &host.dir);
+        restore_host(&template, &host);
         tally.tried += 1;
         *tally.by_phase.entry(point.phase).or_default() += 1;
         let r = strace::kill_at(strace, &args, point);

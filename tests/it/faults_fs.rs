@@ -15,10 +15,11 @@
 //! The sets are forged (tests/it/support/fixture), so no upstream duplicity is needed.
 
 use crate::support::fixture::{literal_delta, Entry, Forge};
-use crate::support::lab::{copy_tree, is_empty_dir};
-use crate::support::process::{dupmirror_command, run_tool};
+use crate::support::lab::{copy_tree, is_empty_dir, restore_host};
+use crate::support::process::dupmirror_command;
 use crate::support::report::{self, SyncReport};
 use crate::support::strace::{self, KillPoint};
+use crate::support::tmpfs::Tmpfs;
 use crate::support::*;
 use std::ffi::OsString;
 use std::fs;
@@ -115,44 +116,6 @@ fn sync_args(host: &Host, repo: &Path, time: i64, extra: &[&str]) -> Vec<OsStrin
 // ---------------------------------------------------------------------------------------------
 // Locking
 
-/// Starts a sync that takes the lock and then holds it for `hold` (strace delays the return
-/// of its first `flock`). Waits until the lock is really held.
-fn start_holder(strace: &Path, args: &[OsString], state: &Path, hold: Duration) -> Child {
-    let inject = format!("delay_exit={}:when=1", hold.as_micros());
-    let mut child = strace::injected(strace, args, "flock", &inject)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start strace");
-    let lock = state.join("lock");
-    let start = Instant::now();
-    while !lock_is_held(&lock) {
-        if start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the first sync never took the lock");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-/// Whether another process holds the flock on `path` (a probe that takes and drops it).
-fn lock_is_held(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = fs::File::open(path) else {
-        return false;
-    };
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-        false
-    } else {
-        std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
-    }
-}
-
 /// A bed whose host a sync (to t1, `--wait`) holds the lock of for `hold`, the holder, and
 /// when it started; `None` without strace.
 fn locked_bed(hold: Duration) -> Option<(Bed, Child, Instant)> {
@@ -160,7 +123,7 @@ fn locked_bed(hold: Duration) -> Option<(Bed, Child, Instant)> {
     let bed = Bed::new();
     let args = bed.sync_args(&bed.host, t(1), &["--wait"]);
     let started = Instant::now();
-    let holder = start_holder(&strace, &args, &bed.host.state, hold);
+    let holder = strace::start_holder(&strace, &args, &bed.host.state.join("lock"), 1, hold);
     Some((bed, holder, started))
 }
 
@@ -257,7 +220,7 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
     // dying a moment after strace does): that must happen promptly, not never.
     let lock = host.state.join("lock");
     let killed_at = Instant::now();
-    while lock_is_held(&lock) {
+    while strace::lock_is_held(&lock) {
         assert!(
             killed_at.elapsed() < Duration::from_secs(10),
             "the lock outlived the killed sync"
@@ -274,52 +237,6 @@ fn a_lock_left_by_a_killed_sync_does_not_block() {
 
 // ---------------------------------------------------------------------------------------------
 // Full disks
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs with `options` at `dir`; `None` (with a printed reason) when this
-    /// machine cannot, unless `DUPMIRROR_REQUIRE_ORACLE=1`.
-    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                skip(&format!("cannot mount a tmpfs here ({why}); run as root"));
-                None
-            }
-        }
-    }
-
-    fn remount(&self, options: &str) {
-        run_tool(
-            "mount",
-            [os("-o"), os(format!("remount,{options}")), os(&self.dir)],
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 #[derive(Default, Debug)]
 struct FullDiskTally {
@@ -487,7 +404,7 @@ fn an_io_error_anywhere_fails_cleanly() {
             "{errno} at {} #{} ({}): {}",
             p.syscall, p.nth, p.phase, p.line
         );
-        copy_tree(&template, &host.dir);
+        restore_host(&template, host);
         let r = strace::fail_at(&strace, &args, p, errno);
         if r.success() {
             // e.g. a failed fsync of a file that is rewritten anyway; the result must hold.

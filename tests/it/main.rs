@@ -26,6 +26,7 @@ mod refusals;
 mod remote_faults;
 mod remote_ftp;
 mod remote_http;
+mod security_dest;
 mod security_input;
 mod testdata_gen;
 mod testdata_repos;

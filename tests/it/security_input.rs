@@ -10,77 +10,51 @@
 //! Repositories are forged (support/fixture); servers are the small liars of
 //! support/hostile.rs.
 
-use crate::support::fixture::{delta, gzip, gzipped_zeros, tar, Entry, Forge, ForgedSet, SetName};
+use crate::support::bed::Bed;
+use crate::support::fixture::{delta, gzip, gzipped_zeros, tar, Entry, ForgedSet, SetName};
 use crate::support::hostile::*;
 use crate::support::oracle::BackupKind;
 use crate::support::*;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-const CANARY: &[u8] = b"canary: must never change\n";
 const MIB: u64 = 1 << 20;
 
-/// A repository, a host (DEST and its state directory) and a canary folder, side by side.
-struct Bed {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    dest: PathBuf,
-    state: PathBuf,
-    outside: PathBuf,
-    forge: Forge,
+/// What these tests do with the hostile-input bed (`support::bed`): sync it from any SOURCE,
+/// measure a sync, and check a refusal with its exact exit status.
+trait SourceBed {
+    fn args(&self, source: impl Into<OsString>, extra: &[&str]) -> Vec<OsString>;
+    fn sync_from(&self, source: impl Into<OsString>, extra: &[&str]) -> Run;
+    fn sync_local(&self) -> Run;
+    fn baseline_with(&self, extra: Vec<Entry>) -> Vec<Entry>;
+    fn sync_in_fixed_memory(&self, ctx: &str, path: &str, content: &[u8]);
+    fn refused(&self, ctx: &str, keywords: &[&str], status: i32, run: impl FnOnce() -> Run) -> Run;
 }
 
-impl Bed {
-    fn new() -> Bed {
-        let tmp = tempfile::Builder::new().prefix("dmsec").tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let outside = root.join("outside");
-        fs::create_dir_all(&outside).unwrap();
-        fs::write(outside.join("canary"), CANARY).unwrap();
-        Bed {
-            forge: Forge::new(&root.join("repo")),
-            dest: root.join("d"),
-            state: root.join("s"),
-            outside,
-            root,
-            _tmp: tmp,
-        }
-    }
-
+impl SourceBed for Bed {
     fn args(&self, source: impl Into<OsString>, extra: &[&str]) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec![
-            "sync".into(),
-            source.into(),
-            self.dest.clone().into(),
-            "--state-dir".into(),
-            self.state.clone().into(),
-            "--no-fsync".into(),
-            "--quiet".into(),
-            "--retries".into(),
-            "0".into(),
-        ];
-        v.extend(extra.iter().map(OsString::from));
-        v
+        let mut v = vec!["--no-fsync", "--quiet", "--retries", "0"];
+        v.extend(extra);
+        self.host.args("sync", source.into(), &v)
     }
 
-    fn sync(&self, source: impl Into<OsString>, extra: &[&str]) -> Run {
+    fn sync_from(&self, source: impl Into<OsString>, extra: &[&str]) -> Run {
         dupmirror(self.args(source, extra))
     }
 
     fn sync_local(&self) -> Run {
-        self.sync(self.forge.repo.clone(), &[])
+        self.sync_from(self.forge.repo.clone(), &[])
     }
 
-    /// A full set at t(0) with a small tree, synced from the local folder; its entries.
-    fn baseline(&self, extra: Vec<Entry>) -> Vec<Entry> {
-        let mut entries = vec![
-            Entry::dir("."),
-            Entry::dir("a"),
-            Entry::file("a/f", b"old f\n"),
-        ];
+    /// The bed's baseline full set at t(0) and `extra`, synced from the local folder; its
+    /// entries.
+    fn baseline_with(&self, extra: Vec<Entry>) -> Vec<Entry> {
+        let mut entries = self.baseline_entries();
         entries.extend(extra);
+        // Path order, as a tar of duplicity's has it (all are `snapshot/` entries here).
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
         self.forge.full(t(0), entries.clone());
         self.sync_local().assert_ok("baseline sync");
         entries
@@ -95,41 +69,36 @@ impl Bed {
         let peak = m.peak_rss_bytes / MIB;
         eprintln!("{ctx}: peak RSS {peak} MiB");
         m.run.assert_ok(ctx);
-        assert_eq!(fs::read(self.dest.join(path)).unwrap(), content, "{ctx}");
+        assert_eq!(
+            fs::read(self.host.dest.join(path)).unwrap(),
+            content,
+            "{ctx}"
+        );
         assert!(peak < 60, "{ctx}: peak RSS {peak} MiB");
     }
 
-    fn state_json(&self) -> Option<Vec<u8>> {
-        fs::read(self.state.join("state.json")).ok()
-    }
-
-    /// Runs `run`, which must be refused cleanly and change nothing (see the module doc).
-    /// `status` is the exit status it must end with (7: a damaged or hostile source).
-    fn expect_refused(
-        &self,
-        ctx: &str,
-        keywords: &[&str],
-        status: i32,
-        run: impl FnOnce() -> Run,
-    ) -> Run {
-        let before = Tree::capture_opt(&self.dest);
-        let outside = Tree::capture(&self.outside);
-        let state = self.state_json();
+    /// Runs `run`, which must be refused cleanly and change nothing (see the module doc),
+    /// with exit status `status` (7: a damaged or hostile source). A failed download may
+    /// leave its partial file in the cache, for the next run to resume.
+    fn refused(&self, ctx: &str, keywords: &[&str], status: i32, run: impl FnOnce() -> Run) -> Run {
+        let state_json = self.host.state.join("state.json");
+        let before = self.host.tree_opt();
+        let outside = self.outside_tree();
+        let state = fs::read(&state_json).ok();
         let r = run();
         r.assert_one_error_line(ctx, keywords, &[status]);
-        assert_dest_unchanged(&before, &Tree::capture_opt(&self.dest), ctx);
-        outside.assert_same(&Tree::capture(&self.outside), Compare::default(), ctx);
+        assert_dest_unchanged(&before, &self.host.tree_opt(), ctx);
+        outside.assert_same(&self.outside_tree(), Compare::default(), ctx);
         assert_eq!(
-            self.state_json(),
+            fs::read(&state_json).ok(),
             state,
             "{ctx}: the recorded state changed"
         );
-        let mut beside: Vec<String> = fs::read_dir(&self.root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !["repo", "d", "s", "outside", "hidden"].contains(&n.as_str()))
+        let beside: Vec<String> = self
+            .strays()
+            .into_iter()
+            .filter(|n| n != "hidden" && !n.starts_with("s/"))
             .collect();
-        beside.sort();
         assert_eq!(beside, Vec::<String>::new(), "{ctx}: new names beside DEST");
         r
     }
@@ -148,7 +117,7 @@ fn with_password(url: &str, user: &str, password: &str) -> String {
 #[test]
 fn listing_names_that_are_paths_are_refused() {
     let bed = Bed::new();
-    bed.baseline(vec![]);
+    bed.baseline_with(vec![]);
     let inc = bed
         .forge
         .inc(t(0), t(1), vec![Entry::file("a/new", b"new\n")]);
@@ -170,11 +139,11 @@ fn listing_names_that_are_paths_are_refused() {
             ..FtpOptions::default()
         },
     );
-    bed.expect_refused(
+    bed.refused(
         "FTP listing with ../ names",
         &["no real folder can hold", "refusing a listing"],
         7,
-        || bed.sync(ftp.url.clone(), &[]),
+        || bed.sync_from(ftp.url.clone(), &[]),
     );
     // Before, the cache downloaded the inc's volume to ../../outside/ (and deleted it once
     // applied, so only the request shows it afterwards).
@@ -207,9 +176,10 @@ fn credentials_never_follow_a_redirect_to_another_origin() {
         },
     );
     let source = with_password(&first.url, "alice", "s3cret-pw");
-    bed.sync(source, &[]).assert_ok("sync through a redirect");
+    bed.sync_from(source, &[])
+        .assert_ok("sync through a redirect");
     assert_eq!(
-        fs::read(bed.dest.join("f")).unwrap(),
+        fs::read(bed.host.dest.join("f")).unwrap(),
         b"served by the other origin\n"
     );
     let at_first = first.requests();
@@ -256,8 +226,8 @@ fn https_to_http_redirects_are_refused() {
     );
     let source = with_password(&secure.url, "alice", "s3cret-pw");
     let ca = ca.into_os_string().into_string().unwrap();
-    let r = bed.expect_refused("HTTPS to HTTP redirect", &["not encrypted"], 1, || {
-        bed.sync(source, &["--ca-file", &ca])
+    let r = bed.refused("HTTPS to HTTP redirect", &["not encrypted"], 1, || {
+        bed.sync_from(source, &["--ca-file", &ca])
     });
     assert!(!r.stderr.contains("s3cret"), "{}", r.stderr);
     assert!(
@@ -287,9 +257,9 @@ fn dest_status(bed: &Bed) -> report::DestStatus {
         OsString::from("status"),
         bed.forge.repo.clone().into(),
         "--dest".into(),
-        bed.dest.clone().into(),
+        bed.host.dest.clone().into(),
         "--state-dir".into(),
-        bed.state.clone().into(),
+        bed.host.state.clone().into(),
         "--json".into(),
     ]);
     r.assert_ok("status --json");
@@ -303,7 +273,7 @@ fn dest_status(bed: &Bed) -> report::DestStatus {
 #[test]
 fn a_source_that_goes_back_is_refused_and_reported() {
     let bed = Bed::new();
-    let full = bed.baseline(vec![]);
+    let full = bed.baseline_with(vec![]);
     // Going back replaces DEST from the full, which needs the full's signatures.
     fs::write(
         bed.forge.repo.join(sigtar_name(SetName::Full(t(0)))),
@@ -323,7 +293,7 @@ fn a_source_that_goes_back_is_refused_and_reported() {
     assert_eq!(st.newest_applied, Some(iso_time(t(2))));
 
     remove_set(&newest);
-    bed.expect_refused(
+    bed.refused(
         "newest set hidden",
         &["refusing to take DEST back", "--time"],
         7,
@@ -333,9 +303,9 @@ fn a_source_that_goes_back_is_refused_and_reported() {
 
     // Going back on purpose, then syncing on: allowed, and the mark follows the admin.
     let back = compact_time(t(1));
-    bed.sync(bed.forge.repo.clone(), &["--time", &back])
+    bed.sync_from(bed.forge.repo.clone(), &["--time", &back])
         .assert_ok("explicit --time back");
-    assert!(bed.dest.join("a/one").exists() && !bed.dest.join("a/two").exists());
+    assert!(bed.host.dest.join("a/one").exists() && !bed.host.dest.join("a/two").exists());
     bed.sync_local()
         .assert_ok("plain sync after going back on purpose");
     assert!(!dest_status(&bed).source_behind);
@@ -345,14 +315,14 @@ fn a_source_that_goes_back_is_refused_and_reported() {
 #[test]
 fn a_rebuilt_dest_does_not_go_back_either() {
     let bed = Bed::new();
-    bed.baseline(vec![]);
+    bed.baseline_with(vec![]);
     let newest = bed
         .forge
         .inc(t(0), t(1), vec![Entry::file("a/one", b"1\n")]);
     bed.sync_local().assert_ok("sync to t1");
-    fs::remove_dir_all(&bed.dest).unwrap();
+    fs::remove_dir_all(&bed.host.dest).unwrap();
     remove_set(&newest);
-    bed.expect_refused(
+    bed.refused(
         "rebuild from an older backup",
         &["refusing to take DEST back"],
         7,
@@ -476,9 +446,9 @@ fn an_endless_http_listing_is_cut_at_its_bound() {
         },
     );
     let mut peak = 0;
-    bed.expect_refused("endless HTTP listing", &["larger than 64 MiB"], 7, || {
+    bed.refused("endless HTTP listing", &["larger than 64 MiB"], 7, || {
         let Some(m) = run_measured(bed.args(http.url.clone(), &[])) else {
-            return bed.sync(http.url.clone(), &[]);
+            return bed.sync_from(http.url.clone(), &[]);
         };
         peak = m.peak_rss_bytes;
         eprintln!("endless HTTP listing: peak RSS {} MiB", peak / MIB);
@@ -500,9 +470,9 @@ fn an_endless_ftp_listing_is_cut_at_its_bound() {
         },
     );
     let mut peak = 0;
-    bed.expect_refused("endless FTP listing", &["larger than 64 MiB"], 7, || {
+    bed.refused("endless FTP listing", &["larger than 64 MiB"], 7, || {
         let Some(m) = run_measured(bed.args(ftp.url.clone(), &[])) else {
-            return bed.sync(ftp.url.clone(), &[]);
+            return bed.sync_from(ftp.url.clone(), &[]);
         };
         peak = m.peak_rss_bytes;
         eprintln!("endless FTP listing: peak RSS {} MiB", peak / MIB);
@@ -531,8 +501,8 @@ fn downloads_stop_at_the_listed_size() {
             ..HttpOptions::default()
         },
     );
-    bed.expect_refused("file longer than listed", &["listing gives"], 7, || {
-        bed.sync(http.url.clone(), &[])
+    bed.refused("file longer than listed", &["listing gives"], 7, || {
+        bed.sync_from(http.url.clone(), &[])
     });
     let sent = http.sent.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
@@ -629,7 +599,7 @@ fn signatures_of(entries: &[Entry]) -> Vec<Entry> {
 #[test]
 fn a_huge_signature_entry_is_read_in_fixed_memory() {
     let bed = Bed::new();
-    bed.baseline(vec![]);
+    bed.baseline_with(vec![]);
     let name = SetName::Inc(t(0), t(1));
     bed.forge.set(name, &[vec![Entry::file("a/new", b"new\n")]]);
     fs::write(
@@ -651,10 +621,10 @@ const STAGING_BOUND: u64 = 32 * MIB;
 #[test]
 fn a_gzip_bomb_with_a_wrong_hash_writes_nothing() {
     let bed = Bed::new();
-    bed.baseline(vec![]);
+    bed.baseline_with(vec![]);
     let inc = bed.forge.inc(t(0), t(1), vec![Entry::file("a/x", b"x\n")]);
     fs::write(&inc.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
-    bed.expect_refused("gzip bomb, wrong SHA1", &["SHA1 mismatch"], 7, || {
+    bed.refused("gzip bomb, wrong SHA1", &["SHA1 mismatch"], 7, || {
         run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
     });
 }
@@ -673,7 +643,7 @@ fn a_delta_cannot_amplify_past_its_bound() {
     let bomb = delta(&ops);
     for with_signature in [true, false] {
         let bed = Bed::new();
-        bed.baseline(vec![Entry::file("big", &basis)]);
+        bed.baseline_with(vec![Entry::file("big", &basis)]);
         let name = SetName::Inc(t(0), t(1));
         bed.forge.set(name, &[vec![Entry::diff("big", &bomb)]]);
         if with_signature {
@@ -687,7 +657,7 @@ fn a_delta_cannot_amplify_past_its_bound() {
             .unwrap();
         }
         let ctx = format!("delta amplification, signature: {with_signature}");
-        bed.expect_refused(&ctx, &["the delta writes more than"], 7, || {
+        bed.refused(&ctx, &["the delta writes more than"], 7, || {
             run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
         });
     }
@@ -704,7 +674,7 @@ fn a_password_in_a_malformed_url_is_never_shown() {
         "https://alice:hun?ter2@127.0.0.1/repo/",
         "http://alice:hun#ter2@127.0.0.1/repo/",
     ] {
-        let r = bed.expect_refused(source, &["SOURCE"], 1, || bed.sync(source, &[]));
+        let r = bed.refused(source, &["SOURCE"], 1, || bed.sync_from(source, &[]));
         assert!(
             !r.stderr.contains("hunter2") && !r.stderr.contains("ter2"),
             "{}",

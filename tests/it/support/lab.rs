@@ -242,6 +242,29 @@ pub fn copy_tree(from: &Path, to: &Path) {
     run_tool("cp", [os("-a"), os(from), os(to)]);
 }
 
+/// Puts a host back as `template` (a [`copy_tree`] of its folder) holds it, keeping the DEST
+/// folder itself when both have one: the state records DEST's identity (device and inode),
+/// and a copy would be another folder, which dupmirror rightly refuses to take for the one
+/// it synced.
+pub fn restore_host(template: &Path, host: &Host) {
+    let keep = template.join(host.dest.file_name().unwrap()).is_dir()
+        && fs::symlink_metadata(&host.dest).is_ok_and(|m| m.is_dir());
+    for entry in fs::read_dir(&host.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !(keep && path == host.dest) {
+            remove_tree(&path);
+        }
+    }
+    if keep {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&host.dest, fs::Permissions::from_mode(0o700)).unwrap();
+        for entry in fs::read_dir(&host.dest).unwrap() {
+            remove_tree(&entry.unwrap().path());
+        }
+    }
+    run_tool("cp", [os("-a"), os(template.join(".")), os(&host.dir)]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hosts running dupmirror
 

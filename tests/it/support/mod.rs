@@ -7,13 +7,15 @@
 //! * [`lab`]: a source tree, the repository upstream writes of it, and hosts (DEST plus state
 //!   directory) that sync from it; [`source`] builds and changes the source tree;
 //! * [`scenario`]: the oracle scenario driver (a host per step, a late host, time travel);
+//! * [`bed`]: a forged repository, a host and a canary folder, for hostile-input tests;
 //! * [`fixture`]: the one fixture builder for repositories upstream never writes: sets forged
 //!   byte by byte, and upstream sets rewritten (renamed entries, fixed manifests);
 //! * [`tree`]: tree snapshots and their text form (the committed `testdata/**/*.tree` files);
 //! * [`report`]: dupmirror's `--json` reports as typed structs;
 //! * [`remote`], [`proxy`]: servers on 127.0.0.1 and a fault-injecting TCP proxy;
 //!   [`hostile`]: lying servers, and runs measured for peak memory and capped in file size;
-//! * [`gpg`]: private GnuPG homes; [`strace`]: kills and errors at exact syscalls;
+//! * [`gpg`]: private GnuPG homes; [`strace`]: kills and errors at exact syscalls, and
+//!   locks held at them; [`tmpfs`]: a small or second file system;
 //! * [`time`]: backup times and duplicity's time formats.
 //!
 //! The tests talk to dupmirror only through its command line (docs/design.md §8) and compare
@@ -31,6 +33,7 @@
 //! dupmirror never inherits `PASSPHRASE` or `GNUPGHOME` from the tests' environment: the
 //! encryption tests give it their own (`gpg`).
 
+pub mod bed;
 pub mod fixture;
 pub mod gpg;
 pub mod hostile;
@@ -44,6 +47,7 @@ pub mod scenario;
 pub mod source;
 pub mod strace;
 pub mod time;
+pub mod tmpfs;
 pub mod tree;
 
 pub use lab::{assert_dest_unchanged, assert_dest_unchanged_or_at, remove_tree, Host, Lab};

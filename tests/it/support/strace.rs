@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Syscalls that change files, directories, attributes or durability: the kill points.
 pub const MUTATING: &[&str] = &[
@@ -116,7 +116,9 @@ fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str
     } else if path.starts_with(dest.as_ref()) {
         match syscall {
             s if s.starts_with("rename") => "rename into DEST",
-            "utimensat" | "chmod" | "fchmodat" | "fchownat" | "lchown" => "attributes in DEST",
+            "utimensat" | "chmod" | "fchmod" | "fchmodat" | "fchown" | "fchownat" | "lchown" => {
+                "attributes in DEST"
+            }
             "unlink" | "unlinkat" | "rmdir" => "removal in DEST",
             _ => "other change in DEST",
         }
@@ -134,6 +136,42 @@ fn first_path(args: &str) -> Option<String> {
     Some(args[start..end].to_string())
 }
 
+/// A descriptor as `strace -y` prints it, `5</a/b>`: its number and path; and the rest.
+fn fd_with_path(text: &str) -> Option<(&str, &str, &str)> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let rest = text[digits..].strip_prefix('<')?;
+    let end = rest.find('>')?;
+    Some((&text[..digits], &rest[..end], &rest[end + 1..]))
+}
+
+/// The path a traced call acts on. dupmirror works through directory descriptors, so most
+/// calls name an entry of one (`renameat2(5</d/a>, "x", ...)`, shown with its path by
+/// `strace -y`): that directory joined with the name; a call on a descriptor alone
+/// (`write`, `fsync`, `futimens`) acts on the descriptor's path; a `/proc/self/fd/N` path
+/// (a chmod through a pinned descriptor) on the path that descriptor was opened with.
+fn call_path(name: &str, args: &str, fds: &HashMap<String, String>) -> String {
+    let args = args.strip_prefix("AT_FDCWD, ").unwrap_or(args);
+    let path = if let Some((_, dir, rest)) = fd_with_path(args) {
+        match rest.strip_prefix(", \"") {
+            Some(r) if !FD_CALLS.contains(&name) => {
+                let entry = &r[..r.find('"').unwrap_or(r.len())];
+                if entry.is_empty() {
+                    dir.to_string()
+                } else {
+                    format!("{dir}/{entry}")
+                }
+            }
+            _ => dir.to_string(),
+        }
+    } else {
+        first_path(args).unwrap_or_default()
+    };
+    match path.strip_prefix("/proc/self/fd/") {
+        Some(fd) => fds.get(fd).cloned().unwrap_or(path),
+        None => path,
+    }
+}
+
 /// Runs dupmirror under strace logging the mutating syscalls; returns the run and every
 /// kill point of the main thread, in order.
 pub fn census(strace: &Path, args: &[OsString], host: &Host, repo: &Path) -> (Run, Vec<KillPoint>) {
@@ -141,6 +179,7 @@ pub fn census(strace: &Path, args: &[OsString], host: &Host, repo: &Path) -> (Ru
     let mut cmd = Command::new(strace);
     cmd.arg("-f")
         .arg("-qq")
+        .arg("-y")
         .arg("-s")
         .arg("200")
         .arg("-o")
@@ -154,8 +193,8 @@ pub fn census(strace: &Path, args: &[OsString], host: &Host, repo: &Path) -> (Ru
     let mut main_tid: Option<u32> = None;
     let mut counts: HashMap<(u32, String), u32> = HashMap::new();
     let mut other_thread_calls: std::collections::BTreeSet<String> = Default::default();
+    // Descriptors opened so far and their paths, from `openat(...) = 7</a/b>`.
     let mut fds: HashMap<String, String> = HashMap::new();
-    let mut pending_open: HashMap<u32, String> = HashMap::new();
     let mut points = Vec::new();
     for line in text.lines() {
         let Some((tid, rest)) = line.split_once(' ') else {
@@ -165,16 +204,13 @@ pub fn census(strace: &Path, args: &[OsString], host: &Host, repo: &Path) -> (Ru
             continue;
         };
         let rest = rest.trim_start();
-        if let Some(resumed) = rest.strip_prefix("<... ") {
-            // "<... openat resumed>) = 5": the result of a call counted at its start.
-            if resumed.starts_with("openat resumed") {
-                if let (Some(path), Some((_, fd))) =
-                    (pending_open.remove(&tid), resumed.rsplit_once("= "))
-                {
-                    fds.insert(fd.split(' ').next().unwrap_or("").to_string(), path);
-                }
+        if rest.contains("openat") {
+            if let Some((fd, path, _)) = rest.rsplit_once("= ").and_then(|(_, r)| fd_with_path(r)) {
+                fds.insert(fd.to_string(), path.to_string());
             }
-            continue;
+        }
+        if rest.starts_with("<... ") {
+            continue; // the result of a call counted at its start
         }
         let Some((name, args)) = rest.split_once('(') else {
             continue;
@@ -189,26 +225,7 @@ pub fn census(strace: &Path, args: &[OsString], host: &Host, repo: &Path) -> (Ru
             other_thread_calls.insert(name.to_string());
             continue;
         }
-        let path = if name == "openat" {
-            let p = first_path(args).unwrap_or_default();
-            match args.rsplit_once("= ") {
-                Some((_, fd)) if !args.ends_with("<unfinished ...>") => {
-                    fds.insert(fd.split(' ').next().unwrap_or("").to_string(), p.clone());
-                }
-                _ => {
-                    pending_open.insert(tid, p.clone());
-                }
-            }
-            p
-        } else if let Some(p) =
-            first_path(args).filter(|p| p.starts_with('/') && !FD_CALLS.contains(&name))
-        {
-            p
-        } else {
-            // write(5, ...), fsync(5), syncfs(5): the path the fd was opened with.
-            let fd = args.split([',', ')']).next().unwrap_or("").trim();
-            fds.get(fd).cloned().unwrap_or_default()
-        };
+        let path = call_path(name, args, &fds);
         points.push(KillPoint {
             syscall: name.to_string(),
             nth: *n,
@@ -277,5 +294,50 @@ pub fn points_wanted(default: usize) -> usize {
         Some("all") => usize::MAX,
         Some(n) => n.parse().unwrap_or(default),
         None => default,
+    }
+}
+
+/// Starts a sync that takes a lock and then holds it for `hold` (strace delays the return
+/// of its `nth` `flock`: 1 for the state folder's lock, 2 for DEST's). Waits until `lock`
+/// (the lock file, or DEST) is really held.
+pub fn start_holder(
+    strace: &Path,
+    args: &[OsString],
+    lock: &Path,
+    nth: u32,
+    hold: Duration,
+) -> Child {
+    let inject = format!("delay_exit={}:when={nth}", hold.as_micros());
+    let mut child = injected(strace, args, "flock", &inject)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start strace");
+    let start = Instant::now();
+    while !lock_is_held(lock) {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the first sync never took the lock");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Whether another process holds the flock on `path`, a file or a folder (a probe that
+/// takes and drops it).
+pub fn lock_is_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = fs::File::open(path) else {
+        return false;
+    };
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        false
+    } else {
+        std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
     }
 }

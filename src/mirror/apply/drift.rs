@@ -1,0 +1,99 @@
+//! Telling DEST's drift from a bad set, for the files an incremental patches.
+//!
+//! An incremental's delta rebuilds a file from the copy the previous backup left in DEST.
+//! When someone edited that copy, the delta either does not apply or yields the wrong
+//! bytes. The set records the new file's librsync signature, so the result can be checked:
+//!
+//! ```text
+//! judge(path, patch outcome, staged result):
+//!     not watching (a repair's scratch mirror, whose bases are exact):
+//!         a patch that fails is an error; a result is taken as it is
+//!     watching (an incremental over DEST, with the set's new signatures):
+//!         the patch failed, or the result's signature is not the one the set records
+//!                                   -> Drifted: the caller restores the path from the chain
+//!         otherwise                 -> Fits
+//! ```
+//!
+//! Only content drifts: DEST holding another kind of object where the set patches a
+//! regular file is a contradiction, refused before any patching (update.rs). A delta that
+//! is itself corrupt looks like drift here; it fails again, as an error, when the repair
+//! applies it to the basis restored from the chain. One that writes past its output bound
+//! ([`DriftCheck::output_bound`]) is refused at once: its output length does not depend on
+//! the basis.
+
+use crate::decode::delta::{self, SigDigest};
+use crate::error::Error;
+use crate::index::PathIndex;
+use crate::mirror::compare::content_matches;
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+
+#[derive(Default)]
+pub struct DriftCheck {
+    /// The set's new signatures, when watching.
+    signatures: Option<BTreeMap<PathIndex, SigDigest>>,
+    drifted: BTreeSet<PathIndex>,
+}
+
+/// What a patch outcome means.
+pub enum Verdict {
+    /// The result is the file the set describes (this many bytes).
+    Fits(u64),
+    /// DEST's copy was not what the previous backup left.
+    Drifted,
+}
+
+impl DriftCheck {
+    pub fn watch(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
+        self.signatures = Some(signatures);
+    }
+
+    /// The most a delta may write for `index`: what the set's new signature of the file
+    /// allows, else [`delta::unsigned_output_bound`] of its basis and delta lengths. A
+    /// delta of endless copies must not fill the disk.
+    pub fn output_bound(&self, index: &PathIndex, basis_len: u64, delta_len: u64) -> u64 {
+        self.signatures
+            .as_ref()
+            .and_then(|s| s.get(index))
+            .and_then(SigDigest::max_size)
+            .unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len))
+    }
+
+    /// Judges the outcome of patching `index`; `result` opens the patched file.
+    pub fn judge(
+        &mut self,
+        index: &PathIndex,
+        patched: Result<u64>,
+        result: impl FnOnce() -> Result<File>,
+    ) -> Result<Verdict> {
+        let corrupt = patched
+            .as_ref()
+            .is_err_and(|e| matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
+        let Some(signatures) = self.signatures.as_ref().filter(|_| !corrupt) else {
+            let n = patched.with_context(|| format!("cannot apply the change to {index}"))?;
+            return Ok(Verdict::Fits(n));
+        };
+        let fits = match (&patched, signatures.get(index)) {
+            (Err(_), _) => false,
+            (Ok(n), Some(sig)) => content_matches(&result()?, *n, sig)?,
+            (Ok(_), None) => true,
+        };
+        match patched {
+            Ok(n) if fits => Ok(Verdict::Fits(n)),
+            _ => {
+                self.drifted.insert(index.clone());
+                Ok(Verdict::Drifted)
+            }
+        }
+    }
+
+    /// A path still drifted (to be repaired before the set can commit).
+    pub fn first(&self) -> Option<&PathIndex> {
+        self.drifted.iter().next()
+    }
+
+    pub fn take(&mut self) -> BTreeSet<PathIndex> {
+        std::mem::take(&mut self.drifted)
+    }
+}
