@@ -7,18 +7,22 @@
 #        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
 #        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
 #        tests), python3-openssl (pyftpdlib's FTPS), openssl (test certificates, htpasswd),
-#        pigz; for the fleet tests: prometheus (promtool checks the metrics file), systemd
+#        pigz, openssh-server (SFTP tests: sshd with its own config on 127.0.0.1); for the
+#        fleet tests: prometheus (promtool checks the metrics file), systemd
 #        (systemd-analyze verifies the units), man-db and groff (the man page renders without
 #        warnings), zsh and fish (the completion scripts parse), dpkg-dev (the .deb is built
 #        and inspected), util-linux (flock holds a lock in the exit-status test); time (GNU
 #        time: the peak memory of a run, for the memory-bound tests)
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
+#   venv: moto's S3 server, boto3 and duplicity 3.2.1 at ${DUPMIRROR_MOTO_VENV:-/opt/moto}
+#         (S3 tests: upstream duplicity writes straight into moto_server)
 set -euo pipefail
 
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
+MOTO_VENV="${DUPMIRROR_MOTO_VENV:-/opt/moto}"
 DUP3_VERSION=3.2.1
 APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz
-              prometheus systemd man-db groff zsh fish dpkg-dev util-linux time)
+              openssh-server prometheus systemd man-db groff zsh fish dpkg-dev util-linux time)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -76,4 +80,29 @@ else
     have_dup3 || die "duplicity $DUP3_VERSION does not run from $VENV"
 fi
 log "upstream 3.x: $("$VENV/bin/duplicity" --version) at $VENV/bin/duplicity"
+
+# --- moto (an S3 server), boto3 and duplicity 3.x in a second venv ---------------------------
+# duplicity's boto3 backend needs boto3 in the same interpreter, so this venv has its own
+# duplicity, installed without its dependencies (some of its other backends' dependencies no
+# longer build): the boto3 backend needs only boto3 and fasteners.
+have_moto() {
+    [ -x "$MOTO_VENV/bin/moto_server" ] && [ -x "$MOTO_VENV/bin/duplicity" ] &&
+        "$MOTO_VENV/bin/python" -c 'import boto3, moto' 2>/dev/null &&
+        "$MOTO_VENV/bin/duplicity" --version 2>/dev/null | grep -q "^duplicity $DUP3_VERSION"
+}
+if have_moto; then
+    log "venv: moto, boto3 and duplicity $DUP3_VERSION already at $MOTO_VENV"
+else
+    py=$(command -v /usr/bin/python3 || command -v python3)
+    log "venv: creating $MOTO_VENV with $py"
+    "${SUDO[@]}" rm -rf "$MOTO_VENV"
+    "${SUDO[@]}" "$py" -m venv "$MOTO_VENV"
+    log "venv: pip install moto[server] boto3 fasteners; duplicity==$DUP3_VERSION --no-deps"
+    "${SUDO[@]}" "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check \
+        'moto[server]' boto3 'fasteners>=0.19'
+    "${SUDO[@]}" "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+        "duplicity==$DUP3_VERSION"
+    have_moto || die "moto_server, boto3 or duplicity $DUP3_VERSION missing from $MOTO_VENV"
+fi
+log "s3 server: $MOTO_VENV/bin/moto_server"
 log "done"

@@ -31,6 +31,14 @@ pub enum Error {
     #[error("refusing to take DEST back from {held} to {offered}, the newest backup the source still offers: its newer sets are gone (removed, or hidden by the server or the network); to go back on purpose, pass --time {offered}")]
     Rollback { held: String, offered: String },
 
+    /// Two sources hold different copies of one file of the repository (a manifest).
+    #[error("split brain: {first} and {second} hold different copies of {name}; refusing to use either until they agree (or drop one with --source)")]
+    SplitBrain {
+        name: String,
+        first: String,
+        second: String,
+    },
+
     /// Another process holds the state directory's lock.
     #[error("another dupmirror sync holds the lock on {0} (use --wait to wait for it)")]
     Locked(PathBuf),

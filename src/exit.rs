@@ -11,7 +11,9 @@
 //! Error::Locked                   -> 5 lock held
 //! CryptoError                     -> 6 decryption or signature failure
 //! Error::Corrupt, HashMismatch,
-//!   UnsafePath, Rollback          -> 7 damaged or hostile repository (or source)
+//!   UnsafePath, SplitBrain,
+//!   Rollback                      -> 7 damaged or hostile repository (or sources that
+//!                                      disagree about it, or one that went back)
 //! Error::DestDiffers              -> 8 DEST differs (verify)
 //! anything else                   -> 1
 //! ```
@@ -110,6 +112,7 @@ impl Exit {
             Error::Corrupt(_)
             | Error::HashMismatch { .. }
             | Error::UnsafePath { .. }
+            | Error::SplitBrain { .. }
             | Error::Rollback { .. } => Exit::BadRepository,
         })
     }

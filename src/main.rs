@@ -18,6 +18,7 @@ use dupmirror::progress::Reporter;
 use dupmirror::repo::filename::Prefixes;
 use dupmirror::repo::RepoOptions;
 use dupmirror::source::meter::parse_rate;
+use dupmirror::source::sftp::SshOptions;
 use dupmirror::source::SourceOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -99,7 +100,7 @@ impl CryptoOptions {
     }
 }
 
-/// How to reach a remote SOURCE (ftp://, ftps://, http://, https://).
+/// How to reach a remote SOURCE (ftp://, ftps://, http://, https://, s3://, sftp://).
 #[derive(Args, Clone)]
 struct RemoteOptions {
     /// Retries after a transient network failure (with exponential backoff)
@@ -114,9 +115,19 @@ struct RemoteOptions {
     /// Cap the download rate: KiB/s, or with a unit: 500K, 2M, 1G, 10MB (like rsync)
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
     bwlimit: Option<u64>,
-    /// Also trust the CA certificates in this PEM file (https://, ftps://)
+    /// Also trust the CA certificates in this PEM file (https://, ftps://, s3://)
     #[arg(long, global = true, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// The S3-compatible server of s3:// sources (path-style); default: $AWS_ENDPOINT_URL,
+    /// else AWS
+    #[arg(long, global = true, value_name = "URL")]
+    s3_endpoint_url: Option<String>,
+    /// Run ssh with this configuration file instead of ~/.ssh/config (sftp://)
+    #[arg(long, global = true, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// Pass `-o OPTION` to ssh (repeatable; BatchMode and StrictHostKeyChecking stay on)
+    #[arg(long, global = true, value_name = "OPTION")]
+    ssh_option: Vec<String>,
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
@@ -134,6 +145,11 @@ impl RemoteOptions {
             read_timeout: seconds(self.timeout, "timeout")?,
             ca_file: self.ca_file.clone(),
             bwlimit: self.bwlimit,
+            s3_endpoint: self.s3_endpoint_url.clone(),
+            ssh: SshOptions {
+                config: self.ssh_config.clone(),
+                options: self.ssh_option.clone(),
+            },
         })
     }
 }
@@ -252,10 +268,18 @@ impl RepoArgs {
 
 #[derive(Args)]
 struct SyncArgs {
-    /// The duplicity repository: a path, file://, ftp://, ftps://, http:// or https:// URL
+    /// The duplicity repository: a path, or a file://, ftp://, ftps://, http://, https://,
+    /// s3:// or sftp:// URL (with --source given, it may be left out)
+    #[arg(value_name = "SOURCE")]
     source: String,
     /// The tree to keep in sync (holds exactly the backed-up files)
-    dest: PathBuf,
+    #[arg(value_name = "DEST")]
+    dest: Option<PathBuf>,
+    /// Another source of the same repository (repeatable), in order of preference after
+    /// SOURCE: each run follows the first that answers and is not stale; volumes may come
+    /// from any of them
+    #[arg(long = "source", value_name = "URL")]
+    sources: Vec<String>,
     /// Backup time to sync to: 2026-01-02T03:04:05Z, 20260102T030405Z, epoch seconds, ...
     #[arg(long, short = 't')]
     time: Option<String>,
@@ -283,8 +307,8 @@ struct SyncArgs {
     /// Print nothing but errors (no progress bars, no retry notices)
     #[arg(long, short = 'q')]
     quiet: bool,
-    /// Most volumes in the download cache at once: the one being applied and those
-    /// downloading ahead of it (1: no prefetch)
+    /// Volumes downloaded at the same time, and most volumes in the download cache at once
+    /// (the one being applied counts; 1: download and apply in turn); --bwlimit caps the sum
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     prefetch: u32,
@@ -305,13 +329,14 @@ impl SyncArgs {
         jitter: bool,
         record: bool,
     ) -> Result<Job> {
+        let (sources, dest) = self.sources_and_dest()?;
         Ok(Job {
             name,
             reporter: Arc::new(Reporter::new(bars, notices)),
             sync: sync::SyncOptions {
                 repo: self.repo.options()?,
-                source: self.source,
-                dest: self.dest,
+                sources,
+                dest,
                 time: self.time,
                 state_dir: self.state_dir,
                 paths: self.paths,
@@ -334,7 +359,8 @@ impl SyncArgs {
 
     /// Where this mirror's metrics come from and go (None: DEST cannot be resolved).
     fn series(&self, mirror: &str) -> Option<Series> {
-        let paths = DestPaths::resolve(&self.dest, self.state_dir.as_deref()).ok()?;
+        let (_, dest) = self.sources_and_dest().ok()?;
+        let paths = DestPaths::resolve(&dest, self.state_dir.as_deref()).ok()?;
         Some(Series {
             mirror: mirror.to_string(),
             state_dir: paths.state_root,
@@ -357,6 +383,23 @@ fn sync_args(matches: &ArgMatches) -> Result<SyncArgs> {
 
 fn load_config(explicit: Option<&std::path::Path>) -> Result<Config> {
     Ok(config::load(&config::locate(explicit), &sync_command())?)
+}
+
+impl SyncArgs {
+    /// `SOURCE DEST`, or `DEST` alone with `--source`: the sources in order, and DEST.
+    fn sources_and_dest(&self) -> Result<(Vec<String>, PathBuf)> {
+        match &self.dest {
+            Some(dest) => {
+                let mut sources = vec![self.source.clone()];
+                sources.extend(self.sources.iter().cloned());
+                Ok((sources, dest.clone()))
+            }
+            None if !self.sources.is_empty() => {
+                Ok((self.sources.clone(), PathBuf::from(&self.source)))
+            }
+            None => anyhow::bail!("sync needs SOURCE and DEST (or DEST and --source URL)"),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -555,6 +598,22 @@ fn print_sync(r: &sync::SyncReport) {
 
 /// The accounting of a remote sync: what crossed the network, and where the time went.
 fn print_transfer(r: &sync::SyncReport) {
+    if r.sources.len() > 1 {
+        let each: Vec<String> = r
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} ({:?}, served {} file(s), {})",
+                    s.source,
+                    s.role,
+                    s.served.files.len(),
+                    human_bytes(s.served.bytes)
+                )
+            })
+            .collect();
+        println!("sources: {}", each.join("; "));
+    }
     let t = &r.transfer;
     if t.listings == 0 {
         return; // a local source: read in place
@@ -863,7 +922,7 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Sync(a) => {
             let bars = !a.quiet && interactive;
             let (json, quiet) = (a.json, a.quiet);
-            let name = a.dest.display().to_string();
+            let name = a.sources_and_dest()?.1.display().to_string();
             let series = a.series(&name);
             let notices = (!quiet).then(|| log.clone());
             let record = a.around.metrics_file.is_some();
@@ -894,13 +953,12 @@ fn run(cli: Cli) -> Result<Exit> {
             }
             if r.check {
                 for m in &selected {
-                    let a = sync_args(&m.matches)?;
-                    println!(
-                        "{}: {} -> {}",
-                        m.name,
-                        dupmirror::source::url::redact(&a.source),
-                        a.dest.display()
-                    );
+                    let (sources, dest) = sync_args(&m.matches)?.sources_and_dest()?;
+                    let shown: Vec<String> = sources
+                        .iter()
+                        .map(|s| dupmirror::source::url::redact(s))
+                        .collect();
+                    println!("{}: {} -> {}", m.name, shown.join(", "), dest.display());
                 }
                 println!(
                     "{}: {} mirror(s), configuration OK",
@@ -969,10 +1027,18 @@ fn run(cli: Cli) -> Result<Exit> {
             let mut lines = Vec::new();
             for m in config.select(&a.mirrors)? {
                 let s = sync_args(&m.matches)?;
-                let paths = DestPaths::resolve(&s.dest, s.state_dir.as_deref())?;
+                // The mirror's status is its first source's (the one it prefers).
+                let (sources, dest) = s.sources_and_dest()?;
+                let paths = DestPaths::resolve(&dest, s.state_dir.as_deref())?;
                 let repo = s.repo.options()?;
                 let reporter = Arc::new(Reporter::default());
-                lines.push(mirror_status(&m.name, &s.source, &paths, &repo, &reporter));
+                lines.push(mirror_status(
+                    &m.name,
+                    &sources[0],
+                    &paths,
+                    &repo,
+                    &reporter,
+                ));
             }
             if a.json {
                 print_json(&lines)?;

@@ -265,7 +265,7 @@ fn a_source_that_cuts_fails_and_damages_reads_as_the_folder_does() {
             faults,
         )),
         3,
-        Meter::new(None, reporter.clone()),
+        Arc::new(Meter::new(None, reporter.clone())),
     )
     .without_waiting();
     let repo =

@@ -203,7 +203,7 @@ mod tests {
 
     fn sync_to(dest: &Path, time: Option<String>, paths: &[&str], dry_run: bool) -> SyncOptions {
         SyncOptions {
-            source: repo(),
+            sources: vec![repo()],
             dest: dest.to_path_buf(),
             time,
             state_dir: None,

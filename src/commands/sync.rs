@@ -7,7 +7,7 @@
 //! set left it and cleans the staging
 //! area.
 
-use super::{open_repository, resolve_time};
+use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::Recovery;
@@ -23,6 +23,7 @@ use crate::mirror::repair::{self, RepairStats};
 use crate::mirror::rollback;
 use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
+use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::sigtar::set_signatures;
 use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
@@ -34,7 +35,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SyncOptions {
-    pub source: String,
+    /// The sources of the repository, in order of preference (see `repo::select`).
+    pub sources: Vec<String>,
     pub dest: PathBuf,
     pub time: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -71,7 +73,10 @@ pub struct SetReport {
 
 #[derive(Serialize)]
 pub struct SyncReport {
+    /// The source followed (the primary).
     pub source: String,
+    /// Every source: its role in this run and what it served.
+    pub sources: Vec<SourceStatus>,
     pub dest: PathBuf,
     pub dry_run: bool,
     /// The state before this run (None: never synced).
@@ -151,7 +156,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let mut mark = state.as_ref().or(stale.as_ref()).map(rollback::high_water);
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
+    let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let explicit_time = opts.time.is_some();
@@ -179,6 +184,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
+        sources: Vec::new(),
         dest: dest.clone(),
         dry_run: opts.dry_run,
         from: state.as_ref().map(|s| format_iso(s.end_time)),
@@ -224,6 +230,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
             .map(|d| d.gpg_signatures())
             .filter(|t| t.encrypted_files > 0);
         report.transfer = reporter.transfer();
+        report.sources = selection.report();
         report.phases = phases;
         report.changed = changed;
         Ok(report)

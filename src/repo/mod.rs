@@ -9,6 +9,7 @@ pub mod collection;
 pub mod filename;
 pub mod manifest;
 mod repository;
+pub mod select;
 pub mod sigtar;
 pub mod time;
 

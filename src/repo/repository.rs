@@ -108,6 +108,8 @@ impl Repository {
             .manifest
             .as_ref()
             .ok_or_else(|| anyhow!("set {} has no manifest", set.label()))?;
+        // Every source must agree on the manifest: it anchors the set's volumes.
+        self.backend.verify_copies(&file.name)?;
         let max_volume = set.volumes.keys().max().copied().unwrap_or(0);
         let mut reader = self.reader(file, None)?;
         let parsed = Manifest::read(&mut io::BufReader::new(&mut reader), max_volume);

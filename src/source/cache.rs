@@ -1,15 +1,24 @@
 //! Getting a sync's volumes from a remote source into `<state-dir>/cache/` ahead of use (a
 //! local source is read in place and needs none of this).
 //!
-//! A background thread downloads the volumes of the plan in the order they will be applied,
-//! so the link and the CPU work together, with at most `--prefetch N` volume files in the
-//! cache at once (the one being applied counts; N = 1 downloads and applies in turn). A
-//! download goes to `NAME.part`, resumes from that file's length when it is there (an
-//! earlier run was interrupted), is hashed as it arrives and becomes `NAME` only when its
-//! SHA1 matches the manifest; a mismatch fetches the file once more from scratch, then
-//! fails. The applier takes the volumes in order and each file is deleted when the applier
-//! is done with it, so the cache never holds what is applied. Files of an interrupted run
-//! stay for the next one, which keeps those it still wants and deletes the rest.
+//! ```text
+//! N = --prefetch; volumes numbered in the order the sets apply them
+//! N download threads: each claims the next volume i once i < released + N,
+//!                     downloads it (resuming NAME.part), checks its SHA1, renames it NAME
+//! applier:            takes volume 0, 1, 2 ... in order, waiting for each; deleting a
+//!                     volume it is done with releases a place
+//! ```
+//!
+//! So at most N volume files are in the cache at once (the one being applied counts), and
+//! up to N download at the same time: object stores and SSH links answer each request
+//! late, and parallel requests hide that. All downloads share the one meter, so
+//! `--bwlimit` caps their sum. N = 1 downloads and applies in turn. A download goes to
+//! `NAME.part`, resumes from that file's length when it is there (an earlier run was
+//! interrupted), is hashed as it arrives and becomes `NAME` only when its SHA1 matches the
+//! manifest; a mismatch fetches the file once more from scratch, then fails. After a
+//! failure no new download starts; the applier meets the failure in order. Files of an
+//! interrupted run stay for the next one, which keeps those it still wants and deletes the
+//! rest.
 //! A download stops at the size the listing gave (`source::checked`), so a server cannot
 //! fill the disk, and only plain file names (`source::names`) are joined to the cache path.
 
@@ -41,14 +50,14 @@ pub struct WantedVolume {
 /// Time spent getting volumes, as reported.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FetchTimes {
-    /// Time the download thread spent downloading (overlaps with applying).
+    /// Time spent downloading, summed over the parallel downloads (overlaps with applying).
     pub download_seconds: f64,
     /// Time the applier waited for a volume to arrive.
     pub wait_seconds: f64,
 }
 
-/// The download thread and the cache it fills. Dropping it stops the thread; files it
-/// left stay for the next run.
+/// The download threads and the cache they fill. Dropping it stops them; files they left
+/// stay for the next run.
 pub struct Fetcher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -75,6 +84,10 @@ struct State {
     taken: usize,
     /// Volumes whose cache file is gone.
     released: usize,
+    /// The next volume for a download thread to claim.
+    claimed: usize,
+    /// A download failed: start no more.
+    failed: bool,
     busy: Duration,
 }
 
@@ -114,7 +127,7 @@ impl Fetcher {
         let thread = std::thread::Builder::new()
             .name("prefetch".into())
             .spawn(move || worker.run())
-            .context("cannot start the download thread")?;
+            .context("cannot start the download threads")?;
         Ok(Fetcher {
             shared,
             thread: Some(thread),
@@ -203,8 +216,8 @@ fn clean_cache(dir: &Path, keep: &[WantedVolume]) -> Result<()> {
     Ok(())
 }
 
-/// Marks what the download thread did not get to when it ends, however it ends (even by a
-/// panic), so the applier never waits for a download that will not come.
+/// Marks what the download threads did not get to when they end, however they end (even
+/// by a panic), so the applier never waits for a download that will not come.
 struct Finished<'a>(&'a Shared);
 
 impl Drop for Finished<'_> {
@@ -218,28 +231,46 @@ impl Drop for Finished<'_> {
 }
 
 impl Shared {
+    /// Runs the download threads until every volume is had, one failed, or the fetcher
+    /// is dropped.
     fn run(&self) {
         let _finished = Finished(self);
-        for i in 0..self.wants.len() {
-            {
-                let mut st = self.lock();
-                while i - st.released >= self.limit && !self.stop.load(Ordering::Relaxed) {
-                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        std::thread::scope(|scope| {
+            for n in 0..self.limit.min(self.wants.len()) {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("download{n}"))
+                    .spawn_scoped(scope, || self.download_in_turn());
+                if spawned.is_err() && n == 0 {
+                    return; // not even one: Finished reports it to the applier
                 }
             }
-            if self.stop.load(Ordering::Relaxed) {
-                return;
+        });
+    }
+
+    /// The next volume to download once there is room for it in the cache.
+    fn claim(&self) -> Option<usize> {
+        let mut st = self.lock();
+        loop {
+            if self.stop.load(Ordering::Relaxed) || st.failed || st.claimed >= self.wants.len() {
+                return None;
             }
+            if st.claimed - st.released < self.limit {
+                st.claimed += 1;
+                return Some(st.claimed - 1);
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn download_in_turn(&self) {
+        while let Some(i) = self.claim() {
             let started = Instant::now();
             let result = self.download(&self.wants[i]);
-            let failed = result.is_err();
             let mut st = self.lock();
             st.busy += started.elapsed();
+            st.failed |= result.is_err();
             st.results[i] = Some(result);
             self.changed.notify_all();
-            if failed {
-                return;
-            }
         }
     }
 
@@ -264,7 +295,9 @@ impl Shared {
             }
             let bad = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
             let _ = fs::remove_file(&part);
-            if again {
+            // Another source's copy first (several sources), else this one once more.
+            let elsewhere = self.backend.distrust(&want.name);
+            if again && !elsewhere {
                 return Err(Error::HashMismatch {
                     name: want.name.clone(),
                     expected: want.sha1.clone(),
@@ -273,11 +306,16 @@ impl Shared {
                 .into());
             }
             self.reporter.notice(&format!(
-                "{}: SHA1 does not match the manifest; downloading it again",
-                want.name
+                "{}: SHA1 does not match the manifest; downloading it again{}",
+                want.name,
+                if elsewhere {
+                    " from another source"
+                } else {
+                    ""
+                }
             ));
             self.reporter.refetched(bad);
-            again = true;
+            again |= !elsewhere;
         }
     }
 
@@ -397,7 +435,7 @@ mod tests {
         let retry = RetryBackend::new(
             Box::new(FaultyBackend::new(Box::new(memory), faults)),
             3,
-            Meter::new(None, reporter.clone()),
+            Arc::new(Meter::new(None, reporter.clone())),
         )
         .without_waiting();
         retry.list().unwrap();

@@ -95,6 +95,14 @@ impl Backend for CheckedBackend {
     fn is_local(&self) -> bool {
         self.inner.is_local()
     }
+
+    fn distrust(&self, name: &str) -> bool {
+        self.inner.distrust(name)
+    }
+
+    fn verify_copies(&self, name: &str) -> Result<()> {
+        self.inner.verify_copies(name)
+    }
 }
 
 /// A reader that fails once its file goes past `limit` bytes (the caller names the file).

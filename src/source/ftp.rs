@@ -13,7 +13,7 @@
 use super::names::shown;
 use super::url::{Scheme, SourceUrl};
 use super::{
-    is_transient_io, read_listing, tls, Backend, ListEntry, Opened, SourceError, SourceOptions,
+    is_transient_io, tls, Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions,
 };
 use anyhow::{anyhow, Result};
 use rustls::ClientConfig;
@@ -206,7 +206,7 @@ fn listing_lines(ftp: &mut RustlsFtpStream, command: &str) -> Result<Option<Vec<
             Err(e) if is_not_implemented(&e) => return Ok(None),
             Err(e) => return Err(ftp_error(e, command)),
         };
-    let data = read_listing(&mut stream, command);
+    let data = ListingBudget::new(command).read(&mut stream);
     let finished = stream.finish().map_err(|e| ftp_error(e, command));
     let data = data?;
     finished?;

@@ -15,7 +15,7 @@
 
 use super::url::{Secret, SourceUrl};
 use super::{
-    autoindex, read_listing, root_cause, tls, Backend, ListEntry, Opened, SourceError,
+    autoindex, root_cause, tls, Backend, ListEntry, ListingBudget, Opened, SourceError,
     SourceOptions,
 };
 use anyhow::{anyhow, Result};
@@ -71,7 +71,7 @@ fn redirect_policy() -> reqwest::redirect::Policy {
 
 /// A reqwest failure as a [`SourceError`]: the innermost cause (the useful part), never
 /// the URL.
-fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
+pub(super) fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
     let transient =
         !e.is_redirect() && (e.is_timeout() || e.is_connect() || e.is_request() || e.is_body());
     let e = e.without_url();
@@ -88,7 +88,7 @@ fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
 }
 
 /// An unexpected HTTP status as a [`SourceError`].
-fn status_error(status: StatusCode, what: &str) -> anyhow::Error {
+pub(super) fn status_error(status: StatusCode, what: &str) -> anyhow::Error {
     let code = status.as_u16();
     let msg = match code {
         401 | 403 => format!("{what}: HTTP {status}: access denied (wrong user or password?)"),
@@ -102,22 +102,82 @@ fn status_error(status: StatusCode, what: &str) -> anyhow::Error {
     })
 }
 
+/// The blocking HTTP client that every HTTP-based backend (HTTP, S3) uses: timeouts from
+/// `options`, TLS by the shared rustls configuration (with `--ca-file`) when `tls`.
+pub(super) fn client(options: &SourceOptions, tls: bool) -> Result<Client> {
+    tls::install_provider();
+    let mut builder = Client::builder()
+        .user_agent(concat!("dupmirror/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.read_timeout)
+        .redirect(redirect_policy());
+    if tls {
+        let config = tls::client_config(options.ca_file.as_deref())?;
+        builder = builder.tls_backend_preconfigured((*config).clone());
+    }
+    builder
+        .build()
+        .map_err(|e| anyhow!("cannot set up the HTTP client: {}", e.without_url()))
+}
+
+/// Sends a GET for `name` from `offset` (a `Range` request when `offset > 0`) and sorts out
+/// the answer: 206 from the offset, 200 from the top, 416 (the partial copy is wrong) a new
+/// request from the top. `request` builds a fresh request for the file each time it is
+/// called; `refused` turns an unexpected answer into an error.
+pub(super) fn ranged_get(
+    request: impl Fn() -> Result<RequestBuilder>,
+    name: &str,
+    offset: u64,
+    refused: impl Fn(Response, &str) -> anyhow::Error,
+) -> Result<Opened> {
+    let mut req = request()?;
+    if offset > 0 {
+        req = req.header(RANGE, format!("bytes={offset}-"));
+    }
+    let resp = req.send().map_err(|e| request_error(e, name))?;
+    match resp.status() {
+        StatusCode::OK => Ok(Opened {
+            reader: Box::new(resp),
+            offset: 0,
+        }),
+        StatusCode::PARTIAL_CONTENT => {
+            let start = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match start {
+                Some(start) if start == offset => Ok(Opened {
+                    reader: Box::new(resp),
+                    offset,
+                }),
+                _ => Err(anyhow!(SourceError::Transient(format!(
+                    "{name}: the server answered a request for bytes {offset}- with an \
+                     unusable range"
+                )))),
+            }
+        }
+        // The offset is at or past the end: the partial copy is wrong; start over.
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let resp = request()?.send().map_err(|e| request_error(e, name))?;
+            if resp.status() != StatusCode::OK {
+                return Err(refused(resp, name));
+            }
+            Ok(Opened {
+                reader: Box::new(resp),
+                offset: 0,
+            })
+        }
+        _ => Err(refused(resp, name)),
+    }
+}
+
 impl HttpBackend {
     pub fn new(url: SourceUrl, options: &SourceOptions) -> Result<HttpBackend> {
         let url = url.with_credentials_from_env();
-        tls::install_provider();
-        let mut builder = Client::builder()
-            .user_agent(concat!("dupmirror/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.read_timeout)
-            .redirect(redirect_policy());
-        if url.scheme == super::url::Scheme::Https {
-            let config = tls::client_config(options.ca_file.as_deref())?;
-            builder = builder.tls_backend_preconfigured((*config).clone());
-        }
-        let client = builder
-            .build()
-            .map_err(|e| anyhow!("cannot set up the HTTP client: {}", e.without_url()))?;
+        let client = client(options, url.scheme == super::url::Scheme::Https)?;
         Ok(HttpBackend {
             client,
             base: Mutex::new(url.bare.clone()),
@@ -161,7 +221,7 @@ impl Backend for HttpBackend {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = read_listing(resp, &what)?;
+        let body = ListingBudget::new(&what).read(resp)?;
         let body = String::from_utf8_lossy(&body);
         let entries = autoindex::parse(&body, content_type.as_deref(), &final_url)
             .map_err(|e| anyhow!(SourceError::Permanent(format!("{what}: {e:#}"))))?;
@@ -173,48 +233,12 @@ impl Backend for HttpBackend {
 
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let url = self.file_url(name)?;
-        let mut req = self.get(url.clone());
-        if offset > 0 {
-            req = req.header(RANGE, format!("bytes={offset}-"));
-        }
-        let resp = self.send(req, name)?;
-        match resp.status() {
-            StatusCode::OK => Ok(Opened {
-                reader: Box::new(resp),
-                offset: 0,
-            }),
-            StatusCode::PARTIAL_CONTENT => {
-                let start = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("bytes "))
-                    .and_then(|v| v.split('-').next())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                match start {
-                    Some(start) if start == offset => Ok(Opened {
-                        reader: Box::new(resp),
-                        offset,
-                    }),
-                    _ => Err(anyhow!(SourceError::Transient(format!(
-                        "{name}: the server answered a request for bytes {offset}- with an \
-                         unusable range"
-                    )))),
-                }
-            }
-            // The offset is at or past the end: the partial copy is wrong; start over.
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                let resp = self.send(self.get(url), name)?;
-                if resp.status() != StatusCode::OK {
-                    return Err(status_error(resp.status(), name));
-                }
-                Ok(Opened {
-                    reader: Box::new(resp),
-                    offset: 0,
-                })
-            }
-            status => Err(status_error(status, name)),
-        }
+        ranged_get(
+            || Ok(self.get(url.clone())),
+            name,
+            offset,
+            |resp, what| status_error(resp.status(), what),
+        )
     }
 
     fn display(&self) -> String {

@@ -17,9 +17,10 @@
 //! Nothing a source says is trusted: [`open_source`] wraps every backend in
 //! [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
 //! stops any read at the size the listing gave. A backend bounds what its own listing
-//! reads by [`MAX_LISTING_BYTES`] (see [`read_listing`]).
+//! reads by [`MAX_LISTING_BYTES`] (see [`ListingBudget`]).
 
 mod autoindex;
+mod aws;
 pub mod cache;
 pub mod checked;
 #[cfg(test)]
@@ -29,8 +30,11 @@ mod http;
 mod local;
 mod memory;
 pub mod meter;
+pub mod mirrors;
 pub mod names;
 pub mod retry;
+mod s3;
+pub mod sftp;
 mod tls;
 pub mod url;
 
@@ -117,9 +121,21 @@ pub trait Backend: Send + Sync {
     fn is_local(&self) -> bool {
         false
     }
+
+    /// The copy of `name` last opened failed its check: open it elsewhere next time.
+    /// Whether another copy remains to try (several sources only; see [`mirrors`]).
+    fn distrust(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// Checks that every source holding `name` holds the same bytes (several sources only).
+    fn verify_copies(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// A shared backend is a backend (so a test can keep a handle on one it hands over).
+/// A shared backend is a backend (so a test can keep a handle on one it hands over, and
+/// several sources can share one).
 impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn list(&self) -> Result<Vec<ListEntry>> {
         (**self).list()
@@ -132,6 +148,12 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn is_local(&self) -> bool {
         (**self).is_local()
+    }
+    fn distrust(&self, name: &str) -> bool {
+        (**self).distrust(name)
+    }
+    fn verify_copies(&self, name: &str) -> Result<()> {
+        (**self).verify_copies(name)
     }
 }
 
@@ -189,8 +211,13 @@ pub struct SourceOptions {
     pub read_timeout: Duration,
     /// Extra trusted root certificates (PEM), for a server with a private CA.
     pub ca_file: Option<PathBuf>,
-    /// Cap on the download rate, bytes per second (`--bwlimit`).
+    /// Cap on the download rate, bytes per second (`--bwlimit`), for all sources of a run
+    /// together.
     pub bwlimit: Option<u64>,
+    /// The S3-compatible server for `s3://` sources (`--s3-endpoint-url`).
+    pub s3_endpoint: Option<String>,
+    /// How to run `ssh` for `sftp://` sources.
+    pub ssh: sftp::SshOptions,
 }
 
 impl Default for SourceOptions {
@@ -201,6 +228,8 @@ impl Default for SourceOptions {
             read_timeout: Duration::from_secs(60),
             ca_file: None,
             bwlimit: None,
+            s3_endpoint: None,
+            ssh: sftp::SshOptions::default(),
         }
     }
 }
@@ -209,54 +238,110 @@ impl Default for SourceOptions {
 /// in an HTML index). A listing that goes on is refused instead of filling the memory.
 pub const MAX_LISTING_BYTES: u64 = 64 << 20;
 
-/// Reads a whole listing from `reader`, refusing one larger than [`MAX_LISTING_BYTES`].
-/// `what` says which listing, for the error.
-pub fn read_listing(reader: impl Read, what: &str) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    reader
-        .take(MAX_LISTING_BYTES + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| {
-            let msg = format!("{what}: {}", root_cause(&e));
-            anyhow!(if is_transient_io(&e) {
-                SourceError::Transient(msg)
-            } else {
-                SourceError::Permanent(msg)
-            })
-        })?;
-    if data.len() as u64 > MAX_LISTING_BYTES {
-        return Err(crate::error::Error::corrupt(format!(
-            "{what}: the listing is larger than {} MiB, the most dupmirror reads of one",
-            MAX_LISTING_BYTES >> 20
-        ))
-        .into());
+/// What one listing may still read from a server: [`MAX_LISTING_BYTES`] in all, however
+/// many requests, pages or packets it takes (a server that never stops paging is cut off
+/// like one that never stops sending).
+pub struct ListingBudget {
+    left: u64,
+    /// Which listing, for the error.
+    what: String,
+}
+
+impl ListingBudget {
+    pub fn new(what: &str) -> ListingBudget {
+        ListingBudget {
+            left: MAX_LISTING_BYTES,
+            what: what.to_string(),
+        }
     }
-    Ok(data)
+
+    /// Counts `n` more bytes of the listing; an error once it is larger than the bound.
+    pub fn spend(&mut self, n: u64) -> Result<()> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(crate::error::Error::corrupt(format!(
+                "{}: the listing is larger than {} MiB, the most dupmirror reads of one",
+                self.what,
+                MAX_LISTING_BYTES >> 20
+            ))
+            .into()),
+        }
+    }
+
+    /// Reads all of `reader` (a listing, or one page of it), counted.
+    pub fn read(&mut self, reader: impl Read) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        reader
+            .take(self.left.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| {
+                let msg = format!("{}: {}", self.what, root_cause(&e));
+                anyhow!(if is_transient_io(&e) {
+                    SourceError::Transient(msg)
+                } else {
+                    SourceError::Permanent(msg)
+                })
+            })?;
+        self.spend(data.len() as u64)?;
+        Ok(data)
+    }
 }
 
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
-/// `ftp://`, `ftps://`, `http://` or `https://` URL. Remote backends come wrapped in
-/// [`retry::RetryBackend`], which counts what they transfer into `reporter`; every backend
-/// comes wrapped in [`checked::CheckedBackend`].
+/// `ftp://`, `ftps://`, `http://`, `https://`, `s3://` or `sftp://` URL (and duplicity's
+/// other spellings of the last two). Remote backends come wrapped in
+/// [`retry::RetryBackend`], which counts what they transfer into `reporter`, under a
+/// `--bwlimit` of their own (several sources of one run share one: [`open_metered`]); every
+/// backend comes wrapped in [`checked::CheckedBackend`].
 pub fn open_source(
     source: &str,
     options: &SourceOptions,
     reporter: &Arc<Reporter>,
+) -> Result<Box<dyn Backend>> {
+    let meter = Arc::new(meter::Meter::new(options.bwlimit, reporter.clone()));
+    open_metered(source, options, &meter)
+}
+
+/// [`open_source`] with the meter given: every byte read from the source passes `meter`,
+/// so sources that share one share its `--bwlimit` and its reporter.
+pub fn open_metered(
+    source: &str,
+    options: &SourceOptions,
+    meter: &Arc<meter::Meter>,
 ) -> Result<Box<dyn Backend>> {
     let backend: Box<dyn Backend> = if let Some(path) = source.strip_prefix("file://") {
         Box::new(LocalBackend::new(path)?)
     } else if !source.contains("://") {
         Box::new(LocalBackend::new(source)?)
     } else {
-        let url = url::SourceUrl::parse(source)?;
-        let inner: Box<dyn Backend> = match url.scheme {
-            url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
-            url::Scheme::Http | url::Scheme::Https => {
-                Box::new(http::HttpBackend::new(url, options)?)
+        let scheme = source.split_once("://").map_or("", |(s, _)| s);
+        let inner: Box<dyn Backend> = if s3::SCHEMES.contains(&scheme) {
+            Box::new(s3::S3Backend::new(
+                source,
+                options.s3_endpoint.as_deref(),
+                options,
+            )?)
+        } else if sftp::SCHEMES.contains(&scheme) {
+            Box::new(sftp::SftpBackend::new(source, options)?)
+        } else {
+            let url = url::SourceUrl::parse(source)?;
+            match url.scheme {
+                url::Scheme::Ftp | url::Scheme::Ftps => {
+                    Box::new(ftp::FtpBackend::new(url, options)?)
+                }
+                url::Scheme::Http | url::Scheme::Https => {
+                    Box::new(http::HttpBackend::new(url, options)?)
+                }
             }
         };
-        let meter = meter::Meter::new(options.bwlimit, reporter.clone());
-        Box::new(retry::RetryBackend::new(inner, options.retries, meter))
+        Box::new(retry::RetryBackend::new(
+            inner,
+            options.retries,
+            meter.clone(),
+        ))
     };
     Ok(Box::new(checked::CheckedBackend::new(backend)))
 }

@@ -57,7 +57,7 @@ impl RetryPolicy {
 struct Shared {
     inner: Box<dyn Backend>,
     policy: RetryPolicy,
-    meter: Meter,
+    meter: Arc<Meter>,
     /// A read that ends short of its listed size was cut.
     sizes: ListedSizes,
 }
@@ -66,7 +66,7 @@ pub struct RetryBackend(Arc<Shared>);
 
 impl RetryBackend {
     /// Retries `inner`'s transient failures up to `retries` times in a row.
-    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Meter) -> RetryBackend {
+    pub fn new(inner: Box<dyn Backend>, retries: u32, meter: Arc<Meter>) -> RetryBackend {
         RetryBackend(Arc::new(Shared {
             inner,
             policy: RetryPolicy::new(retries),
@@ -282,7 +282,7 @@ mod tests {
         let b = RetryBackend::new(
             Box::new(FaultyBackend::new(Box::new(memory), faults)),
             retries,
-            Meter::new(None, reporter.clone()),
+            Arc::new(Meter::new(None, reporter.clone())),
         )
         .without_waiting();
         (b, reporter)

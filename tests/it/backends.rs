@@ -11,8 +11,10 @@
 //! `DUPMIRROR_REQUIRE_ORACLE=1`.
 
 use crate::support::remote::{self, FtpOptions, NginxOptions, Server};
+use crate::support::stores;
 use dupmirror::progress::Reporter;
 use dupmirror::source::retry::is_transient;
+use dupmirror::source::sftp::SshOptions;
 use dupmirror::source::{open_source, Backend, LocalBackend, MemoryBackend, SourceOptions};
 use std::collections::BTreeMap;
 use std::fs;
@@ -368,6 +370,65 @@ fn http_python_server_without_ranges_or_sizes() {
                 sizes: false,
                 ..Published::url(dir, server, &options(None))
             })
+        }),
+    );
+}
+
+#[test]
+fn s3_moto() {
+    conformance(
+        "s3",
+        Box::new(|dir, scratch| {
+            let s3 = stores::moto(scratch, "conformance")?;
+            // The folder's files (its subfolder too) become keys under `repo/`, readable
+            // without a key: the suite's process has no AWS keys, so its requests go
+            // unsigned (as to a public bucket); remote_s3 tests signed requests.
+            s3.boto3(&format!(
+                "import os\nroot = {:?}\nfor d, _, fs in os.walk(root):\n    for f in fs:\n        \
+                 p = os.path.join(d, f)\n        \
+                 s3.upload_file(p, 'conformance', 'repo/' + os.path.relpath(p, root), \
+                 ExtraArgs={{'ACL': 'public-read'}})",
+                dir.display().to_string()
+            ));
+            let options = SourceOptions {
+                s3_endpoint: Some(s3.endpoint.clone()),
+                ..SourceOptions::default()
+            };
+            let backend = open_source(
+                "s3://conformance/repo",
+                &options,
+                &Arc::new(Reporter::default()),
+            )
+            .unwrap_or_else(|e| panic!("cannot open the S3 source: {e:#}"));
+            Some(Published {
+                add: Box::new(move |name, data| {
+                    s3.boto3(&format!(
+                        "s3.put_object(Bucket='conformance', Key='repo/{name}', Body=bytes({data:?}), \
+                         ACL='public-read')"
+                    ))
+                }),
+                ..Published::folder(dir, backend)
+            })
+        }),
+    );
+}
+
+#[test]
+fn sftp_sshd() {
+    conformance(
+        "sftp",
+        Box::new(|dir, scratch| {
+            let sshd = stores::sshd(scratch)?;
+            let mut server = sshd.server;
+            server.url = format!("sftp://root@127.0.0.1:{}/{}", server.port, dir.display());
+            let options = SourceOptions {
+                ssh: SshOptions {
+                    config: Some(sshd.config),
+                    options: Vec::new(),
+                },
+                ..SourceOptions::default()
+            };
+            Some(Published::url(dir, server, &options))
         }),
     );
 }

@@ -199,8 +199,9 @@ fn unreachable_host_fails_with_one_line() {
     assert!(!run.stderr.contains("hunter22"));
 }
 
-/// `--prefetch N` keeps at most N volume files in the cache (sampled while a sync runs,
-/// slowed by `--bwlimit`), the cache ends empty, and `--bwlimit` holds the rate down.
+/// `--prefetch N` keeps at most N volume files in the cache and downloads N at once
+/// (sampled while a sync runs, slowed by `--bwlimit`), the cache ends empty, and
+/// `--bwlimit` holds the sum of the parallel downloads down.
 #[test]
 fn prefetch_bound_and_bandwidth_limit() {
     let Some(mut published) = served(Version::V08, plain_nginx, |fs| {
@@ -219,13 +220,20 @@ fn prefetch_bound_and_bandwidth_limit() {
         let sampler = {
             let (cache, done) = (cache.clone(), done.clone());
             std::thread::spawn(move || {
-                let mut most = 0;
+                let (mut most, mut parallel) = (0, 0);
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let n = fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
-                    most = most.max(n);
+                    let names: Vec<String> = fs::read_dir(&cache)
+                        .map(|d| {
+                            d.filter_map(|e| e.ok())
+                                .map(|e| e.file_name().to_string_lossy().into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    most = most.max(names.len());
+                    parallel = parallel.max(names.iter().filter(|n| n.ends_with(".part")).count());
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                most
+                (most, parallel)
             })
         };
         let n = prefetch.to_string();
@@ -234,12 +242,17 @@ fn prefetch_bound_and_bandwidth_limit() {
             &["--json", "--prefetch", &n, "--bwlimit", "4M"],
         );
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let most = sampler.join().unwrap();
+        let (most, parallel) = sampler.join().unwrap();
         let r = sync_report(run.assert_ok("sync with --prefetch and --bwlimit"));
         oracle.assert_same(&host.tree(), Compare::default(), "--prefetch/--bwlimit");
         assert!(
             most <= prefetch,
             "--prefetch {prefetch}: saw {most} files in the cache"
+        );
+        // Four volumes at 4 MiB/s in all: with room for two, two download at once.
+        assert_eq!(
+            parallel, prefetch,
+            "--prefetch {prefetch}: saw {parallel} downloads at once"
         );
         assert_eq!(
             fs::read_dir(&cache).unwrap().count(),
@@ -252,8 +265,9 @@ fn prefetch_bound_and_bandwidth_limit() {
         let count = volume_sizes(&lab.repo).len() as u64;
         let least = (volumes - count * rate / 20) as f64 / rate as f64;
         eprintln!(
-            "--prefetch {prefetch}: at most {most} file(s) in the cache; {volumes} bytes \
-             downloaded in {seconds:.2}s at --bwlimit 4M (at least {least:.2}s expected)"
+            "--prefetch {prefetch}: at most {most} file(s) in the cache, {parallel} downloading \
+             at once; {volumes} bytes downloaded in {seconds:.2}s (summed) at --bwlimit 4M \
+             (at least {least:.2}s expected)"
         );
         assert!(seconds >= least * 0.9, "{seconds}s < {least}s");
     }

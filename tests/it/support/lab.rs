@@ -37,6 +37,8 @@ pub struct Lab {
     pub dupmirror_env: Vec<(OsString, OsString)>,
     /// Backup times made so far, in order.
     pub times: Vec<i64>,
+    /// A remote repository URL for upstream instead of `file://repo` (S3 tests).
+    pub target: Option<String>,
     pub fs: Fs,
     seq: Cell<u32>,
 }
@@ -64,6 +66,7 @@ impl Lab {
             crypt_opts: vec![os("--no-encryption")],
             dupmirror_env: Vec::new(),
             times: Vec::new(),
+            target: None,
             fs: Fs::new(&src),
             seq: Cell::new(0),
         }
@@ -90,8 +93,11 @@ impl Lab {
         self
     }
 
+    /// Where upstream writes and restores from: `target` if set (an S3 URL), else `repo`.
     pub fn url(&self) -> String {
-        format!("file://{}", self.repo.display())
+        self.target
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.repo.display()))
     }
 
     /// A new unique path under the lab root (not created).

@@ -14,6 +14,7 @@
 //! * [`report`]: dupmirror's `--json` reports as typed structs;
 //! * [`remote`], [`proxy`]: servers on 127.0.0.1 and a fault-injecting TCP proxy;
 //!   [`hostile`]: lying servers, and runs measured for peak memory and capped in file size;
+//!   [`stores`]: an S3 server (moto) and an SFTP server (sshd);
 //! * [`gpg`]: private GnuPG homes; [`strace`]: kills and errors at exact syscalls, and
 //!   locks held at them; [`tmpfs`]: a small or second file system;
 //! * [`time`]: backup times and duplicity's time formats.
@@ -45,6 +46,7 @@ pub mod remote;
 pub mod report;
 pub mod scenario;
 pub mod source;
+pub mod stores;
 pub mod strace;
 pub mod time;
 pub mod tmpfs;

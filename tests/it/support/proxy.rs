@@ -1,6 +1,6 @@
 //! A fault-injecting TCP proxy on 127.0.0.1, written in the test: it cuts connections in the
-//! middle of an answer, goes silent, or answers `503 Service Unavailable`, for a chosen
-//! number of connections.
+//! middle of an answer, goes silent, or answers `503 Service Unavailable` (or another canned
+//! answer, such as S3's), for a chosen number of connections.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -19,7 +19,21 @@ pub enum Fault {
     /// Answer the first request with `503 Service Unavailable` and close, never asking
     /// the server.
     Unavailable,
+    /// Answer the request with this whole HTTP response (status line, headers, body) and
+    /// close, never asking the server.
+    Answer(&'static str),
 }
+
+/// S3's answer when it wants fewer requests.
+pub const S3_SLOW_DOWN: &str = "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n\
+    Content-Length: 126\r\nConnection: close\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+
+/// S3's answer to an access key it does not know.
+pub const S3_BAD_KEY: &str = "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n\
+    Content-Length: 169\r\nConnection: close\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does \
+    not exist in our records.</Message></Error>";
 
 /// A TCP proxy on 127.0.0.1 in front of `upstream` that spoils the first `faults`
 /// connections that carry enough data for the fault (the rest pass untouched). It serves
@@ -87,14 +101,19 @@ fn claim(done: &AtomicUsize, limit: usize) -> bool {
 fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &AtomicUsize) {
     let timeout = Some(Duration::from_secs(30));
     let _ = client.set_read_timeout(timeout);
-    if let Fault::Unavailable = fault {
+    let answer = match fault {
+        Fault::Unavailable => Some(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+        Fault::Answer(a) => Some(a),
+        _ => None,
+    };
+    if let Some(answer) = answer {
         if claim(done, limit) {
             let mut c = &client;
             let mut buf = [0u8; 4096];
             let _ = c.read(&mut buf); // the request head
-            let _ = c.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            let _ = c.write_all(answer.as_bytes());
             let _ = client.shutdown(Shutdown::Both);
             return;
         }
@@ -116,7 +135,7 @@ fn relay(client: TcpStream, upstream: u16, fault: Fault, limit: usize, done: &At
     // Server to client: maybe cut or stalled.
     let cut_at = match fault {
         Fault::CutAfter(n) | Fault::StallAfter(n) => Some(n),
-        Fault::Unavailable => None,
+        Fault::Unavailable | Fault::Answer(_) => None,
     };
     let (mut from, mut to) = (&server, &client);
     let mut relayed = 0u64;

@@ -79,7 +79,13 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(mut cmd: Command, port: u16, url: String, log: &Path, what: &str) -> Server {
+    pub(super) fn start(
+        mut cmd: Command,
+        port: u16,
+        url: String,
+        log: &Path,
+        what: &str,
+    ) -> Server {
         let out = fs::File::create(log).expect("server log");
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup log"))

@@ -46,12 +46,31 @@ pub fn scalars(v: &serde_json::Value) -> Vec<String> {
 /// `sync --json`.
 #[derive(Debug, Deserialize)]
 pub struct SyncReport {
+    /// The source followed (the primary).
+    pub source: String,
+    /// Every source given, with its role and what it served.
+    pub sources: Vec<SourceStatus>,
     pub up_to_date: bool,
     pub sets: Vec<SetReport>,
     pub bytes_read: u64,
     pub signatures: Option<Signatures>,
     pub transfer: Transfer,
     pub phases: Phases,
+}
+
+/// One source of a sync.
+#[derive(Debug, Deserialize)]
+pub struct SourceStatus {
+    pub source: String,
+    /// `primary`, `spare`, `stale` or `unreachable`.
+    pub role: String,
+    pub served: Served,
+}
+
+/// What one source served in a run.
+#[derive(Debug, Deserialize)]
+pub struct Served {
+    pub files: Vec<String>,
 }
 
 /// One set a sync applied (or would apply).

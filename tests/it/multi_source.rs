@@ -1,0 +1,147 @@
+//! Several sources for one mirror (`sync SOURCE --source URL ...`), served by nginx on
+//! 127.0.0.1 as folders of one site: a stale first source is skipped with one notice, an
+//! unreachable one too; a volume whose copy is damaged on the first source comes from the
+//! second (the manifest's SHA1 decides) and the JSON report says who served what; two
+//! sources that disagree about a manifest are refused as a split brain, whether their
+//! listings already show it (sizes) or only the bytes do.
+
+use crate::support::remote::*;
+use crate::support::report::{SourceStatus, SyncReport};
+use crate::support::*;
+use std::fs;
+use std::path::Path;
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The `sources` entry of a sync report for `url`.
+fn source_entry<'a>(r: &'a SyncReport, url: &str) -> &'a SourceStatus {
+    r.sources
+        .iter()
+        .find(|s| s.source == url)
+        .unwrap_or_else(|| panic!("{url} not in the report's sources: {:?}", r.sources))
+}
+
+/// nginx publishing a site whose `repo/` upstream duplicity `v` writes into.
+fn nginx_lab(v: Version) -> Option<(Site, Server, Lab)> {
+    let dup = duplicity(v)?;
+    let site = Site::new();
+    let server = nginx(&site.www, &site.srv, &NginxOptions::default())?;
+    let lab = served_lab(Lab::new(dup), &site.www);
+    Some((site, server, lab))
+}
+
+#[test]
+fn stale_unreachable_and_damaged_sources() {
+    let Some((site, server, mut lab)) = nginx_lab(Version::V08) else {
+        return;
+    };
+    lab.fs.write("big.bin", &random_bytes(3, 1_500_000));
+    lab.full(t(0));
+    // "stale" is a mirror that stopped copying after the full.
+    copy_dir(&lab.repo, &site.www.join("stale"));
+    lab.fs.write("new", b"new\n");
+    lab.inc(t(1));
+    let oracle = lab.restore(t(1));
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (stale, good) = (format!("{base}/stale/"), format!("{base}/repo/"));
+    let gone = format!("http://127.0.0.1:{}/repo/", free_port());
+
+    // Stale first, unreachable second, the good one last: two notices, the sync follows
+    // the good one.
+    let host = lab.host("s");
+    let run = host.sync(
+        &stale,
+        &[
+            "--json",
+            "--retries",
+            "0",
+            "--source",
+            &gone,
+            "--source",
+            &good,
+        ],
+    );
+    let r = sync_report(run.assert_ok("stale and unreachable sources"));
+    oracle.assert_same(&host.tree(), Compare::default(), "stale first source");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    assert!(lines[0].contains("skipping stale source") && lines[0].contains("/stale/"));
+    assert!(lines[1].contains("skipping source") && lines[1].contains("refused"));
+    assert_eq!(source_entry(&r, &stale).role, "stale");
+    assert_eq!(source_entry(&r, &gone).role, "unreachable");
+    assert_eq!(source_entry(&r, &good).role, "primary");
+    assert_eq!(r.source, good);
+
+    // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
+    // and the copy on the second source is used; the report says which served it.
+    let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
+    copy_dir(&lab.repo, &site.www.join("damaged"));
+    let damaged_vol = site.www.join("damaged").join(&vol1);
+    let mut bytes = fs::read(&damaged_vol).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&damaged_vol, bytes).unwrap();
+    let damaged = format!("{base}/damaged/");
+    let host = lab.host("d");
+    let run = host.sync(&damaged, &["--json", "--source", &good]);
+    let r = sync_report(run.assert_ok("damaged volume on the first source"));
+    oracle.assert_same(&host.tree(), Compare::default(), "damaged first source");
+    assert!(run.stderr.contains("from another source"), "{}", run.stderr);
+    assert_eq!(source_entry(&r, &damaged).role, "primary");
+    assert_eq!(source_entry(&r, &good).role, "spare");
+    assert_eq!(
+        source_entry(&r, &good).served.files,
+        std::slice::from_ref(&vol1)
+    );
+    assert!(source_entry(&r, &damaged).served.files.contains(&vol1));
+}
+
+#[test]
+fn split_brain_sources_are_refused() {
+    let Some((site, server, mut lab)) = nginx_lab(Version::V3) else {
+        return;
+    };
+    // Two masters backed up different trees at the same time under the same name.
+    lab.fs.write("a", b"the first master's file\n");
+    lab.full(t(0));
+    let mut other = Lab::new(lab.dup.clone());
+    other
+        .fs
+        .write("b", b"the other master's much longer file name and data\n");
+    other.fs.write("c", b"c\n");
+    other.full(t(0));
+    copy_dir(&other.repo, &site.www.join("other"));
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let (one, two) = (format!("{base}/repo/"), format!("{base}/other/"));
+    let host = lab.host("x");
+    let run = host.sync(&one, &["--quiet", "--source", &two]);
+    assert_one_clear_line(&run, "split brain by size", &["split brain"], "\n\n");
+    assert!(host.tree_opt().is_none());
+
+    // Same names and sizes, different bytes: only reading the manifests tells.
+    let manifest = lab.repo_file(&["manifest"]);
+    let name = manifest.file_name().unwrap().to_owned();
+    copy_dir(&lab.repo, &site.www.join("twin"));
+    let twin = site.www.join("twin").join(&name);
+    let text = fs::read(&twin).unwrap();
+    let tampered: Vec<u8> = text
+        .iter()
+        .map(|&b| if b == b'a' { b'b' } else { b })
+        .collect();
+    assert_eq!(tampered.len(), text.len());
+    assert_ne!(tampered, text);
+    fs::write(&twin, tampered).unwrap();
+    let run = host.sync(&one, &["--quiet", "--source", &format!("{base}/twin/")]);
+    assert_one_clear_line(&run, "split brain by content", &["split brain"], "\n\n");
+    assert!(
+        run.stderr.contains(name.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
+    assert!(host.tree_opt().is_none());
+}
