@@ -11,7 +11,8 @@
 #        fleet tests: prometheus (promtool checks the metrics file), systemd
 #        (systemd-analyze verifies the units), man-db and groff (the man page renders without
 #        warnings), zsh and fish (the completion scripts parse), dpkg-dev (the .deb is built
-#        and inspected), util-linux (flock holds a lock in the exit-status test)
+#        and inspected), util-linux (flock holds a lock in the exit-status test); time (GNU
+#        time: the peak memory of a run, for the memory-bound tests)
 #   venv: upstream duplicity 3.2.1 at ${DUPMIRROR_DUP3_VENV:-/opt/dup3}
 #   venv: moto's S3 server, boto3 and duplicity 3.2.1 at ${DUPMIRROR_MOTO_VENV:-/opt/moto}
 #         (S3 tests: upstream duplicity writes straight into moto_server)
@@ -21,7 +22,7 @@ VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 MOTO_VENV="${DUPMIRROR_MOTO_VENV:-/opt/moto}"
 DUP3_VERSION=3.2.1
 APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz
-              openssh-server prometheus systemd man-db groff zsh fish dpkg-dev util-linux)
+              openssh-server prometheus systemd man-db groff zsh fish dpkg-dev util-linux time)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

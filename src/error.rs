@@ -26,6 +26,11 @@ pub enum Error {
     #[error("refusing unsafe entry {path:?}: {reason}")]
     UnsafePath { path: String, reason: String },
 
+    /// Without `--time`, the source offers only backups older than one DEST already held:
+    /// its newer sets were removed or are being hidden (rollback).
+    #[error("refusing to take DEST back from {held} to {offered}, the newest backup the source still offers: its newer sets are gone (removed, or hidden by the server or the network); to go back on purpose, pass --time {offered}")]
+    Rollback { held: String, offered: String },
+
     /// Two sources hold different copies of one file of the repository (a manifest).
     #[error("split brain: {first} and {second} hold different copies of {name}; refusing to use either until they agree (or drop one with --source)")]
     SplitBrain {

@@ -11,8 +11,9 @@
 //! Error::Locked                   -> 5 lock held
 //! CryptoError                     -> 6 decryption or signature failure
 //! Error::Corrupt, HashMismatch,
-//!   UnsafePath, SplitBrain        -> 7 damaged or hostile repository (or sources that
-//!                                      disagree about it)
+//!   UnsafePath, SplitBrain,
+//!   Rollback                      -> 7 damaged or hostile repository (or sources that
+//!                                      disagree about it, or one that went back)
 //! Error::DestDiffers              -> 8 DEST differs (verify)
 //! anything else                   -> 1
 //! ```
@@ -70,7 +71,8 @@ impl Exit {
                 "a file could not be decrypted, or its signature was refused (--sign-key)"
             }
             Exit::BadRepository => {
-                "the repository is damaged or hostile (bad hash, corrupt data, unsafe path)"
+                "the repository or its server is damaged or hostile (bad hash, corrupt data, unsafe \
+                 path, a bound exceeded, an older backup than DEST held)"
             }
             Exit::DestDiffers => "verify: DEST differs from the backup",
         }
@@ -110,7 +112,8 @@ impl Exit {
             Error::Corrupt(_)
             | Error::HashMismatch { .. }
             | Error::UnsafePath { .. }
-            | Error::SplitBrain { .. } => Exit::BadRepository,
+            | Error::SplitBrain { .. }
+            | Error::Rollback { .. } => Exit::BadRepository,
         })
     }
 

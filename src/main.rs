@@ -470,6 +470,20 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A span of seconds in the largest unit that fits: `45 s`, `12 min`, `5.5 h`, `3.2 days`.
+fn human_duration(secs: i64) -> String {
+    let s = secs as f64;
+    if secs < 120 {
+        format!("{secs} s")
+    } else if secs < 7200 {
+        format!("{:.0} min", s / 60.0)
+    } else if secs < 172_800 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.1} days", s / 86400.0)
+    }
+}
+
 /// How many differing paths a human report lists.
 const LISTED_PATHS: usize = 20;
 
@@ -672,6 +686,25 @@ fn print_status(r: &status::StatusReport) {
                 "DEST {} holds no synced state (never synced, or removed)",
                 d.dest.display()
             ),
+        }
+        if let Some(newest) = &d.newest_applied {
+            let since = d
+                .newest_applied_at
+                .as_ref()
+                .map(|t| format!(", first reached at {t}"))
+                .unwrap_or_default();
+            println!("the newest backup DEST was brought to is {newest}{since}");
+        }
+        if d.source_behind {
+            println!(
+                "warning: the source offers only older backups than that: its newer sets \
+                 were removed or are hidden"
+            );
+        } else if let Some(s) = d.frozen_seconds {
+            println!(
+                "the source has offered nothing newer for {}",
+                human_duration(s)
+            );
         }
         let to = d.to.as_deref().unwrap_or("nothing (no complete backup)");
         println!(

@@ -2,10 +2,10 @@
 //! give the basis length, the basis follows, the rest is the delta (with the magic put in
 //! front when the length's low bit is set, so the fuzzer spends its time on the commands).
 //! Patching must end in output or an error, never a crash or a hang; the output is counted,
-//! not kept, so a delta that copies the basis many times costs no memory.
+//! not kept, and bounded (1 GiB) as dupmirror bounds it by the file's new signature.
 #![no_main]
 
-use dupmirror::delta::{patch, DELTA_MAGIC};
+use dupmirror::decode::delta::{patch, DELTA_MAGIC};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::{LazyLock, Mutex};
@@ -54,5 +54,6 @@ fuzz_target!(|data: &[u8]| {
     f.write_all(basis).unwrap();
     f.seek(SeekFrom::Start(0)).unwrap();
     let mut out = Count(0);
-    let _ = patch(f, &mut &input[..], &mut out);
+    let mut buf = [0u8; 4096];
+    let _ = patch(f, &mut &input[..], &mut out, &mut buf, 1 << 30);
 });

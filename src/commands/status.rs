@@ -1,11 +1,13 @@
 //! `dupmirror status SOURCE [--json]`: what the repository holds (like
 //! `duplicity collection-status`), and with `--dest`, what a sync of that DEST (with the
-//! same `--time` and `--path`) would do: the very decision `sync` makes (`mirror::decide`).
+//! same `--time` and `--path`) would do: the very decision `sync` makes (`mirror::decide`),
+//! and whether the source stopped advancing (frozen) or went back (`mirror::rollback`).
 
 use super::{open_repository, resolve_time};
 use crate::dest::state::DestPaths;
 use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
+use crate::mirror::rollback;
 use crate::progress::Reporter;
 use crate::repo::collection::{BackupSet, Collection};
 use crate::repo::filename::SetKind;
@@ -80,6 +82,16 @@ pub struct DestStatus {
     pub needs_full: bool,
     /// Why it would start over, as `sync` reports it.
     pub restart_reason: Option<String>,
+    /// The newest backup DEST was ever brought to (`mirror::rollback`).
+    pub newest_applied: Option<String>,
+    /// When a sync first brought DEST to it (this host's clock), when known.
+    pub newest_applied_at: Option<String>,
+    /// The source offers only older backups than `newest_applied`: its newer sets were
+    /// removed or are hidden, and a sync without `--time` refuses to go back.
+    pub source_behind: bool,
+    /// Seconds DEST has been at `newest_applied` while the source offers nothing newer: a
+    /// source that stops advancing (a freeze) shows as this outgrowing the backup interval.
+    pub frozen_seconds: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -125,7 +137,9 @@ pub fn status(opts: &StatusOptions, reporter: &Arc<Reporter>) -> Result<StatusRe
 /// interrupted commit (the sync would complete it first).
 fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<DestStatus> {
     let dest_paths = DestPaths::resolve(dest, opts.state_dir.as_deref())?;
-    let state = dest_paths.held(dest_paths.peek()?);
+    let recorded = dest_paths.peek()?;
+    let mark = recorded.as_ref().map(rollback::high_water);
+    let state = dest_paths.held(recorded);
     let time = resolve_time(opts.time.as_deref())?;
     let filter = PathFilter::from_args(&opts.paths);
     let decision = decide(
@@ -146,6 +160,14 @@ fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<Dest
             .as_ref()
             .and_then(|d| d.restart.as_ref())
             .map(|r| r.to_string()),
+        newest_applied: mark.map(|m| format_iso(m.end_time)),
+        newest_applied_at: mark
+            .filter(|m| m.reached_at > 0)
+            .map(|m| format_iso(m.reached_at)),
+        source_behind: mark.is_some_and(|m| c.latest_time().is_none_or(|t| t < m.end_time)),
+        frozen_seconds: mark.and_then(|m| {
+            rollback::frozen_seconds(m, c.latest_time(), chrono::Utc::now().timestamp())
+        }),
         dest: dest_paths.dest,
     })
 }

@@ -1,9 +1,10 @@
 //! `dupmirror sync SOURCE DEST`: bring DEST to the backup at `--time` (default: latest).
 //!
 //! Order of work: open and lock DEST and its state directory (`dest::session`), finish or
-//! roll back an interrupted commit,
-//! list the source, decide (`mirror::decide`), plan, then stage and commit one set at a
-//! time. A failure leaves DEST as the last committed set left it and cleans the staging
+//! roll back an interrupted commit, list the source, decide (`mirror::decide`), refuse an
+//! older backup than DEST held unless `--time` asks for it (`mirror::rollback`), plan,
+//! then stage and commit one set at a time. A failure leaves DEST as the last committed
+//! set left it and cleans the staging
 //! area.
 
 use super::resolve_time;
@@ -19,6 +20,7 @@ use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
 use crate::mirror::plan::{Plan, Step};
 use crate::mirror::repair::{self, RepairStats};
+use crate::mirror::rollback;
 use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
 use crate::repo::select::{open_sources, SourceStatus};
@@ -150,11 +152,14 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         ),
         Recovery::Discarded { state } => (None, Vec::new(), Some(format_iso(state.end_time))),
     };
+    // The newest backup DEST ever held; kept even when DEST is gone or replaced.
+    let mut mark = state.as_ref().or(stale.as_ref()).map(rollback::high_water);
     let mut phases = Phases::default();
     let phase = Instant::now();
     let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
+    let explicit_time = opts.time.is_some();
     let dest_empty = dest_dir.is_empty()?;
     if state.is_none() && !dest_empty && !opts.adopt {
         if stale.is_some() {
@@ -174,6 +179,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let phase = Instant::now();
     let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
         .ok_or_else(|| no_backup(&repo))?;
+    rollback::check_target(mark, decision.end_time, explicit_time)?;
     let plan = Plan::build(&repo, decision, dest_dir.tree(), &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
@@ -241,13 +247,20 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
     reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
     for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
+        let newest = rollback::next_high_water(
+            mark,
+            step.set.end_time,
+            explicit_time,
+            chrono::Utc::now().timestamp(),
+        );
         let target = MirrorState::new(
             repo.display(),
             plan.decision.chain_start,
             step.set.end_time,
             dest.clone(),
             filter.to_strings(),
-        );
+        )
+        .with_newest(newest);
         let staged = dest_dir
             .recheck()
             .and_then(|()| stage_step(&repo, &plan, step, &dest_dir, &state_dir, &target));
@@ -275,6 +288,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
                 return Err(e);
             }
         };
+        mark = Some(newest);
         set_report.applied = Some(stats);
         report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
         set_report.repaired = repaired;

@@ -59,6 +59,8 @@ pub struct VolumeSource {
     pub name: String,
     pub encoding: Encoding,
     pub expected_sha1: Option<String>,
+    /// The time the file's name gives (a set's session time), for the signature check.
+    pub named_time: Option<i64>,
     pub raw: Box<dyn Read + Send>,
 }
 
@@ -212,7 +214,7 @@ fn decode(
             )),
             Encoding::Gpg => decryptor
                 .ok_or_else(|| anyhow!("{name} is encrypted, but no decryption is set up"))?
-                .decrypt(raw)?,
+                .decrypt(raw, src.named_time)?,
             Encoding::P7m => {
                 return Err(anyhow!(
                     "{name} is encrypted with gpgsm (CMS), which dupmirror does not read"

@@ -66,6 +66,19 @@ pub struct MirrorState {
     /// The subtrees DEST mirrors (`--path`); empty for the whole tree.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// The newest backup DEST was brought to (rollback protection, `mirror::rollback`).
+    /// Absent from states written before it: then `end_time` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<HighWater>,
+}
+
+/// The newest backup a DEST was brought to, and when that first happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HighWater {
+    /// The backup's end time.
+    pub end_time: Epoch,
+    /// When a sync first brought DEST to it (Unix seconds, this host's clock).
+    pub reached_at: i64,
 }
 
 impl MirrorState {
@@ -84,7 +97,14 @@ impl MirrorState {
             dest,
             dest_id: None,
             paths,
+            newest: None,
         }
+    }
+
+    /// The same state with this high-water mark.
+    pub fn with_newest(mut self, newest: HighWater) -> Self {
+        self.newest = Some(newest);
+        self
     }
 
     /// Whether this state describes DEST as it is (`id`: DEST's identity, `None` when it is

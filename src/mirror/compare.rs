@@ -17,6 +17,7 @@
 //! symlinks' mode and mtime are not compared (duplicity does not restore them); owners are
 //! compared only when running as root, as only root can set them.
 
+use crate::decode::delta::SigDigest;
 use crate::decode::records::RecordKind;
 use crate::dest::dir::{Kind, Stat};
 use crate::dest::fsops::OwnerMap;
@@ -140,7 +141,7 @@ struct HashJob {
     index: PathIndex,
     file: File,
     size: u64,
-    signature: Vec<u8>,
+    signature: SigDigest,
     expected: Metadata,
     /// Metadata differences already found.
     what: BTreeSet<Change>,
@@ -239,7 +240,7 @@ pub fn compare(
         if hashed {
             if let (Some(signature), ContentCheck::Quick) = (&entry.signature, check) {
                 let mut what = what;
-                if !size_fits(local.size, signature) {
+                if !signature.size_fits(local.size) {
                     what.insert(Change::Content);
                 }
                 if !what.is_empty() {
@@ -361,55 +362,26 @@ fn metadata_differences(
     Ok(what)
 }
 
-/// Reads a librsync signature header: (magic, block length, strong sum length).
-fn signature_header(sig: &[u8]) -> Option<(u32, usize, usize)> {
-    let word =
-        |i: usize| -> Option<u32> { Some(u32::from_be_bytes(sig.get(i..i + 4)?.try_into().ok()?)) };
-    Some((word(0)?, word(4)? as usize, word(8)? as usize))
-}
-
-/// Whether a file of `size` bytes has as many blocks as the signature: the number of
-/// blocks pins the size down to one block, a cheap first test.
-fn size_fits(size: u64, signature: &[u8]) -> bool {
-    let Some((_, block_len, strong_len)) = signature_header(signature) else {
-        return false;
-    };
-    if block_len == 0 || strong_len == 0 || strong_len > 32 {
-        return false;
-    }
-    let blocks = (signature.len() - 12) / (4 + strong_len);
-    size.div_ceil(block_len as u64) == blocks as u64
-}
-
-/// Whether the content of `file` (`size` bytes, read from its start) has the given
-/// librsync signature.
-pub fn content_matches(file: &File, size: u64, signature: &[u8]) -> Result<bool> {
-    let Some((magic, block_len, strong_len)) = signature_header(signature) else {
-        return Ok(false);
-    };
-    let kind = match magic {
+/// Whether the content of `file` (`size` bytes, read from its start) has the signature
+/// `expected` stands for.
+pub fn content_matches(file: &File, size: u64, expected: &SigDigest) -> Result<bool> {
+    let kind = match expected.magic {
         0x7273_0136 => librsync::SignatureType::MD4,
         0x7273_0137 => librsync::SignatureType::Blake2,
         _ => return Ok(false),
     };
-    if !size_fits(size, signature) {
+    if !expected.size_fits(size) {
         return Ok(false);
     }
-    let mut job = librsync::Signature::with_options(file, block_len, strong_len, kind)
-        .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
-    // Compare as the signature streams out, stopping at the first difference.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = 0;
-    loop {
-        let n = std::io::Read::read(&mut job, &mut buf).context("cannot read a file to hash it")?;
-        if n == 0 {
-            return Ok(pos == signature.len());
-        }
-        if signature.get(pos..pos + n) != Some(&buf[..n]) {
-            return Ok(false);
-        }
-        pos += n;
-    }
+    let mut job = librsync::Signature::with_options(
+        file,
+        expected.block_len as usize,
+        expected.strong_len as usize,
+        kind,
+    )
+    .map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
+    let actual = SigDigest::read(&mut job).context("cannot read a file to hash it")?;
+    Ok(actual == *expected)
 }
 
 #[cfg(test)]
@@ -435,6 +407,7 @@ mod tests {
             &mut sig,
         )
         .unwrap();
+        let sig = SigDigest::of(&sig);
         assert!(content_matches(&open(), 5000, &sig).unwrap());
         let mut edited = data.clone();
         edited[4000] ^= 1;
@@ -444,6 +417,6 @@ mod tests {
             !content_matches(&open(), 9000, &sig).unwrap(),
             "size outside the block count"
         );
-        assert!(!content_matches(&open(), 5000, b"junk").unwrap());
+        assert!(!content_matches(&open(), 5000, &SigDigest::of(b"junk")).unwrap());
     }
 }

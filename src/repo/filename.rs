@@ -13,6 +13,7 @@
 
 pub use crate::decode::volume::Encoding;
 use crate::repo::time::{parse_base36, parse_name_time, Epoch};
+use crate::source::names;
 use regex::Regex;
 
 /// Full or incremental: the two kinds of backup set.
@@ -244,9 +245,10 @@ impl NameParser {
         }
     }
 
-    /// The file a name denotes, or `None` for a name that is not a duplicity file.
+    /// The file a name denotes, or `None` for a name that is not a duplicity file (and for
+    /// any name that is not a plain file name, whatever its prefix: see `source::names`).
     pub fn parse(&self, name: &str, size: Option<u64>) -> Option<RemoteFile> {
-        if name.ends_with(".par2") {
+        if names::check(name).is_err() || name.ends_with(".par2") {
             return None;
         }
         for p in &self.patterns {
@@ -378,6 +380,10 @@ mod tests {
             "duplicity-full.20231114T250000Z.manifest",
             "lockfile",
             "README",
+            // Not plain file names: a prefix must never carry a path or a control character.
+            "../../x/duplicity-full.20261126T164229Z.vol1.difftar.gz",
+            "sub/duplicity-full.20261126T164229Z.manifest",
+            "\u{1b}[2Jduplicity-full.20261126T164229Z.manifest",
         ] {
             assert!(parse(name).is_none(), "{name}");
         }

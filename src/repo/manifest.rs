@@ -6,10 +6,47 @@
 //! Upstream's parsing rules are kept where they matter: keywords are case-insensitive,
 //! a repeated `Volume n:` block wins over the earlier one, and volumes numbered above the
 //! last-listed block are dropped (a restarted backup appends `Volume 2:` after `Volume 3:`).
+//!
+//! The manifest comes from the repository, so it is read as a stream with bounds instead
+//! of whole: a line may be at most [`MAX_LINE_BYTES`], the whole at most
+//! [`MAX_MANIFEST_BYTES`] (the Filelist of some 50 million files), and only the volume
+//! blocks are kept (the Filelist is counted), those numbered up to the highest volume the
+//! source has, with at most [`MAX_RANGE_BYTES`] of paths: a hostile manifest cannot make
+//! memory grow.
 
 use crate::error::Error;
 use crate::index::{unquote, PathIndex};
+use crate::source::names::shown;
 use std::collections::BTreeMap;
+use std::io::{self, BufRead, Read};
+
+/// The longest manifest line read: a quoted path is at most four times its bytes.
+pub const MAX_LINE_BYTES: u64 = 1 << 20;
+
+/// The most bytes of one manifest read (decoded): 4 GiB.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 30;
+
+/// The most bytes of volume-range paths kept: some 300,000 volumes of ordinary paths.
+pub const MAX_RANGE_BYTES: u64 = 64 << 20;
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Corrupt(#[from] Error),
+    #[error("{0}")]
+    Read(#[from] io::Error),
+}
+
+impl ManifestError {
+    /// The cause itself, so that a caller (the exit status) still sees an [`Error`].
+    pub fn into_cause(self) -> anyhow::Error {
+        match self {
+            ManifestError::Corrupt(e) => e.into(),
+            ManifestError::Read(e) => e.into(),
+        }
+    }
+}
 
 /// One volume's entry in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,16 +100,55 @@ fn keyword_is(token: &[u8], kw: &str) -> bool {
 }
 
 impl Manifest {
+    /// Parses a manifest held in memory, keeping every volume block.
     pub fn parse(data: &[u8]) -> Result<Manifest, Error> {
+        match Manifest::read(&mut &data[..], u32::MAX) {
+            Ok(m) => Ok(m),
+            Err(ManifestError::Corrupt(e)) => Err(e),
+            Err(ManifestError::Read(e)) => Err(Error::corrupt(e.to_string())),
+        }
+    }
+
+    /// Reads a manifest from `input` within the bounds of the module comment. Volume
+    /// blocks numbered above `max_volume` (the highest volume the source has) are not kept;
+    /// when the last-listed block is one of them, the result names that volume (bare), so
+    /// that the set shows as missing it.
+    pub fn read(input: &mut dyn BufRead, max_volume: u32) -> Result<Manifest, ManifestError> {
         let bad = |line_no: usize, what: &str| {
-            Error::corrupt(format!("manifest line {}: {what}", line_no + 1))
+            ManifestError::Corrupt(Error::corrupt(format!(
+                "manifest line {}: {what}",
+                line_no + 1
+            )))
         };
         let mut m = Manifest::default();
         let mut current: Option<VolumeInfo> = None;
         let mut last_listed: Option<u32> = None;
         let mut in_filelist = false;
-        let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-        for (no, raw) in lines.iter().enumerate() {
+        let mut range_bytes = 0u64;
+        let mut input = input.take(MAX_MANIFEST_BYTES + 1);
+        let mut raw = Vec::new();
+        for no in 0.. {
+            raw.clear();
+            let n = (&mut input)
+                .take(MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut raw)?;
+            if n == 0 {
+                break;
+            }
+            if input.limit() == 0 {
+                return Err(Error::corrupt(format!(
+                    "the manifest is larger than {} GiB, the most dupmirror reads",
+                    MAX_MANIFEST_BYTES >> 30
+                ))
+                .into());
+            }
+            let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+            if raw.len() as u64 > MAX_LINE_BYTES {
+                return Err(bad(
+                    no,
+                    &format!("longer than {} MiB", MAX_LINE_BYTES >> 20),
+                ));
+            }
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
             let tokens = split_ws(line);
             let Some(first) = tokens.first() else {
@@ -107,7 +183,7 @@ impl Manifest {
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| bad(no, "expected `Volume <number>:`"))?;
                 last_listed = Some(num);
-                current = Some(VolumeInfo {
+                current = (num <= max_volume).then(|| VolumeInfo {
                     number: num,
                     start: PathIndex::root(),
                     start_block: None,
@@ -131,6 +207,16 @@ impl Manifest {
             } else if let (Some(v), true) = (current.as_mut(), indented) {
                 if keyword_is(first, "startingpath") || keyword_is(first, "endingpath") {
                     let path = tokens.get(1).ok_or_else(|| bad(no, "path missing"))?;
+                    range_bytes += path.len() as u64;
+                    if range_bytes > MAX_RANGE_BYTES {
+                        return Err(bad(
+                            no,
+                            &format!(
+                                "the volume ranges take more than {} MiB",
+                                MAX_RANGE_BYTES >> 20
+                            ),
+                        ));
+                    }
                     let index = PathIndex::from_bytes(&unquote(path).map_err(|e| bad(no, &e))?);
                     let block = match tokens.get(2) {
                         None => None,
@@ -171,7 +257,7 @@ impl Manifest {
             } else if !indented {
                 return Err(bad(
                     no,
-                    &format!("unexpected line {:?}", String::from_utf8_lossy(line)),
+                    &format!("unexpected line {}", shown(&String::from_utf8_lossy(line))),
                 ));
             }
         }
@@ -180,6 +266,21 @@ impl Manifest {
         }
         if let Some(last) = last_listed {
             m.volumes.retain(|&n, _| n <= last);
+            if last > max_volume {
+                // Its block was not kept (the source has no such volume); a bare entry
+                // keeps the set known to be broken.
+                m.volumes.insert(
+                    last,
+                    VolumeInfo {
+                        number: last,
+                        start: PathIndex::root(),
+                        start_block: None,
+                        end: PathIndex::root(),
+                        end_block: None,
+                        hash: None,
+                    },
+                );
+            }
         }
         Ok(m)
     }
@@ -233,6 +334,29 @@ mod tests {
         assert_eq!(m.changes.new, 1);
         assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(m.sha1_of(2), Some("dd"));
+    }
+
+    #[test]
+    fn bounds() {
+        // Volumes above the highest the source has are not kept, unless listed last.
+        let data = b"Volume 1:\n    Hash SHA1 aa\nVolume 9:\n    Hash SHA1 bb\nVolume 1:\n    Hash SHA1 cc\n";
+        let m = Manifest::read(&mut &data[..], 2).unwrap();
+        assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(m.sha1_of(1), Some("cc"));
+        let m = Manifest::read(&mut &data[..40], 2).unwrap();
+        assert_eq!(m.volumes.keys().copied().collect::<Vec<_>>(), vec![1, 9]);
+        assert_eq!(m.sha1_of(9), None);
+        let mut long = b"Filelist 1\n    new      ".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES as usize));
+        let e = Manifest::read(&mut &long[..], 1).unwrap_err().to_string();
+        assert!(e.contains("longer than 1 MiB"), "{e}");
+        // Lines are read one at a time, not kept.
+        let mut endless = io::BufReader::new(
+            (&b"Filelist 1\n"[..])
+                .chain(io::repeat(b'\n').take(3 << 20))
+                .chain(&b"    new      x\n"[..]),
+        );
+        assert_eq!(Manifest::read(&mut endless, 1).unwrap().changes.new, 1);
     }
 
     #[test]

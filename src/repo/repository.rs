@@ -3,18 +3,22 @@
 //!
 //! Volumes come from the source directly (a local folder is read in place), or, once
 //! [`Repository::prefetch`] has queued a sync's volumes for a remote source, from the
-//! download cache, checked on arrival (see `source::cache`).
+//! download cache, checked on arrival (see `source::cache`). Either way a compressed or
+//! encrypted volume is checked against its manifest SHA1 before any of it is decoded, so a
+//! forged one (a gzip bomb) writes nothing to staging.
 
 use crate::decode::crypto::Decryptor;
 use crate::decode::records::{RecordSink, RecordStream};
 use crate::decode::volume::{DecodedFile, VolumeSource};
+use crate::error::Error;
 use crate::progress::Reporter;
 use crate::repo::collection::{BackupSet, Collection};
-use crate::repo::filename::{NameParser, Prefixes, RemoteFile};
-use crate::repo::manifest::Manifest;
+use crate::repo::filename::{Encoding, NameParser, Prefixes, RemoteFile};
+use crate::repo::manifest::{Manifest, ManifestError};
 use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
 use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
+use sha1::{Digest, Sha1};
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -86,20 +90,11 @@ impl Repository {
                 name: file.name.clone(),
                 encoding: file.encoding,
                 expected_sha1: sha1,
+                named_time: Some(file.end_time),
                 raw,
             },
             self.decryptor.clone(),
         )
-    }
-
-    /// Reads a whole (small) file, decoded: a manifest or a signature tar.
-    pub fn read_small(&self, file: &RemoteFile) -> Result<Vec<u8>> {
-        let mut r = self.reader(file, None)?;
-        let mut data = Vec::new();
-        let read = r.read_to_end(&mut data);
-        r.finish()?;
-        read.with_context(|| format!("cannot read {}", file.name))?;
-        Ok(data)
     }
 
     /// Opens a file for streaming, decoded (no hash check).
@@ -115,8 +110,18 @@ impl Repository {
             .ok_or_else(|| anyhow!("set {} has no manifest", set.label()))?;
         // Every source must agree on the manifest: it anchors the set's volumes.
         self.backend.verify_copies(&file.name)?;
-        let data = self.read_small(file)?;
-        let manifest = Manifest::parse(&data).with_context(|| format!("manifest {}", file.name))?;
+        let max_volume = set.volumes.keys().max().copied().unwrap_or(0);
+        let mut reader = self.reader(file, None)?;
+        let parsed = Manifest::read(&mut io::BufReader::new(&mut reader), max_volume);
+        // The file's own verdict (decryption, signature) explains a parse error best; after
+        // one, the rest is not decoded.
+        match &parsed {
+            Ok(_) => reader.finish(),
+            Err(_) => reader.abandon(),
+        }?;
+        let manifest = parsed
+            .map_err(ManifestError::into_cause)
+            .with_context(|| format!("manifest {}", file.name))?;
         if manifest.volumes.is_empty() {
             bail!("manifest {} lists no volumes", file.name);
         }
@@ -207,23 +212,60 @@ impl Repository {
     }
 
     /// A volume, decoded and hashed: from the download cache when it was prefetched
-    /// (hashed on arrival), else straight from the source (hashed as it is read).
+    /// (hashed on arrival), else straight from the source (hashed before and as it is read).
     fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<DecodedFile> {
         let (raw, sha1) = match self.fetcher.get().and_then(|f| f.take(&file.name)) {
             Some(cached) => (cached?, None),
-            None => (
-                self.backend
+            None => {
+                // A compressed or encrypted volume can inflate to a thousand times its
+                // size: it must be the one the manifest names before any of it is decoded
+                // into staging (a plain one cannot grow, and is hashed as it is read).
+                if file.encoding != Encoding::Plain {
+                    self.check_stored_hash(file, &sha1)?;
+                }
+                let raw = self
+                    .backend
                     .open(&file.name, 0)
                     .with_context(|| format!("cannot read {}", file.name))?
-                    .reader,
-                Some(sha1),
-            ),
+                    .reader;
+                (raw, Some(sha1))
+            }
         };
         let counted = Box::new(AppliedVolume {
             inner: raw,
             reporter: self.reporter.clone(),
         });
         Ok(self.decode(file, sha1, counted))
+    }
+
+    /// Reads a stored file once through SHA1 and compares it with the manifest's.
+    fn check_stored_hash(&self, file: &RemoteFile, expected: &str) -> Result<()> {
+        let mut raw = self
+            .backend
+            .open(&file.name, 0)
+            .with_context(|| format!("cannot read {}", file.name))?
+            .reader;
+        let mut hasher = Sha1::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match raw.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.name)),
+            };
+            hasher.update(&buf[..n]);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            return Err(Error::HashMismatch {
+                name: file.name.clone(),
+                expected: expected.to_string(),
+                actual,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Streams the given volumes of a set, in order, into `sink`. Each volume's SHA1 is

@@ -5,8 +5,11 @@
 //! incremental ones list only what changed or vanished. Merging a chain's signature files
 //! by index, the later file winning, gives the tree at the end of that chain
 //! (docs/format.md §6.3): what `ls` prints, and what `verify` compares DEST with. The merge
-//! streams: one tar reader per file, advanced together, so memory does not grow with the tree.
+//! streams: one tar reader per file, advanced together, so memory does not grow with the
+//! tree; a signature is kept as its digest ([`SigDigest`]), so memory does not grow with a
+//! file's size either.
 
+use crate::decode::delta::SigDigest;
 use crate::decode::tar::{
     entry_metadata, next_entry as next_tar_entry, parse_entry_name, RecordKind,
 };
@@ -16,7 +19,6 @@ use crate::meta::Metadata;
 use crate::repo::collection::BackupSet;
 use crate::repo::Repository;
 use anyhow::{anyhow, Context, Result};
-use std::io::Read;
 
 /// What the signature chain says about one path.
 #[derive(Clone, Debug)]
@@ -26,7 +28,7 @@ pub struct SigEntry {
     pub kind: RecordKind,
     pub meta: Metadata,
     /// The librsync signature of a regular file's content, when asked for.
-    pub signature: Option<Vec<u8>>,
+    pub signature: Option<SigDigest>,
 }
 
 impl SigEntry {
@@ -55,11 +57,7 @@ fn next_entry(
     }
     let meta = entry_metadata(&mut entry, &ext, parsed.kind)?;
     let signature = if with_signatures && parsed.kind == RecordKind::Signature {
-        let mut sig = Vec::new();
-        entry
-            .read_to_end(&mut sig)
-            .with_context(|| format!("reading {name}"))?;
-        Some(sig)
+        Some(SigDigest::read(&mut entry).with_context(|| format!("reading {name}"))?)
     } else {
         None
     };
@@ -137,7 +135,7 @@ pub fn merge_chain(
 pub fn set_signatures(
     repo: &Repository,
     set: &BackupSet,
-) -> Result<std::collections::BTreeMap<PathIndex, Vec<u8>>> {
+) -> Result<std::collections::BTreeMap<PathIndex, SigDigest>> {
     let mut out = std::collections::BTreeMap::new();
     if set.signatures.is_none() {
         return Ok(out);

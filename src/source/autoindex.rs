@@ -11,6 +11,7 @@
 //! - a plain index file an admin publishes: one file name per line, optionally followed by
 //!   its size in bytes; empty lines and `#` comments are skipped.
 
+use super::names::shown;
 use super::ListEntry;
 use anyhow::{anyhow, bail, Context, Result};
 use percent_encoding::percent_decode_str;
@@ -192,17 +193,25 @@ fn parse_plain(body: &str) -> Result<Vec<ListEntry>> {
         }
         let mut words = line.split_whitespace();
         let (Some(name), size, None) = (words.next(), words.next(), words.next()) else {
-            bail!("index line {}: expected NAME [SIZE], got {line:?}", i + 1);
+            bail!(
+                "index line {}: expected NAME [SIZE], got {}",
+                i + 1,
+                shown(line)
+            );
         };
-        let size = match size {
-            None => None,
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|_| anyhow!("index line {}: size {s:?} is not a number", i + 1))?,
-            ),
-        };
+        let size =
+            match size {
+                None => None,
+                Some(s) => Some(s.parse().map_err(|_| {
+                    anyhow!("index line {}: size {} is not a number", i + 1, shown(s))
+                })?),
+            };
         if name.contains('/') {
-            bail!("index line {}: {name:?} is not a plain file name", i + 1);
+            bail!(
+                "index line {}: {} is not a plain file name",
+                i + 1,
+                shown(name)
+            );
         }
         out.push(ListEntry {
             name: name.to_string(),

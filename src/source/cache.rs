@@ -19,10 +19,12 @@
 //! failure no new download starts; the applier meets the failure in order. Files of an
 //! interrupted run stay for the next one, which keeps those it still wants and deletes the
 //! rest.
+//! A download stops at the size the listing gave (`source::checked`), so a server cannot
+//! fill the disk, and only plain file names (`source::names`) are joined to the cache path.
 
 use crate::error::Error;
 use crate::progress::Reporter;
-use crate::source::Backend;
+use crate::source::{names, Backend};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
@@ -275,6 +277,9 @@ impl Shared {
     /// Downloads one volume into the cache (resuming a partial file), checks its SHA1 and
     /// renames it into place; a mismatch is fetched once more from scratch.
     fn download(&self, want: &WantedVolume) -> Result<PathBuf> {
+        // Listed names were checked already; the cache never joins anything else to its path.
+        names::check(&want.name)
+            .map_err(|fault| anyhow!("refusing to cache {} ({fault})", names::shown(&want.name)))?;
         let done = self.dir.join(&want.name);
         if done.is_file() {
             return Ok(done); // downloaded and checked by an earlier run
@@ -350,7 +355,12 @@ impl Shared {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(anyhow!("cannot download {}: {e}", want.name)),
+                Err(e) => {
+                    // Keeps a typed cause inside the io::Error (a size bound) for the exit status.
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot download {}", want.name))
+                    );
+                }
             };
             hasher.update(&buf[..n]);
             file.write_all(&buf[..n])

@@ -7,10 +7,14 @@
 //! listing is `MLSD` where the server has it, else `LIST` (Unix or DOS lines), else names
 //! only from `NLST`. A resumed read sends `REST` before `RETR` (a server that does not
 //! implement it sends the whole file). Replies 4xx are transient (try again later), 5xx
-//! permanent (wrong password, no such file).
+//! permanent (wrong password, no such file). A listing is read up to
+//! [`super::MAX_LISTING_BYTES`]; its names are checked by [`super::checked`] like any other.
 
+use super::names::shown;
 use super::url::{Scheme, SourceUrl};
-use super::{is_transient_io, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{
+    is_transient_io, tls, Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions,
+};
 use anyhow::{anyhow, Result};
 use rustls::ClientConfig;
 use std::io::{self, Read};
@@ -181,7 +185,7 @@ fn parse_mlsd(lines: &[String]) -> Result<Vec<ListEntry>> {
     let mut out = Vec::new();
     for line in lines {
         let f = ListParser::parse_mlsd(line)
-            .map_err(|e| anyhow!("unreadable MLSD line {line:?}: {e}"))?;
+            .map_err(|e| anyhow!("unreadable MLSD line {}: {e}", shown(line)))?;
         if f.is_file() {
             out.push(ListEntry {
                 name: f.name().to_string(),
@@ -192,6 +196,29 @@ fn parse_mlsd(lines: &[String]) -> Result<Vec<ListEntry>> {
     Ok(out)
 }
 
+/// Runs a listing command (`MLSD`, `LIST`, `NLST`) and returns its lines, reading at most
+/// [`super::MAX_LISTING_BYTES`] (suppaftp's own listing calls read without a bound);
+/// `None` when the server does not implement the command.
+fn listing_lines(ftp: &mut RustlsFtpStream, command: &str) -> Result<Option<Vec<String>>> {
+    let (_, mut stream) =
+        match ftp.custom_data_command(command, &[Status::AboutToSend, Status::AlreadyOpen]) {
+            Ok(opened) => opened,
+            Err(e) if is_not_implemented(&e) => return Ok(None),
+            Err(e) => return Err(ftp_error(e, command)),
+        };
+    let data = ListingBudget::new(command).read(&mut stream);
+    let finished = stream.finish().map_err(|e| ftp_error(e, command));
+    let data = data?;
+    finished?;
+    Ok(Some(
+        data.split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect(),
+    ))
+}
+
 fn plain_name(name: &str) -> Option<&str> {
     let base = name.rsplit('/').next().unwrap_or(name);
     (!base.is_empty() && base != "." && base != "..").then_some(base)
@@ -200,15 +227,19 @@ fn plain_name(name: &str) -> Option<&str> {
 impl Backend for FtpBackend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let mut ftp = self.connect()?;
-        let mut entries = match ftp.mlsd(None) {
-            Ok(lines) => parse_mlsd(&lines)?,
-            Err(e) if is_not_implemented(&e) => {
-                let lines = ftp.list(None).map_err(|e| ftp_error(e, "LIST"))?;
+        let unsupported = |what: &str| {
+            anyhow!(SourceError::Permanent(format!(
+                "the server implements neither MLSD nor {what}, so the folder cannot be listed"
+            )))
+        };
+        let mut entries = match listing_lines(&mut ftp, "MLSD")? {
+            Some(lines) => parse_mlsd(&lines)?,
+            None => {
+                let lines = listing_lines(&mut ftp, "LIST")?.ok_or_else(|| unsupported("LIST"))?;
                 match parse_list(&lines) {
                     Some(v) => v,
-                    None => ftp
-                        .nlst(None)
-                        .map_err(|e| ftp_error(e, "NLST"))?
+                    None => listing_lines(&mut ftp, "NLST")?
+                        .ok_or_else(|| unsupported("NLST"))?
                         .iter()
                         .filter_map(|n| plain_name(n.trim()))
                         .map(|name| ListEntry {
@@ -218,7 +249,6 @@ impl Backend for FtpBackend {
                         .collect(),
                 }
             }
-            Err(e) => return Err(ftp_error(e, "MLSD")),
         };
         let _ = ftp.quit();
         entries.sort_by(|a, b| a.name.cmp(&b.name));

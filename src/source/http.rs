@@ -5,9 +5,19 @@
 //! Resuming asks for `Range: bytes=N-`; a server that answers 200 instead of 206 (like
 //! `python3 -m http.server`) sends the whole file, and [`Opened::offset`] says so. The
 //! credentials go in an `Authorization` header, never in the URL, so no error can show them.
+//!
+//! Credentials go only to the origin (scheme, host, port) of SOURCE. Redirects are followed
+//! (at most 10), but a hop to another origin loses the header (reqwest), and when the
+//! listing ends on another origin the files, which resolve against it, are fetched from
+//! there without credentials, for good. A redirect from HTTPS to plain HTTP is refused:
+//! nothing of the repository is read over a downgraded connection. The listing body is read
+//! up to [`super::MAX_LISTING_BYTES`].
 
 use super::url::{Secret, SourceUrl};
-use super::{autoindex, root_cause, tls, Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{
+    autoindex, root_cause, tls, Backend, ListEntry, ListingBudget, Opened, SourceError,
+    SourceOptions,
+};
 use anyhow::{anyhow, Result};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -32,10 +42,38 @@ pub struct HttpBackend {
     base: Mutex<Url>,
 }
 
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Whether two URLs have the same origin: scheme, host and port.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Follows redirects, except from HTTPS down to anything else.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let secure_before = attempt.previous().iter().any(|u| u.scheme() == "https");
+        if secure_before && attempt.url().scheme() != "https" {
+            let to = attempt.url().origin().ascii_serialization();
+            return attempt.error(format!(
+                "refusing the server's redirect from HTTPS to {to}, which is not encrypted"
+            ));
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        attempt.follow()
+    })
+}
+
 /// A reqwest failure as a [`SourceError`]: the innermost cause (the useful part), never
 /// the URL.
 pub(super) fn request_error(e: reqwest::Error, what: &str) -> anyhow::Error {
-    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    let transient =
+        !e.is_redirect() && (e.is_timeout() || e.is_connect() || e.is_request() || e.is_body());
     let e = e.without_url();
     let msg = if e.is_timeout() {
         format!("{what}: timed out")
@@ -71,7 +109,8 @@ pub(super) fn client(options: &SourceOptions, tls: bool) -> Result<Client> {
     let mut builder = Client::builder()
         .user_agent(concat!("dupmirror/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(options.connect_timeout)
-        .timeout(options.read_timeout);
+        .timeout(options.read_timeout)
+        .redirect(redirect_policy());
     if tls {
         let config = tls::client_config(options.ca_file.as_deref())?;
         builder = builder.tls_backend_preconfigured((*config).clone());
@@ -148,11 +187,13 @@ impl HttpBackend {
         })
     }
 
+    /// A GET of `url`, with the credentials only when `url` is on SOURCE's own origin.
     fn get(&self, url: Url) -> RequestBuilder {
+        let ours = same_origin(&url, &self.url.bare);
         let req = self.client.get(url);
         match &self.user {
-            Some(u) => req.basic_auth(u, self.password.as_ref().map(Secret::expose)),
-            None => req,
+            Some(u) if ours => req.basic_auth(u, self.password.as_ref().map(Secret::expose)),
+            _ => req,
         }
     }
 
@@ -180,7 +221,8 @@ impl Backend for HttpBackend {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp.text().map_err(|e| request_error(e, &what))?;
+        let body = ListingBudget::new(&what).read(resp)?;
+        let body = String::from_utf8_lossy(&body);
         let entries = autoindex::parse(&body, content_type.as_deref(), &final_url)
             .map_err(|e| anyhow!(SourceError::Permanent(format!("{what}: {e:#}"))))?;
         if let Ok(mut base) = self.base.lock() {

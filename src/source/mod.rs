@@ -13,10 +13,16 @@
 //! everything shown. Every backend keeps the contract written on [`Backend`], and
 //! `tests/it/backends.rs` runs one conformance suite against each of them; `faulty` (tests
 //! only) breaks the contract on purpose, to test what wraps a backend.
+//!
+//! Nothing a source says is trusted: [`open_source`] wraps every backend in
+//! [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
+//! stops any read at the size the listing gave. A backend bounds what its own listing
+//! reads by [`MAX_LISTING_BYTES`] (see [`ListingBudget`]).
 
 mod autoindex;
 mod aws;
 pub mod cache;
+pub mod checked;
 #[cfg(test)]
 pub mod faulty;
 mod ftp;
@@ -25,6 +31,7 @@ mod local;
 mod memory;
 pub mod meter;
 pub mod mirrors;
+pub mod names;
 pub mod retry;
 mod s3;
 pub mod sftp;
@@ -35,10 +42,11 @@ pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 
 use crate::progress::Reporter;
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One file of the repository folder.
@@ -46,6 +54,26 @@ use std::time::Duration;
 pub struct ListEntry {
     pub name: String,
     pub size: Option<u64>,
+}
+
+/// The sizes a backend's last listing gave, by name: what the layers above it check reads
+/// against (a read that ends short was cut; one that goes on is refused).
+#[derive(Default)]
+pub struct ListedSizes(Mutex<HashMap<String, u64>>);
+
+impl ListedSizes {
+    pub fn record(&self, listing: &[ListEntry]) {
+        if let Ok(mut sizes) = self.0.lock() {
+            *sizes = listing
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.size?)))
+                .collect();
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0.lock().ok().and_then(|s| s.get(name).copied())
+    }
 }
 
 /// A file opened for reading.
@@ -79,7 +107,8 @@ pub struct Opened {
 /// * **Display**: [`Backend::display`] says which source this is, for messages and
 ///   reports (a path, a URL), and never contains a password; neither does any error.
 pub trait Backend: Send + Sync {
-    /// The files of the repository folder (not recursive), with their sizes.
+    /// The files of the repository folder (not recursive), with their sizes. A remote
+    /// listing reads at most [`MAX_LISTING_BYTES`] from the server.
     fn list(&self) -> Result<Vec<ListEntry>>;
 
     /// Opens a file for reading, starting `offset` bytes in (or at 0, see [`Opened`]).
@@ -205,11 +234,68 @@ impl Default for SourceOptions {
     }
 }
 
+/// The most bytes of one directory listing read from a server (64 MiB: some 400,000 files
+/// in an HTML index). A listing that goes on is refused instead of filling the memory.
+pub const MAX_LISTING_BYTES: u64 = 64 << 20;
+
+/// What one listing may still read from a server: [`MAX_LISTING_BYTES`] in all, however
+/// many requests, pages or packets it takes (a server that never stops paging is cut off
+/// like one that never stops sending).
+pub struct ListingBudget {
+    left: u64,
+    /// Which listing, for the error.
+    what: String,
+}
+
+impl ListingBudget {
+    pub fn new(what: &str) -> ListingBudget {
+        ListingBudget {
+            left: MAX_LISTING_BYTES,
+            what: what.to_string(),
+        }
+    }
+
+    /// Counts `n` more bytes of the listing; an error once it is larger than the bound.
+    pub fn spend(&mut self, n: u64) -> Result<()> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(crate::error::Error::corrupt(format!(
+                "{}: the listing is larger than {} MiB, the most dupmirror reads of one",
+                self.what,
+                MAX_LISTING_BYTES >> 20
+            ))
+            .into()),
+        }
+    }
+
+    /// Reads all of `reader` (a listing, or one page of it), counted.
+    pub fn read(&mut self, reader: impl Read) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        reader
+            .take(self.left.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| {
+                let msg = format!("{}: {}", self.what, root_cause(&e));
+                anyhow!(if is_transient_io(&e) {
+                    SourceError::Transient(msg)
+                } else {
+                    SourceError::Permanent(msg)
+                })
+            })?;
+        self.spend(data.len() as u64)?;
+        Ok(data)
+    }
+}
+
 /// Opens the backend a SOURCE argument names: a plain path, a `file://` URL, or an
 /// `ftp://`, `ftps://`, `http://`, `https://`, `s3://` or `sftp://` URL (and duplicity's
 /// other spellings of the last two). Remote backends come wrapped in
 /// [`retry::RetryBackend`], which counts what they transfer into `reporter`, under a
-/// `--bwlimit` of their own (several sources of one run share one: [`open_metered`]).
+/// `--bwlimit` of their own (several sources of one run share one: [`open_metered`]); every
+/// backend comes wrapped in [`checked::CheckedBackend`].
 pub fn open_source(
     source: &str,
     options: &SourceOptions,
@@ -226,33 +312,36 @@ pub fn open_metered(
     options: &SourceOptions,
     meter: &Arc<meter::Meter>,
 ) -> Result<Box<dyn Backend>> {
-    if let Some(path) = source.strip_prefix("file://") {
-        return Ok(Box::new(LocalBackend::new(path)?));
-    }
-    if !source.contains("://") {
-        return Ok(Box::new(LocalBackend::new(source)?));
-    }
-    let scheme = source.split_once("://").map_or("", |(s, _)| s);
-    let inner: Box<dyn Backend> = if s3::SCHEMES.contains(&scheme) {
-        Box::new(s3::S3Backend::new(
-            source,
-            options.s3_endpoint.as_deref(),
-            options,
-        )?)
-    } else if sftp::SCHEMES.contains(&scheme) {
-        Box::new(sftp::SftpBackend::new(source, options)?)
+    let backend: Box<dyn Backend> = if let Some(path) = source.strip_prefix("file://") {
+        Box::new(LocalBackend::new(path)?)
+    } else if !source.contains("://") {
+        Box::new(LocalBackend::new(source)?)
     } else {
-        let url = url::SourceUrl::parse(source)?;
-        match url.scheme {
-            url::Scheme::Ftp | url::Scheme::Ftps => Box::new(ftp::FtpBackend::new(url, options)?),
-            url::Scheme::Http | url::Scheme::Https => {
-                Box::new(http::HttpBackend::new(url, options)?)
+        let scheme = source.split_once("://").map_or("", |(s, _)| s);
+        let inner: Box<dyn Backend> = if s3::SCHEMES.contains(&scheme) {
+            Box::new(s3::S3Backend::new(
+                source,
+                options.s3_endpoint.as_deref(),
+                options,
+            )?)
+        } else if sftp::SCHEMES.contains(&scheme) {
+            Box::new(sftp::SftpBackend::new(source, options)?)
+        } else {
+            let url = url::SourceUrl::parse(source)?;
+            match url.scheme {
+                url::Scheme::Ftp | url::Scheme::Ftps => {
+                    Box::new(ftp::FtpBackend::new(url, options)?)
+                }
+                url::Scheme::Http | url::Scheme::Https => {
+                    Box::new(http::HttpBackend::new(url, options)?)
+                }
             }
-        }
+        };
+        Box::new(retry::RetryBackend::new(
+            inner,
+            options.retries,
+            meter.clone(),
+        ))
     };
-    Ok(Box::new(retry::RetryBackend::new(
-        inner,
-        options.retries,
-        meter.clone(),
-    )))
+    Ok(Box::new(checked::CheckedBackend::new(backend)))
 }

@@ -11,11 +11,10 @@
 //! through the [`Meter`].
 
 use super::meter::Meter;
-use super::{is_transient_io, root_cause, Backend, ListEntry, Opened, SourceError};
+use super::{is_transient_io, root_cause, Backend, ListEntry, ListedSizes, Opened, SourceError};
 use anyhow::{anyhow, Result};
-use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Whether retrying may help: a [`SourceError::Transient`] or a network-flavoured I/O error
@@ -59,8 +58,8 @@ struct Shared {
     inner: Box<dyn Backend>,
     policy: RetryPolicy,
     meter: Arc<Meter>,
-    /// Sizes from the last listing: a read that ends short of one was cut.
-    sizes: Mutex<HashMap<String, u64>>,
+    /// A read that ends short of its listed size was cut.
+    sizes: ListedSizes,
 }
 
 pub struct RetryBackend(Arc<Shared>);
@@ -72,7 +71,7 @@ impl RetryBackend {
             inner,
             policy: RetryPolicy::new(retries),
             meter,
-            sizes: Mutex::new(HashMap::new()),
+            sizes: ListedSizes::default(),
         }))
     }
 
@@ -135,12 +134,7 @@ impl Backend for RetryBackend {
             s.meter.reporter().listed();
             s.inner.list()
         })?;
-        if let Ok(mut sizes) = s.sizes.lock() {
-            *sizes = listing
-                .iter()
-                .filter_map(|e| Some((e.name.clone(), e.size?)))
-                .collect();
-        }
+        s.sizes.record(&listing);
         Ok(listing)
     }
 
@@ -148,7 +142,7 @@ impl Backend for RetryBackend {
         let s = &self.0;
         let opened = s.with_retries(|| s.open_once(name, offset))?;
         s.meter.reporter().file_opened();
-        let size = s.sizes.lock().ok().and_then(|m| m.get(name).copied());
+        let size = s.sizes.get(name);
         Ok(Opened {
             offset: opened.offset,
             reader: Box::new(ResumingReader {

@@ -26,7 +26,7 @@
 use super::aws::{AwsEnv, AwsSettings};
 use super::http::{client, ranged_get, request_error};
 use super::url::redact;
-use super::{Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::blocking::{Client, Response};
 use rusty_s3::actions::ListObjectsV2;
@@ -155,7 +155,11 @@ impl S3Backend {
     }
 
     /// One page of the listing: its entries and the token for the next page, if any.
-    fn list_page(&self, token: Option<&str>) -> Result<(Vec<ListEntry>, Option<String>)> {
+    fn list_page(
+        &self,
+        token: Option<&str>,
+        budget: &mut ListingBudget,
+    ) -> Result<(Vec<ListEntry>, Option<String>)> {
         let what = format!("listing {}", self.shown);
         let mut action = ListObjectsV2::new(&self.bucket, self.credentials.as_ref());
         action.with_prefix(self.prefix.as_str());
@@ -172,7 +176,7 @@ impl S3Backend {
         if !resp.status().is_success() {
             return Err(s3_error(resp, &what, self.keys_origin.as_deref()));
         }
-        let body = resp.text().map_err(|e| request_error(e, &what))?;
+        let body = String::from_utf8_lossy(&budget.read(resp)?).into_owned();
         let page = ListObjectsV2::parse_response(&body).map_err(|e| {
             anyhow!(SourceError::Permanent(format!(
                 "{what}: the answer is not an S3 ListObjectsV2 result ({e})"
@@ -241,8 +245,9 @@ impl Backend for S3Backend {
     fn list(&self) -> Result<Vec<ListEntry>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut budget = ListingBudget::new(&format!("listing {}", self.shown));
         loop {
-            let (entries, next) = self.list_page(token.as_deref())?;
+            let (entries, next) = self.list_page(token.as_deref(), &mut budget)?;
             out.extend(entries);
             match next {
                 // A server that hands back the token it was given would loop forever.

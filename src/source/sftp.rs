@@ -32,7 +32,7 @@
 //! retry layer reconnects and resumes. Replies are capped at 4 MiB. Limits: no password
 //! authentication (BatchMode); the server must speak SFTP v3 or later (every OpenSSH does).
 
-use super::{Backend, ListEntry, Opened, SourceError, SourceOptions};
+use super::{Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, bail, Result};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufReader, Read, Write};
@@ -252,11 +252,13 @@ impl Backend for SftpBackend {
         let handle = s.call(p, &what)?.handle(&what)?;
         let mut out = Vec::new();
         let mut links = Vec::new();
+        let mut budget = ListingBudget::new(&what);
         let result = (|| -> Result<()> {
             loop {
                 let mut p = Packet::new(SSH_FXP_READDIR);
                 p.string(&handle);
                 let reply = s.call(p, &what)?;
+                budget.spend(reply.data.len() as u64)?;
                 if reply.kind == SSH_FXP_STATUS && reply.status_code() == Some(SSH_FX_EOF) {
                     return Ok(());
                 }

@@ -75,21 +75,21 @@ pub struct SourceUrl {
 
 /// `source` with any password in its user-info part replaced by `***`. Works on any text
 /// that looks like a URL, parsable or not, so even an error about a malformed SOURCE can
-/// show it.
+/// show it: a password may hold an unescaped `/`, `?`, `#` or `@` that breaks parsing, so
+/// everything from the user's `:` to the last `@` counts as the password. That can hide a
+/// port or a path as well; it never shows a password.
 pub fn redact(source: &str) -> String {
     let Some((scheme, rest)) = source.split_once("://") else {
         return source.to_string();
     };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(auth_end);
-    let Some(at) = auth.rfind('@') else {
+    let (Some(colon), Some(at)) = (rest.find(':'), rest.rfind('@')) else {
         return source.to_string();
     };
-    let (userinfo, host) = auth.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{host}{tail}"),
-        None => source.to_string(),
+    let user = &rest[..colon];
+    if at < colon || user.contains(['/', '?', '#']) {
+        return source.to_string();
     }
+    format!("{scheme}://{user}:***{}", &rest[at..])
 }
 
 fn decode(s: &str) -> Result<String> {
@@ -304,6 +304,21 @@ mod tests {
         }
         assert_eq!(redact("ftp://u:p@w@h/x"), "ftp://u:***@h/x");
         assert_eq!(redact("ftp://u@h/x:y@z"), "ftp://u@h/x:y@z");
+        assert_eq!(redact("ftp://h:21/x"), "ftp://h:21/x");
+        // A password with an unescaped /, ? or # is not a valid URL: still hidden.
+        for (bad, shown) in [
+            ("ftp://u:hunter2/x@h:99/r", "ftp://u:***@h:99/r"),
+            ("https://u:hun?ter2@h/r", "https://u:***@h/r"),
+            ("http://u:hun#ter2@h/r", "http://u:***@h/r"),
+            ("ftp://a@b.c:hunter2@h/r", "ftp://a@b.c:***@h/r"),
+        ] {
+            assert_eq!(redact(bad), shown);
+            let shown = match SourceUrl::parse(bad) {
+                Ok(u) => u.display(),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(!shown.contains("hun"), "{shown}");
+        }
         assert_eq!(redact("/plain/path"), "/plain/path");
     }
 

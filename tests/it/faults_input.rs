@@ -10,9 +10,9 @@
 
 use crate::support::bed::{abs_outside, full_case, inc_case, Bed};
 use crate::support::fixture::{
-    self, delta, gunzip, gzip, literal_delta, tar, Entry, ForgedSet, SetName,
+    self, delta, gunzip, gzip, gzipped_zeros, literal_delta, tar, Entry, ForgedSet, SetName,
 };
-use crate::support::process::dupmirror_command;
+use crate::support::process::{dupmirror_command, limit_resource};
 use crate::support::*;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -314,30 +314,8 @@ fn device_nodes_as_non_root_are_refused() {
 /// Runs a sync with its address space limited, so unbounded memory shows as a failure.
 fn sync_with_memory_limit(bed: &Bed, bytes: u64) -> Run {
     let mut cmd = dupmirror_command(bed.sync_args(), &[]);
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_resource(&mut cmd, libc::RLIMIT_AS, bytes);
     run_with_timeout(cmd, Duration::from_secs(120))
-}
-
-/// gzip members that inflate to `total` zero bytes (a member of 8 MiB, repeated).
-fn zero_bomb(total: u64) -> Vec<u8> {
-    let block = 8u64 << 20;
-    let member = gzip(&vec![0u8; block as usize]);
-    let mut out = Vec::new();
-    for _ in 0..total.div_ceil(block) {
-        out.extend_from_slice(&member);
-    }
-    out
 }
 
 #[test]
@@ -381,7 +359,7 @@ fn oversized_extension_headers_do_not_exhaust_memory() {
         };
         let h = tar::header(name, typeflag, size, &Entry::raw("", b'0'), b"");
         let mut stored = gzip(&h);
-        stored.extend(zero_bomb(size + 4096));
+        stored.extend(gzipped_zeros(size + 4096));
         bed.forge.set_stored(SetName::Inc(t(0), t(1)), &[stored]);
         let before = bed.host.tree_opt();
         let outside = bed.outside_tree();

@@ -30,5 +30,6 @@ mod remote_http;
 mod remote_s3;
 mod remote_sftp;
 mod security_dest;
+mod security_input;
 mod testdata_gen;
 mod testdata_repos;

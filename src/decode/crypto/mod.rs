@@ -18,6 +18,9 @@
 //! * the plaintext streams out in small chunks (`stream`), and the end of the stream carries
 //!   the verdict: wrong passphrase, missing secret key, corrupt data, or a signature that
 //!   `--sign-key` does not accept all surface as an error from the final read (`status`).
+//!   With `--sign-key`, a signature made more than an hour before the time in the file's
+//!   name is refused too: signatures do not cover names, but they carry a signed time, so an
+//!   old set renamed to pass for a new one (a rollback) shows.
 //!
 //! Callers apply nothing from a file before reading it to its end, so no plaintext of a file
 //! that fails is ever committed. The SHA1 of a volume is checked by `volume` on the stored
@@ -74,6 +77,12 @@ pub enum CryptoError {
         why: String,
         required: SignKey,
     },
+
+    #[error(
+        "signed at {signed}, before {named}, the time its name gives: an older file renamed to \
+         pass for a newer one"
+    )]
+    SignedBeforeItsName { signed: String, named: String },
 
     #[error("not encrypted, so it carries no signature; --sign-key {required} requires one")]
     Unencrypted { required: SignKey },
@@ -213,7 +222,13 @@ impl SignKey {
 pub trait Decryptor: Send + Sync {
     /// The plaintext of `input`. Its final read fails if the file does not decrypt or does
     /// not pass the signature policy, so the plaintext counts only once read to the end.
-    fn decrypt(&self, input: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>>;
+    /// `named_time` is the time the file's name gives (a required signature made well
+    /// before it is refused, see [`status::check_signing_time`]).
+    fn decrypt(
+        &self,
+        input: Box<dyn Read + Send>,
+        named_time: Option<i64>,
+    ) -> Result<Box<dyn Read + Send>>;
     /// Called for each file that is not encrypted: an error refuses it (when signatures are
     /// required, such a file cannot carry one).
     fn check_unencrypted(&self) -> Result<()>;
@@ -255,7 +270,11 @@ impl GpgDecryptor {
 }
 
 impl Decryptor for GpgDecryptor {
-    fn decrypt(&self, input: Box<dyn Read + Send>) -> Result<Box<dyn Read + Send>> {
+    fn decrypt(
+        &self,
+        input: Box<dyn Read + Send>,
+        named_time: Option<i64>,
+    ) -> Result<Box<dyn Read + Send>> {
         let (input, protection) =
             packets::peek(input).map_err(|e| CryptoError::Read(e.to_string()))?;
         let job = Job {
@@ -263,6 +282,7 @@ impl Decryptor for GpgDecryptor {
             sign_key: self.sign_key.clone(),
             tally: Arc::clone(&self.tally),
             protection,
+            named_time,
         };
         let plain = stream::spawn("gpg-decrypt", move |out| job.run(input, out))
             .context("cannot start a decryption thread")?;
@@ -296,6 +316,8 @@ struct Job {
     sign_key: Option<SignKey>,
     tally: Arc<Mutex<GpgSignatureTally>>,
     protection: Protection,
+    /// The time the file's name gives.
+    named_time: Option<i64>,
 }
 
 /// The encrypted input; remembers a read error, which explains a failure better than what gpg
@@ -363,6 +385,9 @@ impl Job {
             return Err(log.failure(e));
         }
         let signed = status::judge(&log.sigs, self.sign_key.as_ref());
+        if let (Ok(_), Some(required), Some(named)) = (&signed, &self.sign_key, self.named_time) {
+            status::check_signing_time(&log.sigs, required, named)?;
+        }
         let mut tally = lock(&self.tally);
         tally.encrypted_files += 1;
         match signed? {

@@ -16,6 +16,8 @@ pub struct Sig {
     pub key_id: String,
     /// Fingerprints: the signing key's and its primary key's (`VALIDSIG`, `ERRSIG`).
     pub fingerprints: Vec<String>,
+    /// When the signature was made (`VALIDSIG`, Unix seconds): signed, so unforgeable.
+    pub created: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -90,7 +92,8 @@ impl StatusLog {
                 //          <class> [<primary-key-fpr>]
                 if let Some(sig) = self.sigs.last_mut() {
                     sig.fingerprints.push(first);
-                    if let Some(primary) = fields.nth(8) {
+                    sig.created = fields.nth(1).and_then(parse_sig_time);
+                    if let Some(primary) = fields.nth(6) {
                         sig.fingerprints.push(primary.to_string());
                     }
                 }
@@ -108,7 +111,7 @@ impl StatusLog {
             _ => self.sigs.push(Sig {
                 state,
                 key_id,
-                fingerprints: Vec::new(),
+                ..Sig::default()
             }),
         }
     }
@@ -225,6 +228,50 @@ pub fn judge(sigs: &[Sig], required: Option<&SignKey>) -> Result<Signed, CryptoE
     }
 }
 
+/// A signature time as gpg gives it: Unix seconds, or ISO 8601 (`20260102T030405`).
+fn parse_sig_time(text: &str) -> Option<i64> {
+    text.parse().ok().or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y%m%dT%H%M%S")
+            .ok()
+            .map(|t| t.and_utc().timestamp())
+    })
+}
+
+/// How much earlier than the time in its name a file may have been signed: clocks get
+/// stepped. duplicity names a set by the time its session started and signs the files
+/// during the session, so a real file is signed at or after that time.
+pub const SIGNED_BEFORE_NAME_SLACK: i64 = 3600;
+
+/// Refuses a file whose good signature by `required` was made well before `named_time`,
+/// the time its name gives: an older file renamed to pass for a newer one (signatures cover
+/// the content, not the name, but they carry their own signed time).
+pub fn check_signing_time(
+    sigs: &[Sig],
+    required: &SignKey,
+    named_time: i64,
+) -> Result<(), CryptoError> {
+    let made = sigs
+        .iter()
+        .filter(|s| s.state == SigState::Good && required.matches(s))
+        .filter_map(|s| s.created)
+        .max();
+    match made {
+        Some(made) if made + SIGNED_BEFORE_NAME_SLACK < named_time => {
+            Err(CryptoError::SignedBeforeItsName {
+                signed: format_epoch(made),
+                named: format_epoch(named_time),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn format_epoch(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
 /// The most stable name of a signature's key: its primary fingerprint, else what gpg gave.
 fn identity(sig: &Sig) -> String {
     sig.fingerprints
@@ -280,6 +327,21 @@ mod tests {
             );
         }
         assert_eq!(judge(&log.sigs, None).unwrap(), Signed::By(A_FPR.into()));
+    }
+
+    #[test]
+    fn signing_time_must_not_precede_the_name() {
+        let log = signed_by_a();
+        assert_eq!(log.sigs[0].created, Some(1795722169));
+        let k = key(A_FPR);
+        assert!(check_signing_time(&log.sigs, &k, 1795722169).is_ok());
+        assert!(check_signing_time(&log.sigs, &k, 1795722169 + 3600).is_ok());
+        let e = check_signing_time(&log.sigs, &k, 1795722169 + 3601).unwrap_err();
+        assert!(matches!(e, CryptoError::SignedBeforeItsName { .. }), "{e}");
+        assert!(e.to_string().contains("2026-11-26T"), "{e}");
+        // Another key's signature does not count; a missing time cannot be judged.
+        assert!(check_signing_time(&log.sigs, &key(&B_FPR[24..]), i64::MAX).is_ok());
+        assert_eq!(parse_sig_time("20261126T164249"), Some(1795711369));
     }
 
     #[test]

@@ -17,8 +17,12 @@
 //! Only content drifts: DEST holding another kind of object where the set patches a
 //! regular file is a contradiction, refused before any patching (update.rs). A delta that
 //! is itself corrupt looks like drift here; it fails again, as an error, when the repair
-//! applies it to the basis restored from the chain.
+//! applies it to the basis restored from the chain. One that writes past its output bound
+//! ([`DriftCheck::output_bound`]) is refused at once: its output length does not depend on
+//! the basis.
 
+use crate::decode::delta::{self, SigDigest};
+use crate::error::Error;
 use crate::index::PathIndex;
 use crate::mirror::compare::content_matches;
 use anyhow::{Context, Result};
@@ -28,7 +32,7 @@ use std::fs::File;
 #[derive(Default)]
 pub struct DriftCheck {
     /// The set's new signatures, when watching.
-    signatures: Option<BTreeMap<PathIndex, Vec<u8>>>,
+    signatures: Option<BTreeMap<PathIndex, SigDigest>>,
     drifted: BTreeSet<PathIndex>,
 }
 
@@ -41,8 +45,19 @@ pub enum Verdict {
 }
 
 impl DriftCheck {
-    pub fn watch(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+    pub fn watch(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         self.signatures = Some(signatures);
+    }
+
+    /// The most a delta may write for `index`: what the set's new signature of the file
+    /// allows, else [`delta::unsigned_output_bound`] of its basis and delta lengths. A
+    /// delta of endless copies must not fill the disk.
+    pub fn output_bound(&self, index: &PathIndex, basis_len: u64, delta_len: u64) -> u64 {
+        self.signatures
+            .as_ref()
+            .and_then(|s| s.get(index))
+            .and_then(SigDigest::max_size)
+            .unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len))
     }
 
     /// Judges the outcome of patching `index`; `result` opens the patched file.
@@ -52,7 +67,10 @@ impl DriftCheck {
         patched: Result<u64>,
         result: impl FnOnce() -> Result<File>,
     ) -> Result<Verdict> {
-        let Some(signatures) = &self.signatures else {
+        let corrupt = patched
+            .as_ref()
+            .is_err_and(|e| matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
+        let Some(signatures) = self.signatures.as_ref().filter(|_| !corrupt) else {
             let n = patched.with_context(|| format!("cannot apply the change to {index}"))?;
             return Ok(Verdict::Fits(n));
         };

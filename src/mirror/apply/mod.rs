@@ -43,6 +43,7 @@ mod fresh;
 mod gate;
 mod update;
 
+use crate::decode::delta::SigDigest;
 use crate::decode::records::{Record, RecordSink};
 use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::{self, JournalWriter, Recovery, TREE};
@@ -132,7 +133,7 @@ impl SetApplier {
     }
 
     /// Treats DEST as possibly drifted: see `drift.rs`. Only for an update.
-    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         if let SetApplier::Update(u) = self {
             u.detect_drift(signatures);
         }

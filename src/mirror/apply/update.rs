@@ -23,7 +23,7 @@
 use super::drift::{DriftCheck, Verdict};
 use super::gate::Gate;
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
-use crate::decode::delta::{self, Spool};
+use crate::decode::delta::{self, SigDigest, Spool};
 use crate::decode::records::{Record, RecordKind};
 use crate::dest::dir::{Dir, Kind};
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
@@ -111,7 +111,7 @@ impl JournaledUpdate {
         })
     }
 
-    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, Vec<u8>>) {
+    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         self.drift.watch(signatures);
     }
 
@@ -291,7 +291,16 @@ impl JournaledUpdate {
     ) -> Result<()> {
         let (n, name) = self.next_object();
         let mut out = self.objects.create_file(&name)?;
-        let patched = delta::patch(basis, &mut spool.reader()?, &mut out, &mut self.copy_buf);
+        let max_out =
+            self.drift
+                .output_bound(&index, basis.metadata()?.len(), spool.spooled_bytes());
+        let patched = delta::patch(
+            basis,
+            &mut spool.reader()?,
+            &mut out,
+            &mut self.copy_buf,
+            max_out,
+        );
         match self
             .drift
             .judge(&index, patched, || self.objects.read_file(&name))?

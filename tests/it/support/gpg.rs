@@ -104,8 +104,16 @@ impl GpgHome {
     /// Makes a key (ed25519 signing primary, cv25519 encryption subkey) protected by
     /// `passphrase` (none when empty); returns its fingerprint.
     pub fn gen_key(&self, name: &str, passphrase: &str) -> String {
+        self.gen_key_at(name, passphrase, None)
+    }
+
+    /// [`GpgHome::gen_key`], made at `created` (Unix seconds) instead of now, so that it can
+    /// sign files dated in the past (`--faked-system-time`).
+    pub fn gen_key_at(&self, name: &str, passphrase: &str, created: Option<i64>) -> String {
         let uid = format!("{name} <{name}@example.org>");
-        self.gpg(&[
+        let faked = created.map(|t| format!("--faked-system-time={t}!"));
+        let mut args: Vec<&str> = faked.iter().map(String::as_str).collect();
+        args.extend([
             "--passphrase",
             passphrase,
             "--quick-gen-key",
@@ -114,6 +122,7 @@ impl GpgHome {
             "default",
             "never",
         ]);
+        self.gpg(&args);
         let listing = self.gpg(&["--with-colons", "--list-keys", &uid]);
         listing
             .stdout_text()

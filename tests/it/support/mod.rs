@@ -13,6 +13,7 @@
 //! * [`tree`]: tree snapshots and their text form (the committed `testdata/**/*.tree` files);
 //! * [`report`]: dupmirror's `--json` reports as typed structs;
 //! * [`remote`], [`proxy`]: servers on 127.0.0.1 and a fault-injecting TCP proxy;
+//!   [`hostile`]: lying servers, and runs measured for peak memory and capped in file size;
 //!   [`stores`]: an S3 server (moto) and an SFTP server (sshd);
 //! * [`gpg`]: private GnuPG homes; [`strace`]: kills and errors at exact syscalls, and
 //!   locks held at them; [`tmpfs`]: a small or second file system;
@@ -36,6 +37,7 @@
 pub mod bed;
 pub mod fixture;
 pub mod gpg;
+pub mod hostile;
 pub mod lab;
 pub mod oracle;
 pub mod process;

@@ -4,8 +4,9 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The result of one program run.
@@ -168,18 +169,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let output = collect_output(&mut child);
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -192,13 +182,50 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let stdout = t_out.join().unwrap();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
+    let (stdout, stderr) = output();
     Run {
         cmdline,
         status,
         stdout,
         stderr,
+    }
+}
+
+/// Reads a spawned child's piped stdout and stderr on threads (so neither pipe fills up);
+/// the returned function waits for both: (stdout, stderr as text).
+pub fn collect_output(child: &mut Child) -> impl FnOnce() -> (Vec<u8>, String) {
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = reader(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = reader(child.stderr.take().map(|p| Box::new(p) as _));
+    move || {
+        let stdout = out.join().unwrap();
+        let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        (stdout, stderr)
+    }
+}
+
+/// Makes `cmd` run with the resource limit `resource` (`libc::RLIMIT_*`) set to `bytes`.
+pub fn limit_resource(cmd: &mut Command, resource: libc::__rlimit_resource_t, bytes: u64) {
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -132,6 +132,16 @@ pub struct Difference {
 pub struct StatusReport {
     pub chains: Vec<ChainStatus>,
     pub latest: Option<String>,
+    pub dest: Option<DestStatus>,
+}
+
+/// `status --dest --json`: what DEST holds, and whether the source went back or froze.
+#[derive(Debug, Deserialize)]
+pub struct DestStatus {
+    pub newest_applied: Option<String>,
+    pub newest_applied_at: Option<String>,
+    pub source_behind: bool,
+    pub frozen_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]

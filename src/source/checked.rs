@@ -1,0 +1,212 @@
+//! The outermost layer of every backend: what any source hands out is checked here once,
+//! whatever the backend.
+//!
+//! ```text
+//! list():  every name passes names::check
+//!              a hostile name (/, NUL, ., .., empty)  -> the listing is refused
+//!              an odd one (too long, control chars)   -> skipped, like any non-duplicity name
+//!          the sizes listed are remembered
+//! open():  the name must pass names::check (only listed names are ever opened)
+//!          the reader stops with an error past the listed size, or past
+//!          MAX_UNLISTED_FILE_BYTES when the listing gave none: a server cannot send more
+//!          than it announced, so it cannot fill the disk or the memory of a reader
+//! ```
+//!
+//! [`super::open_source`] wraps every backend it opens in this, outside the retry layer, so
+//! a backend added later gets the same checks without doing anything. Limits: the listed
+//! size is the server's own word; it bounds a download, it does not make it honest (the
+//! manifest's SHA1 does that).
+
+use super::names::{self, shown};
+use super::{Backend, ListEntry, ListedSizes, Opened};
+use crate::error::Error;
+use anyhow::Result;
+use std::io::{self, Read};
+
+/// The most bytes read of a file whose size the listing does not give (an FTP server
+/// answering only `NLST`, an index without sizes): far above any duplicity volume.
+pub const MAX_UNLISTED_FILE_BYTES: u64 = 64 << 30;
+
+pub struct CheckedBackend {
+    inner: Box<dyn Backend>,
+    sizes: ListedSizes,
+}
+
+impl CheckedBackend {
+    pub fn new(inner: Box<dyn Backend>) -> CheckedBackend {
+        CheckedBackend {
+            inner,
+            sizes: ListedSizes::default(),
+        }
+    }
+}
+
+/// The listing without the names that cannot be repository files; an error naming the
+/// first hostile one, if any.
+pub fn checked_listing(listing: Vec<ListEntry>) -> Result<Vec<ListEntry>> {
+    let mut out = Vec::with_capacity(listing.len());
+    for entry in listing {
+        match names::check(&entry.name) {
+            Ok(()) => out.push(entry),
+            Err(fault) if fault.is_hostile() => {
+                return Err(Error::corrupt(format!(
+                    "the source lists a file named {} ({fault}), which no real folder can \
+                     hold; refusing a listing that tries to reach outside the repository",
+                    shown(&entry.name)
+                ))
+                .into())
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+impl Backend for CheckedBackend {
+    fn list(&self) -> Result<Vec<ListEntry>> {
+        let listing = checked_listing(self.inner.list()?)?;
+        self.sizes.record(&listing);
+        Ok(listing)
+    }
+
+    fn open(&self, name: &str, offset: u64) -> Result<Opened> {
+        if let Err(fault) = names::check(name) {
+            return Err(
+                Error::corrupt(format!("refusing to open {} ({fault})", shown(name))).into(),
+            );
+        }
+        let listed = self.sizes.get(name);
+        let opened = self.inner.open(name, offset)?;
+        Ok(Opened {
+            reader: Box::new(SizeCapped {
+                inner: opened.reader,
+                pos: opened.offset,
+                limit: listed.unwrap_or(MAX_UNLISTED_FILE_BYTES),
+                listed: listed.is_some(),
+            }),
+            offset: opened.offset,
+        })
+    }
+
+    fn display(&self) -> String {
+        self.inner.display()
+    }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+
+    fn distrust(&self, name: &str) -> bool {
+        self.inner.distrust(name)
+    }
+
+    fn verify_copies(&self, name: &str) -> Result<()> {
+        self.inner.verify_copies(name)
+    }
+}
+
+/// A reader that fails once its file goes past `limit` bytes (the caller names the file).
+struct SizeCapped {
+    inner: Box<dyn Read + Send>,
+    /// Offset in the file of the next byte.
+    pos: u64,
+    limit: u64,
+    listed: bool,
+}
+
+impl Read for SizeCapped {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than allowed is enough to tell "too long" from "exactly right".
+        let room = self.limit.saturating_sub(self.pos).saturating_add(1);
+        let len = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..len])?;
+        self.pos += n as u64;
+        if self.pos > self.limit {
+            let why = if self.listed {
+                format!("the {} bytes the listing gives for it", self.limit)
+            } else {
+                format!(
+                    "{} GiB, the most read of a file whose size the listing does not give",
+                    MAX_UNLISTED_FILE_BYTES >> 30
+                )
+            };
+            return Err(io::Error::other(Error::corrupt(format!(
+                "the source sent more than {why}"
+            ))));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<ListEntry>, Vec<u8>);
+
+    impl Backend for Fixed {
+        fn list(&self) -> Result<Vec<ListEntry>> {
+            Ok(self.0.clone())
+        }
+        fn open(&self, _: &str, _: u64) -> Result<Opened> {
+            Ok(Opened {
+                reader: Box::new(io::Cursor::new(self.1.clone())),
+                offset: 0,
+            })
+        }
+        fn display(&self) -> String {
+            "fixed".into()
+        }
+    }
+
+    fn entry(name: &str, size: Option<u64>) -> ListEntry {
+        ListEntry {
+            name: name.into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn hostile_names_refuse_the_listing_odd_ones_are_skipped() {
+        let b = CheckedBackend::new(Box::new(Fixed(
+            vec![
+                entry("ok", Some(1)),
+                entry("a\nb", None),
+                entry(&"x".repeat(300), None),
+            ],
+            vec![],
+        )));
+        assert_eq!(b.list().unwrap(), vec![entry("ok", Some(1))]);
+        for bad in ["../x", "..", "a/b", "a\0b"] {
+            let b = CheckedBackend::new(Box::new(Fixed(vec![entry(bad, None)], vec![])));
+            let e = format!("{:#}", b.list().unwrap_err());
+            assert!(e.contains("refusing a listing"), "{e}");
+        }
+        let b = CheckedBackend::new(Box::new(Fixed(vec![], vec![])));
+        assert!(b.open("../x", 0).is_err());
+    }
+
+    #[test]
+    fn reads_stop_past_the_listed_size() {
+        let b = CheckedBackend::new(Box::new(Fixed(
+            vec![entry("f", Some(10)), entry("g", Some(11))],
+            vec![7; 11],
+        )));
+        b.list().unwrap();
+        let mut out = Vec::new();
+        let e = b.open("f", 0).unwrap().reader.read_to_end(&mut out);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 10 bytes the listing gives"),
+            "{e}"
+        );
+        assert!(out.len() <= 11);
+        out.clear();
+        b.open("g", 0)
+            .unwrap()
+            .reader
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out.len(), 11);
+    }
+}
