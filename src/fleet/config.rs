@@ -7,7 +7,8 @@
 //! metrics-file = "/var/lib/prometheus/node-exporter/dupmirror.prom"
 //!
 //! [mirror.web]                    # one table per mirror; NAME is [A-Za-z0-9][A-Za-z0-9._-]*
-//! source = "https://backup.example.org/web"
+//! source = "https://backup.example.org/web"  # or a list, in order of preference:
+//!                                 # ["s3://cdn-bucket/web", "https://backup.example.org/web"]
 //! dest = "/srv/web"
 //! path = ["htdocs", "conf"]       # a repeatable option takes an array
 //! no-fsync = true                 # a flag takes true or false
@@ -200,8 +201,9 @@ impl Loader<'_> {
             })?;
             // The option alone (other required arguments stand-ins) through `sync`'s
             // parser, so a bad value names its key.
-            let values = self.values(arg, &setting, &key)?;
+            let (values, spares) = spare_sources(arg, self.values(arg, &setting, &key)?);
             let mut argv: Vec<OsString> = vec!["sync".into()];
+            argv.extend(spares);
             if !arg.is_positional() {
                 argv.extend(argv_of(arg, &key, values.clone()));
             }
@@ -256,6 +258,16 @@ impl Loader<'_> {
                     .map(|x| vec![x])
                     .ok_or_else(|| wrong("a string or an array of strings")),
             },
+            // SOURCE may list the mirror's sources in order of preference.
+            _ if arg.is_positional() && arg.get_id() == "source" => match value {
+                DeValue::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|i| scalar(i.get_ref()).ok_or_else(|| wrong("an array of strings")))
+                    .collect(),
+                v => scalar(v)
+                    .map(|x| vec![x])
+                    .ok_or_else(|| wrong("a string or a non-empty array of strings")),
+            },
             _ => scalar(value)
                 .map(|x| vec![x])
                 .ok_or_else(|| wrong("a string or a number")),
@@ -274,7 +286,8 @@ impl Loader<'_> {
         let mut positionals = Vec::new();
         for (key, s) in settings {
             let arg = self.arg(key).expect("checked when read");
-            let values = self.values(arg, s, key)?;
+            let (values, spares) = spare_sources(arg, self.values(arg, s, key)?);
+            argv.extend(spares);
             if arg.is_positional() {
                 positionals.push((arg.get_index(), values));
             } else {
@@ -415,6 +428,19 @@ fn argv_of(arg: &Arg, key: &str, values: Vec<String>) -> Vec<OsString> {
         .collect()
 }
 
+/// A `source` array: its first URL is SOURCE, the others are `--source` spares, in order.
+fn spare_sources(arg: &Arg, mut values: Vec<String>) -> (Vec<String>, Vec<OsString>) {
+    if !(arg.is_positional() && arg.get_id() == "source") || values.len() < 2 {
+        return (values, Vec::new());
+    }
+    let spares = values
+        .split_off(1)
+        .into_iter()
+        .map(|v| format!("--source={v}").into())
+        .collect();
+    (values, spares)
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -485,6 +511,8 @@ mod tests {
         prefetch: u32,
         #[arg(long)]
         quiet: bool,
+        #[arg(long = "source")]
+        sources: Vec<String>,
     }
 
     fn load_text(text: &str, mode: u32) -> Result<Vec<(String, Sync)>, String> {
@@ -522,6 +550,23 @@ mod tests {
         assert!(m[1].1.no_fsync);
         assert_eq!(m[1].1.paths, ["x", "-y"]);
         assert_eq!(m[1].1.source, "/r2");
+    }
+
+    #[test]
+    fn a_source_list_is_source_then_spares_in_order() {
+        let m = load_text(
+            "[mirror.a]\nsource = [\"s3://b/p\", \"https://h/p\", \"/r\"]\ndest = \"/d\"\n",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(m[0].1.source, "s3://b/p");
+        assert_eq!(m[0].1.sources, ["https://h/p", "/r"]);
+        assert_eq!(m[0].1.dest, PathBuf::from("/d"));
+        let e = load_text("[mirror.a]\nsource = []\ndest = \"/d\"\n", 0o644).unwrap_err();
+        assert!(
+            e.contains("key \"source\": expected a string or a non-empty array"),
+            "{e}"
+        );
     }
 
     #[test]
