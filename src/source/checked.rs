@@ -12,8 +12,8 @@
 //!          than it announced, so it cannot fill the disk or the memory of a reader
 //! ```
 //!
-//! [`super::open_source`] wraps every backend it opens in this, outside the retry layer, so
-//! a backend added later gets the same checks without doing anything. Limits: the listed
+//! [`super::open_metered`] wraps every backend it opens in this, outside the retry layer,
+//! so a backend added later gets the same checks without doing anything. Limits: the listed
 //! size is the server's own word; it bounds a download, it does not make it honest (the
 //! manifest's SHA1 does that).
 

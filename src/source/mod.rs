@@ -14,8 +14,8 @@
 //! `tests/it/backends.rs` runs one conformance suite against each of them; `faulty` (tests
 //! only) breaks the contract on purpose, to test what wraps a backend.
 //!
-//! Nothing a source says is trusted: [`open_source`] wraps every backend in
-//! [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
+//! Nothing a source says is trusted: [`open_metered`] (and so [`open_source`]) wraps every
+//! backend in [`checked::CheckedBackend`], which lets only plain file names through ([`names`]) and
 //! stops any read at the size the listing gave. A backend bounds what its own listing
 //! reads by [`MAX_LISTING_BYTES`] (see [`ListingBudget`]).
 

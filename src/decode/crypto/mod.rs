@@ -223,7 +223,7 @@ pub trait Decryptor: Send + Sync {
     /// The plaintext of `input`. Its final read fails if the file does not decrypt or does
     /// not pass the signature policy, so the plaintext counts only once read to the end.
     /// `named_time` is the time the file's name gives (a required signature made well
-    /// before it is refused, see [`status::check_signing_time`]).
+    /// before it is refused, see `status::check_signing_time`).
     fn decrypt(
         &self,
         input: Box<dyn Read + Send>,
