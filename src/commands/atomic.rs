@@ -281,10 +281,7 @@ impl Run<'_> {
         if look.up_to_date {
             return self.finish(look, Action::UpToDate, Some(live));
         }
-        let idle = record
-            .standby_since
-            .map(|t| chrono::Utc::now().timestamp() - t);
-        if idle.is_some_and(|s| s < self.layout.grace.as_secs() as i64) {
+        if in_grace(record.standby_since, self.layout.grace) {
             return self.finish(look, Action::Deferred, Some(live));
         }
         let standby = live.other();
@@ -378,11 +375,7 @@ pub fn verify_atomic(
     report.dest = paths.dest.clone();
     let mut action = Action::Verified;
     if let Some(dest) = dest.filter(|_| !report.clean()) {
-        let idle = dest
-            .record()?
-            .standby_since
-            .map(|t| chrono::Utc::now().timestamp() - t);
-        if idle.is_some_and(|s| s < grace.as_secs() as i64) {
+        if in_grace(dest.record()?.standby_since, grace) {
             action = Action::Deferred;
         } else {
             let standby = live.other();
@@ -449,4 +442,18 @@ pub fn reading_paths(paths: &DestPaths) -> Result<(DestPaths, Option<Slot>)> {
 pub fn held_state(paths: &DestPaths) -> Option<MirrorState> {
     let (paths, _) = reading_paths(paths).ok()?;
     paths.held(paths.peek().ok().flatten())
+}
+
+/// Whether a standby that left service at `since` (whole seconds) may not be written yet.
+/// Both times are truncated to the second, so the wait is rounded up by one second: the
+/// standby is written only after at least `grace` really passed.
+fn in_grace(since: Option<i64>, grace: Duration) -> bool {
+    let Some(since) = since else {
+        return false; // it never served
+    };
+    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    if secs == 0 {
+        return false;
+    }
+    chrono::Utc::now().timestamp() - since <= secs as i64
 }

@@ -101,7 +101,11 @@ fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str
     let dest = host.dest.to_string_lossy();
     let state = host.state.to_string_lossy();
     let repo = repo.to_string_lossy();
-    if path.contains("/journal") {
+    if path.contains("atomic-journal") || path.contains("atomic.json") {
+        "atomic layout journal"
+    } else if path.contains(".dupmirror-link") {
+        "link replacement"
+    } else if path.contains("/journal") {
         "journal commit"
     } else if path.contains("state.json") {
         "state update"
@@ -111,6 +115,8 @@ fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str
         } else {
             "staging"
         }
+    } else if path.contains(".dupmirror-trees") {
+        "the atomic layout's trees"
     } else if path.starts_with(repo.as_ref()) {
         "reading the source"
     } else if path.starts_with(dest.as_ref()) {
