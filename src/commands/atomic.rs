@@ -211,9 +211,10 @@ impl Run<'_> {
         let synced = self.paths.held(self.paths.peek()?).is_some();
         if opts.dry_run {
             let report = sync(opts, self.reporter)?;
-            if synced {
-                self.converted = Some(Conversion::ToAtomic);
+            if !synced {
+                return self.finish(report, Action::WouldSwitch, None); // a bootstrap
             }
+            self.converted = Some(Conversion::ToAtomic);
             return self.finish(report, Action::WouldConvert, None);
         }
         if !synced && self.paths.dest_is_empty()? {
