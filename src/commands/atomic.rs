@@ -282,7 +282,7 @@ impl Run<'_> {
         if look.up_to_date {
             return self.finish(look, Action::UpToDate, Some(live));
         }
-        if in_grace(record.standby_since, self.layout.grace) {
+        if in_grace(record.standby_since, self.layout.grace, now()) {
             return self.finish(look, Action::Deferred, Some(live));
         }
         let standby = live.other();
@@ -376,7 +376,7 @@ pub fn verify_atomic(
     report.dest = paths.dest.clone();
     let mut action = Action::Verified;
     if let Some(dest) = dest.filter(|_| !report.clean()) {
-        if in_grace(dest.record()?.standby_since, grace) {
+        if in_grace(dest.record()?.standby_since, grace, now()) {
             action = Action::Deferred;
         } else {
             let standby = live.other();
@@ -448,7 +448,7 @@ pub fn held_state(paths: &DestPaths) -> Option<MirrorState> {
 /// Whether a standby that left service at `since` (whole seconds) may not be written yet.
 /// Both times are truncated to the second, so the wait is rounded up by one second: the
 /// standby is written only after at least `grace` really passed.
-fn in_grace(since: Option<i64>, grace: Duration) -> bool {
+fn in_grace(since: Option<i64>, grace: Duration, now: i64) -> bool {
     let Some(since) = since else {
         return false; // it never served
     };
@@ -456,5 +456,28 @@ fn in_grace(since: Option<i64>, grace: Duration) -> bool {
     if secs == 0 {
         return false;
     }
-    chrono::Utc::now().timestamp() - since <= secs as i64
+    now - since <= secs as i64
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_counts_whole_seconds_rounded_up() {
+        let (now, s) = (1_000_000, Duration::from_secs);
+        assert!(!in_grace(None, s(300), now), "a standby that never served");
+        assert!(!in_grace(Some(now), Duration::ZERO, now), "no grace");
+        assert!(
+            in_grace(Some(now - 300), s(300), now),
+            "300 s of clock may be less"
+        );
+        assert!(!in_grace(Some(now - 301), s(300), now));
+        assert!(in_grace(Some(now - 1), Duration::from_millis(500), now));
+        assert!(!in_grace(Some(now - 2), Duration::from_millis(500), now));
+    }
 }

@@ -542,3 +542,29 @@ fn open_trees(parent: &Dir, name: &[u8]) -> Result<Dir> {
     }
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_link_names_one_of_two_trees_beside_dest() {
+        let l = Layout::new(&DestPaths {
+            dest: "/srv/www".into(),
+            state_root: "/var/lib/s".into(),
+        });
+        assert_eq!(l.link_text(Slot::B), b".www.dupmirror-trees/b");
+        assert_eq!(l.slot_of(b".www.dupmirror-trees/a"), Some(Slot::A));
+        for foreign in [
+            &b"/srv/.www.dupmirror-trees/a"[..],
+            b".www.dupmirror-trees/a/",
+            b"x",
+        ] {
+            assert_eq!(l.slot_of(foreign), None);
+        }
+        let a = l.tree(Slot::A);
+        assert_eq!(a.dest, Path::new("/srv/.www.dupmirror-trees/a"));
+        assert_eq!(a.state_root, Path::new("/var/lib/s/tree-a"));
+    }
+}
