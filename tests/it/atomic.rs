@@ -14,7 +14,7 @@
 //! * Grace, conversions without downloading a volume, verify / --repair / status / dry run
 //!   / JSON in the atomic layout, and a foreign link refused.
 
-use crate::support::scenario::{back_up, full, inc, Step};
+use crate::support::scenario::{back_up, back_up_with_oracles, full, inc, Step};
 use crate::support::strace;
 use crate::support::tree::fnv1a64;
 use crate::support::*;
@@ -267,14 +267,7 @@ fn small_chain<'a>() -> Vec<Step<'a>> {
 }
 
 fn build(lab: &mut Lab) -> Vec<(i64, Tree)> {
-    small_chain()
-        .iter()
-        .enumerate()
-        .map(|(k, step)| {
-            let time = back_up(lab, k, step);
-            (time, lab.restore(time))
-        })
-        .collect()
+    back_up_with_oracles(lab, &small_chain())
 }
 
 /// DEST as a reader sees it (through the link); `None` when it does not resolve.
@@ -300,16 +293,18 @@ fn sync_json(host: &Host, repo: &Path, extra: &[&str], ctx: &str) -> Value {
     report::of(&run)
 }
 
-/// Whether a report's sources served any volume.
-fn volumes_read(report: &Value) -> Vec<String> {
-    report["sources"]
+/// A conversion moves trees: its report must show no volume served.
+fn assert_no_volume_read(report: &Value, ctx: &str) {
+    let volumes: Vec<String> = report["sources"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|s| s["served"]["files"].as_array().cloned().unwrap_or_default())
         .filter_map(|f| f.as_str().map(str::to_string))
         .filter(|f| f.contains("difftar"))
-        .collect()
+        .collect();
+    assert_eq!(volumes, Vec::<String>::new(), "{ctx}: volumes were read");
+    assert_eq!(report["bytes_read"], 0, "{ctx}: bytes were read");
 }
 
 #[test]
@@ -335,11 +330,7 @@ fn grace_conversions_and_the_commands_in_the_atomic_layout() {
         .assert_ok("plain sync");
     let r = sync_json(&host, &repo, &["--atomic", "--time", &at(0)], "convert");
     assert_eq!(r["atomic"]["converted"], "to-atomic", "{r}");
-    assert_eq!(
-        volumes_read(&r),
-        Vec::<String>::new(),
-        "conversion read volumes"
-    );
+    assert_no_volume_read(&r, "converting");
     assert_eq!(
         fs::read_link(&host.dest).unwrap(),
         Path::new(".d.dupmirror-trees/a")
@@ -446,11 +437,7 @@ fn grace_conversions_and_the_commands_in_the_atomic_layout() {
     // Back to a plain folder: no volume read; the layout is gone.
     let r = sync_json(&host, &repo, &["--in-place", "--time", &at(2)], "back");
     assert_eq!(r["atomic"]["converted"], "to-in-place", "{r}");
-    assert_eq!(
-        volumes_read(&r),
-        Vec::<String>::new(),
-        "converting back read volumes"
-    );
+    assert_no_volume_read(&r, "converting back");
     assert!(!is_link(&host) && host.dest.is_dir());
     assert!(!trees_dir(&host).exists(), "the trees folder stayed");
     same(2, "after converting back");
@@ -586,16 +573,7 @@ fn run_kill_case(
     let points = strace::spread(&all, strace::points_wanted(12));
     let (mut killed, mut phases) = (0, BTreeMap::new());
     for (i, point) in points.iter().enumerate() {
-        let ctx = format!(
-            "{}: kill point {}/{} ({} #{} during {}: {})",
-            case.what,
-            i + 1,
-            points.len(),
-            point.syscall,
-            point.nth,
-            point.phase,
-            point.line
-        );
+        let ctx = point.context(case.what, i, points.len());
         *phases.entry(point.phase).or_default() += 1;
         let host = bench.prepare(case, i + 1);
         let args = host.args("sync", bench.repo, &extra);

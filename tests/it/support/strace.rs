@@ -96,6 +96,20 @@ pub struct KillPoint {
     pub line: String,
 }
 
+impl KillPoint {
+    /// `LABEL: kill point I/N (SYSCALL #NTH during PHASE: LINE)`, for messages (`i` from 0).
+    pub fn context(&self, label: &str, i: usize, n: usize) -> String {
+        format!(
+            "{label}: kill point {}/{n} ({} #{} during {}: {})",
+            i + 1,
+            self.syscall,
+            self.nth,
+            self.phase,
+            self.line
+        )
+    }
+}
+
 /// Which part of a sync a syscall belongs to, from the paths it names.
 fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str {
     let dest = host.dest.to_string_lossy();
