@@ -93,7 +93,7 @@ fn print_atomic(r: &sync::SyncReport, a: &AtomicOutcome) -> bool {
             r.to,
             view.live.other().name(),
             human_duration(idle),
-            human_duration(a.grace_seconds as i64),
+            human_duration(a.grace_seconds.ceil() as i64),
             r.from.as_deref().unwrap_or("nothing")
         );
         return false;
@@ -413,7 +413,7 @@ fn print_verify_atomic(a: &AtomicOutcome) {
              the live tree is never written",
             view.live.other().name(),
             human_duration(view.standby_idle_seconds.unwrap_or(0)),
-            human_duration(a.grace_seconds as i64)
+            human_duration(a.grace_seconds.ceil() as i64)
         ),
         _ => println!(
             "checked the live tree {}; the standby tree {} holds {standby}",

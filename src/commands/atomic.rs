@@ -113,7 +113,7 @@ pub struct AtomicOutcome {
     /// The layout after the run (None: DEST is a plain folder now, or would be made one).
     #[serde(flatten)]
     pub layout: Option<LayoutView>,
-    pub grace_seconds: u64,
+    pub grace_seconds: f64,
     /// A conversion this run made (or, in a dry run, would make).
     pub converted: Option<Conversion>,
     /// A layout change of a killed run that this run finished or rolled back.
@@ -187,7 +187,7 @@ impl Run<'_> {
         AtomicOutcome {
             action,
             layout,
-            grace_seconds: self.layout.grace.as_secs(),
+            grace_seconds: self.layout.grace.as_secs_f64(),
             converted: self.converted,
             layout_recovered: self.recovered.clone(),
         }
@@ -282,7 +282,7 @@ impl Run<'_> {
         if look.up_to_date {
             return self.finish(look, Action::UpToDate, Some(live));
         }
-        if in_grace(record.standby_since, self.layout.grace, now()) {
+        if in_grace(record.standby_since_ms, self.layout.grace, now_ms()) {
             return self.finish(look, Action::Deferred, Some(live));
         }
         let standby = live.other();
@@ -353,7 +353,7 @@ pub fn verify_atomic(
         Ok(AtomicOutcome {
             action,
             layout: Some(names.view(live)?),
-            grace_seconds: grace.as_secs(),
+            grace_seconds: grace.as_secs_f64(),
             converted: None,
             layout_recovered: None,
         })
@@ -376,7 +376,7 @@ pub fn verify_atomic(
     report.dest = paths.dest.clone();
     let mut action = Action::Verified;
     if let Some(dest) = dest.filter(|_| !report.clean()) {
-        if in_grace(dest.record()?.standby_since, grace, now()) {
+        if in_grace(dest.record()?.standby_since_ms, grace, now_ms()) {
             action = Action::Deferred;
         } else {
             let standby = live.other();
@@ -445,22 +445,13 @@ pub fn held_state(paths: &DestPaths) -> Option<MirrorState> {
     paths.held(paths.peek().ok().flatten())
 }
 
-/// Whether a standby that left service at `since` (whole seconds) may not be written yet.
-/// Both times are truncated to the second, so the wait is rounded up by one second: the
-/// standby is written only after at least `grace` really passed.
-fn in_grace(since: Option<i64>, grace: Duration, now: i64) -> bool {
-    let Some(since) = since else {
-        return false; // it never served
-    };
-    let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
-    if secs == 0 {
-        return false;
-    }
-    now - since <= secs as i64
+/// Whether a standby that left service at `since_ms` may not be written yet.
+fn in_grace(since_ms: Option<i64>, grace: Duration, now_ms: i64) -> bool {
+    since_ms.is_some_and(|since| ((now_ms - since) as i128) < grace.as_millis() as i128)
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]
@@ -468,16 +459,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_grace_counts_whole_seconds_rounded_up() {
-        let (now, s) = (1_000_000, Duration::from_secs);
-        assert!(!in_grace(None, s(300), now), "a standby that never served");
-        assert!(!in_grace(Some(now), Duration::ZERO, now), "no grace");
+    fn the_grace_runs_from_the_switch() {
+        let (now, ms) = (1_000_000_000, Duration::from_millis);
         assert!(
-            in_grace(Some(now - 300), s(300), now),
-            "300 s of clock may be less"
+            !in_grace(None, ms(300_000), now),
+            "a standby that never served"
         );
-        assert!(!in_grace(Some(now - 301), s(300), now));
-        assert!(in_grace(Some(now - 1), Duration::from_millis(500), now));
-        assert!(!in_grace(Some(now - 2), Duration::from_millis(500), now));
+        assert!(!in_grace(Some(now), Duration::ZERO, now), "no grace");
+        assert!(in_grace(Some(now - 299_999), ms(300_000), now));
+        assert!(!in_grace(Some(now - 300_000), ms(300_000), now));
+        assert!(
+            in_grace(Some(now + 5_000), ms(1), now),
+            "a clock set back waits"
+        );
     }
 }

@@ -22,7 +22,7 @@
 //! ```text
 //! switch(to, from):  journal {switch, to, from}
 //!                    symlink .DEST.dupmirror-link -> trees/to; rename it over DEST; fsync
-//!                    atomic.json: standby_since = now (none when there was no live tree)
+//!                    atomic.json: standby_since_ms = now (none when there was no live tree)
 //!     recover: DEST not yet -> to: redo the link (tree `to` was complete before the
 //!              journal was written), then record the time as now (later, never earlier)
 //! adopt (a plain DEST becomes tree a, nothing downloaded):  journal {adopt}
@@ -82,9 +82,9 @@ impl Slot {
 /// What the layout remembers between runs (`atomic.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Record {
-    /// When the standby stopped being DEST's target (Unix seconds, this host's clock);
-    /// `None`: it never was.
-    pub standby_since: Option<i64>,
+    /// When the standby stopped being DEST's target (Unix milliseconds, this host's
+    /// clock); `None`: it never was.
+    pub standby_since_ms: Option<i64>,
     /// The standby was switched away from because it differed from its backup (`verify
     /// --repair`): the next sync repairs it before it goes live again.
     #[serde(default)]
@@ -239,8 +239,8 @@ impl Layout {
             live,
             standby_holds: holds,
             standby_idle_seconds: record
-                .standby_since
-                .map(|t| chrono::Utc::now().timestamp() - t),
+                .standby_since_ms
+                .map(|t| (chrono::Utc::now().timestamp_millis() - t) / 1000),
         })
     }
 }
@@ -384,7 +384,7 @@ impl AtomicDest {
 
     fn finish_switch(&self, from: Option<Slot>, from_damaged: bool) -> Result<()> {
         let record = Record {
-            standby_since: from.map(|_| chrono::Utc::now().timestamp()),
+            standby_since_ms: from.map(|_| chrono::Utc::now().timestamp_millis()),
             standby_damaged: from.is_some() && from_damaged,
         };
         self.state.save_json(RECORD, &record)?;

@@ -177,7 +177,7 @@ fn observe(
         for (k, time) in times.iter().enumerate() {
             let time = time.to_string();
             let mut args = vec!["--time", &time, "--json", "--no-fsync"];
-            let grace_arg = format!("{}s", grace.as_secs());
+            let grace_arg = format!("{}s", grace.as_secs_f64());
             if atomic {
                 args.extend(["--atomic", "--grace", &grace_arg]);
             }
@@ -188,7 +188,7 @@ fn observe(
                 if report["atomic"]["action"] != "deferred" {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(grace / 4);
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -211,7 +211,7 @@ fn a_reader_never_sees_a_mixture_in_the_atomic_mode() {
     let oracles: Vec<Seen> = times.iter().map(|&t| seen_of(&lab.restore(t))).collect();
     let upstream = started.elapsed().as_secs_f64();
     let in_place = observe(&lab, &times, &oracles, false, Duration::ZERO);
-    let atomic = observe(&lab, &times, &oracles, true, Duration::from_secs(1));
+    let atomic = observe(&lab, &times, &oracles, true, Duration::from_millis(300));
     eprintln!(
         "atomic reader: {} backups applied; in place: {in_place:?}; atomic: {atomic:?}; \
          {upstream:.1}s of backups and oracles, {:.1}s of syncing under the reader",
