@@ -11,7 +11,7 @@
 use crate::support::bed::{full_case, inc_case, Bed};
 use crate::support::fixture::{literal_delta, Entry};
 use crate::support::lab::{copy_tree, restore_host};
-use crate::support::process::dupmirror_bin;
+use crate::support::process::{dupmirror_bin, run_command};
 use crate::support::strace;
 use crate::support::tmpfs::Tmpfs;
 use crate::support::*;
@@ -95,19 +95,14 @@ fn traced_sync(strace: &Path, bed: &Bed, calls: &str, no_fsync: bool) -> String 
         .sync_args()
         .into_iter()
         .filter(|a| no_fsync || a != "--no-fsync");
-    let out = Command::new(strace)
+    let mut traced = Command::new(strace);
+    traced
         .args(["-f", "-qq", "-y", "-o"])
         .arg(&log)
         .arg(format!("-etrace={calls}"))
         .arg(dupmirror_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(args);
+    run_command(traced).assert_ok("traced sync");
     let text = fs::read_to_string(&log).unwrap();
     fs::remove_file(&log).unwrap();
     text
