@@ -172,16 +172,17 @@ fn a_directory_swapped_for_a_symlink_mid_operation_leads_nowhere() {
     bed.forge
         .inc(t(0), t(1), vec![Entry::dir("u/a/sub").mode(0o777)]);
     let outside = bed.outside_tree();
-    let child = Command::new(&strace)
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=chmod,fchmodat"])
-        .arg("-einject=chmod,fchmodat:delay_enter=4000000")
-        .arg(dupmirror_bin())
-        .args(bed.sync_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
+    let child = strace::injected(
+        &strace,
+        &bed.sync_args(),
+        "chmod,fchmodat",
+        "delay_enter=4000000",
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("strace");
     // The set is committed, and its journal is being carried out: the chmod is held.
     let started = Instant::now();
     while !bed.host.state.join("journal").exists() {
