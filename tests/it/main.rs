@@ -9,6 +9,7 @@
 
 mod support;
 
+mod atomic;
 mod backends;
 mod commands;
 mod crash_kill;
