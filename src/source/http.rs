@@ -28,6 +28,7 @@ use super::{
 use anyhow::{anyhow, Result};
 use base64::Engine;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use ureq::http::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use ureq::http::StatusCode;
@@ -221,10 +222,34 @@ impl HttpClient {
     }
 }
 
+/// The body of an answer, its read errors made plain: ureq reports a timeout as an I/O
+/// error of kind `Other` around its own error; here it is `TimedOut`, as a socket's is.
+pub(super) struct Body(ureq::BodyReader<'static>);
+
+impl Body {
+    pub fn of(response: Response) -> Body {
+        Body(response.into_body().into_reader())
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let inner = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>());
+            match inner {
+                Some(ureq::Error::Timeout(_)) => {
+                    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+                }
+                _ => e,
+            }
+        })
+    }
+}
+
 /// The body of an answer as an [`Opened`] file starting at `offset`.
 fn opened(response: Response, offset: u64) -> Opened {
     Opened {
-        reader: Box::new(response.into_body().into_reader()),
+        reader: Box::new(Body::of(response)),
         offset,
     }
 }
@@ -316,7 +341,7 @@ impl Backend for HttpBackend {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = ListingBudget::new(&what).read(response.into_body().into_reader())?;
+        let body = ListingBudget::new(&what).read(Body::of(response))?;
         let body = String::from_utf8_lossy(&body);
         let entries = autoindex::parse(&body, content_type.as_deref(), &url)
             .map_err(|e| anyhow!(SourceError::Permanent(format!("{what}: {e:#}"))))?;

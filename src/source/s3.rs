@@ -25,7 +25,7 @@
 //! URL).
 
 use super::aws::{AwsEnv, AwsSettings};
-use super::http::{ranged_get, HttpClient, Response};
+use super::http::{ranged_get, Body, HttpClient, Response};
 use super::url::redact;
 use super::{Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
@@ -172,8 +172,7 @@ impl S3Backend {
         if !resp.status().is_success() {
             return Err(s3_error(resp, &what, self.keys_origin.as_deref()));
         }
-        let body =
-            String::from_utf8_lossy(&budget.read(resp.into_body().into_reader())?).into_owned();
+        let body = String::from_utf8_lossy(&budget.read(Body::of(resp))?).into_owned();
         let page = ListObjectsV2::parse_response(&body).map_err(|e| {
             anyhow!(SourceError::Permanent(format!(
                 "{what}: the answer is not an S3 ListObjectsV2 result ({e})"
@@ -200,9 +199,7 @@ impl S3Backend {
 fn s3_error(resp: Response, what: &str, keys_origin: Option<&str>) -> anyhow::Error {
     let status = resp.status();
     let mut body = String::new();
-    let _ = resp
-        .into_body()
-        .into_reader()
+    let _ = Body::of(resp)
         .take(ERROR_BODY_CAP)
         .read_to_string(&mut body);
     let tag = |t: &str| {
