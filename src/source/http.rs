@@ -365,3 +365,54 @@ impl Backend for HttpBackend {
         self.url.display()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::retry::is_transient;
+
+    #[test]
+    fn failures_keep_their_retry_class_and_never_show_the_url() {
+        let class = |e: ureq::Error| {
+            let e = request_error(e, "listing x");
+            (is_transient(&e), e.to_string())
+        };
+        assert_eq!(
+            class(ureq::Error::Timeout(ureq::Timeout::PerRead)),
+            (true, "listing x: timed out".to_string())
+        );
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(class(ureq::Error::Io(refused)).0);
+        assert!(class(ureq::Error::HostNotFound).0);
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let (transient, msg) = class(ureq::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            untrusted,
+        )));
+        assert!(!transient && msg.contains("certificate"), "{msg}");
+        let (transient, msg) = class(ureq::Error::BadUri(
+            "https://h/k?X-Amz-Signature=s3cret".into(),
+        ));
+        assert!(!transient && !msg.contains("s3cret"), "{msg}");
+    }
+
+    #[test]
+    fn statuses_keep_their_retry_class() {
+        for (code, transient) in [
+            (500, true),
+            (503, true),
+            (408, true),
+            (429, true),
+            (401, false),
+            (404, false),
+            (400, false),
+        ] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                is_transient(&status_error(status, "x")),
+                transient,
+                "{code}"
+            );
+        }
+    }
+}
