@@ -32,6 +32,7 @@ mod memory;
 pub mod meter;
 pub mod mirrors;
 pub mod names;
+mod proxy;
 pub mod retry;
 mod s3;
 pub mod sftp;

@@ -3,8 +3,8 @@
 //! duplicity does, `boto3+s3://` and `s3+http://`.
 //!
 //! The crate `rusty-s3` signs requests (SigV4, as presigned URLs) and parses ListObjectsV2
-//! answers, and does no I/O of its own: the requests go through the same blocking reqwest
-//! client as HTTP sources, so retries, resuming with `Range`, `--bwlimit`, `--ca-file`,
+//! answers, and does no I/O of its own: the requests go through the same blocking client
+//! (ureq) as HTTP sources, so retries, resuming with `Range`, `--bwlimit`, `--ca-file`,
 //! timeouts and byte accounting are those of [`super::http`]. (`object_store` would add
 //! Google Cloud Storage and Azure, but it is async and brings aws-lc-rs, a long build.)
 //!
@@ -21,14 +21,14 @@
 //! path-style (`ENDPOINT/BUCKET/KEY`), as S3-compatible servers expect; AWS itself
 //! virtual-host style (`BUCKET.s3.REGION.amazonaws.com/KEY`), except for bucket names with
 //! dots, which TLS certificates for `*.s3...` do not cover. A signed URL is a bearer token
-//! for its lifetime: it never appears in an error (reqwest's errors are stripped of URLs).
+//! for its lifetime: it never appears in an error ([`super::http::request_error`] shows no
+//! URL).
 
 use super::aws::{AwsEnv, AwsSettings};
-use super::http::{client, ranged_get, request_error};
+use super::http::{ranged_get, Body, HttpClient, Response};
 use super::url::redact;
 use super::{Backend, ListEntry, ListingBudget, Opened, SourceError, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, Response};
 use rusty_s3::actions::ListObjectsV2;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::io::Read;
@@ -75,7 +75,7 @@ pub fn parse_location(source: &str) -> Result<(String, String)> {
 }
 
 pub struct S3Backend {
-    client: Client,
+    client: HttpClient,
     bucket: Bucket,
     credentials: Option<Credentials>,
     prefix: String,
@@ -145,7 +145,7 @@ impl S3Backend {
             None => Credentials::new(k.access_key_id, k.secret_access_key.expose()),
         });
         Ok(S3Backend {
-            client: client(options, tls)?,
+            client: HttpClient::new(options, tls)?,
             bucket,
             credentials,
             prefix,
@@ -168,15 +168,11 @@ impl S3Backend {
             action.with_continuation_token(t);
         }
         let url = action.sign(SIGNED_FOR);
-        let resp = self
-            .client
-            .get(url)
-            .send()
-            .map_err(|e| request_error(e, &what))?;
+        let resp = self.client.get(url, 0, None, &what)?.response;
         if !resp.status().is_success() {
             return Err(s3_error(resp, &what, self.keys_origin.as_deref()));
         }
-        let body = String::from_utf8_lossy(&budget.read(resp)?).into_owned();
+        let body = String::from_utf8_lossy(&budget.read(Body::of(resp))?).into_owned();
         let page = ListObjectsV2::parse_response(&body).map_err(|e| {
             anyhow!(SourceError::Permanent(format!(
                 "{what}: the answer is not an S3 ListObjectsV2 result ({e})"
@@ -203,7 +199,9 @@ impl S3Backend {
 fn s3_error(resp: Response, what: &str, keys_origin: Option<&str>) -> anyhow::Error {
     let status = resp.status();
     let mut body = String::new();
-    let _ = resp.take(ERROR_BODY_CAP).read_to_string(&mut body);
+    let _ = Body::of(resp)
+        .take(ERROR_BODY_CAP)
+        .read_to_string(&mut body);
     let tag = |t: &str| {
         let start = body.find(&format!("<{t}>"))? + t.len() + 2;
         let end = body[start..].find(&format!("</{t}>"))? + start;
@@ -266,12 +264,12 @@ impl Backend for S3Backend {
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
         let key = format!("{}{name}", self.prefix);
         ranged_get(
-            || {
+            |from| {
                 let url = self
                     .bucket
                     .get_object(self.credentials.as_ref(), &key)
                     .sign(SIGNED_FOR);
-                Ok(self.client.get(url))
+                Ok(self.client.get(url, from, None, name)?.response)
             },
             name,
             offset,
