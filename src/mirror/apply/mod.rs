@@ -41,6 +41,7 @@
 mod drift;
 mod fresh;
 mod gate;
+mod overlay;
 mod update;
 
 use crate::decode::delta::SigDigest;
@@ -54,6 +55,7 @@ use crate::mirror::compare::Difference;
 use crate::mirror::filter::PathFilter;
 use anyhow::{bail, Context, Result};
 use fresh::FreshBuild;
+pub use overlay::MergeStats;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -91,7 +93,15 @@ pub struct ApplyStats {
     pub replaced: Vec<String>,
 }
 
-/// Stages one set's records and commits them into DEST.
+/// What a commit applied: one entry per set staged, in order, and, for sets staged
+/// together (a catch-up), what merging them saved.
+pub struct Committed {
+    pub sets: Vec<ApplyStats>,
+    pub merged: Option<MergeStats>,
+}
+
+/// Stages one set's records (or those of consecutive sets of one chain, merged) and commits
+/// them into DEST.
 pub enum SetApplier {
     Fresh(FreshBuild),
     Update(JournaledUpdate),
@@ -132,6 +142,15 @@ impl SetApplier {
         })
     }
 
+    /// Starts staging the next set of the chain over what this one staged, so that both
+    /// commit as one step; its records outside `filter` are skipped. Only for an update.
+    pub fn next_set(&mut self, filter: PathFilter) -> Result<()> {
+        match self {
+            SetApplier::Fresh(_) => bail!("a first sync's tree takes no further set"),
+            SetApplier::Update(u) => u.next_set(filter),
+        }
+    }
+
     /// Treats DEST as possibly drifted: see `drift.rs`. Only for an update.
     pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         if let SetApplier::Update(u) = self {
@@ -165,10 +184,16 @@ impl SetApplier {
         dest: &mut Dest,
         durable: bool,
         mut changes: Option<&mut ChangedPaths>,
-    ) -> Result<ApplyStats> {
-        let (staging, journal, mut stats) = match self {
-            SetApplier::Fresh(f) => f.finish()?,
-            SetApplier::Update(u) => u.finish()?,
+    ) -> Result<Committed> {
+        let (staging, journal, mut sets, merged) = match self {
+            SetApplier::Fresh(f) => {
+                let (staging, journal, stats) = f.finish()?;
+                (staging, journal, vec![stats], None)
+            }
+            SetApplier::Update(u) => {
+                let (staging, journal, sets, merged) = u.finish()?;
+                (staging, journal, sets, Some(merged).filter(|m| m.sets > 1))
+            }
         };
         if durable {
             staging.sync_filesystem()?;
@@ -185,13 +210,16 @@ impl SetApplier {
                 "the set's journal is committed but could not be carried out completely; DEST \
                  is part-way through the set until the next sync replays the journal",
             )?;
+        let committed = |sets| Committed { sets, merged };
         match recovered {
             Recovery::Completed { replaced, .. } => {
-                stats.replaced = replaced.iter().map(PathIndex::to_string).collect();
-                Ok(stats)
+                if let Some(last) = sets.last_mut() {
+                    last.replaced = replaced.iter().map(PathIndex::to_string).collect();
+                }
+                Ok(committed(sets))
             }
             // The first try failed after the state was saved and the journal removed.
-            Recovery::Nothing => Ok(stats),
+            Recovery::Nothing => Ok(committed(sets)),
             Recovery::Discarded { .. } => bail!(
                 "DEST {} was moved or replaced during the sync; the set was not applied",
                 dest.path().display()

@@ -1,0 +1,317 @@
+//! The merged view: what the sets staged so far leave at each path they change, laid over
+//! DEST. A journaled update stages one set or several consecutive sets of one chain (a
+//! catch-up) into one overlay, which becomes a single journal: readers and crashes see DEST
+//! jump from the backup it held straight to the last set's.
+//!
+//! ```text
+//! held(path):                         what set k sees: DEST + what sets < k (and k) staged
+//!     the path has a change                        -> that change
+//!     the nearest changed ancestor is a directory that keeps DEST's -> DEST's object
+//!     ... is a new directory                       -> nothing
+//!     ... is removed or replaced by an object      -> nothing (gone with it)
+//!     no changed ancestor                          -> DEST's object
+//! put(path, object or directory):
+//!     an object staged there before is superseded: its file is freed at once
+//!     an object (not a directory): every change below the path is dropped (freed), as
+//!         are attributes waiting below it
+//!     a directory keeps DEST's own (and what it holds) only when the path was DEST's
+//!         directory all along; otherwise DEST's is removed first
+//! remove(path):
+//!     free an object staged there, drop every change below; journal a removal only when
+//!     DEST holds something there (a path created and removed by the staged sets costs
+//!     nothing)
+//! journal(), once, after the last set:
+//!     every change in index order (a parent before what it holds):
+//!         object -> Place;  directory -> [Remove when DEST's is replaced] Dir;  removed -> Remove
+//!     then attributes and kept mtimes of directories, deepest first, each path once
+//! ```
+//!
+//! Memory grows with the number of changed paths, never with the tree. Limits: a delta on
+//! a path patches its staged copy into a new one (one staged copy per path at a time, but
+//! every set's patch is written); a directory created anew does not reuse DEST's, so a
+//! directory removed and recreated within the catch-up costs what it costs set by set.
+
+use crate::dest::dir::{Dir, Kind, Stat};
+use crate::dest::fsops::Attrs;
+use crate::dest::guard::KindView;
+use crate::dest::journal::{object_name, JournalWriter, Op};
+use crate::dest::tree::Tree;
+use crate::index::PathIndex;
+use anyhow::Result;
+use std::collections::BTreeMap;
+
+/// What the staged sets leave at a changed path.
+#[derive(Clone, Copy, Debug)]
+pub enum Now {
+    /// Staged object `n`: of this kind, this many bytes.
+    Object { n: u64, kind: Kind, bytes: u64 },
+    /// A directory; `keeps_dest`: DEST's directory there stays, with what it holds.
+    Dir { keeps_dest: bool },
+    /// Nothing; DEST's object there is removed.
+    Removed,
+}
+
+struct Change {
+    now: Now,
+    /// What DEST held at the path (reachable, before any staged set).
+    dest: Option<Kind>,
+    /// The set (0 = the first staged) that made the change.
+    set: u32,
+}
+
+/// What the merged view holds at a path.
+#[derive(Clone, Copy, Debug)]
+pub enum Held {
+    /// A change the staged sets made.
+    Staged(Now),
+    /// What DEST holds (`None`: nothing), untouched by the staged sets.
+    Unchanged(Option<Stat>),
+    /// Nothing: set `set` removed an ancestor or replaced it by a non-directory.
+    Gone { set: u32 },
+}
+
+impl Held {
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Held::Staged(Now::Object { kind, .. }) => Some(*kind),
+            Held::Staged(Now::Dir { .. }) => Some(Kind::Dir),
+            Held::Staged(Now::Removed) | Held::Gone { .. } => None,
+            Held::Unchanged(st) => st.map(|s| s.kind),
+        }
+    }
+}
+
+/// What merging the sets saved, against applying them one at a time.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MergeStats {
+    /// The sets staged together.
+    pub sets: u64,
+    /// Places, directories and removals the sets staged that the single journal does not
+    /// carry out (superseded or undone by a later set).
+    pub writes_saved: u64,
+    /// Bytes of staged objects freed before the commit instead of being moved into DEST.
+    pub bytes_saved: u64,
+}
+
+#[derive(Default)]
+pub struct Overlay {
+    changes: BTreeMap<PathIndex, Change>,
+    /// Attributes of directories (and fixes), set once at the end, deepest first.
+    late_attrs: BTreeMap<PathIndex, Attrs>,
+    /// Directories of DEST whose contents change without a record of their own, with the
+    /// mtime to give back to them afterwards.
+    kept_mtimes: BTreeMap<PathIndex, i64>,
+    set: u32,
+    /// Place, Dir and Remove operations staged, one per change of any set.
+    staged_ops: u64,
+    bytes_saved: u64,
+}
+
+impl Overlay {
+    /// Starts staging the next set over what the previous ones left.
+    pub fn next_set(&mut self) {
+        self.set += 1;
+    }
+
+    pub fn set(&self) -> u32 {
+        self.set
+    }
+
+    /// What the merged view holds at `index` (see the module docs).
+    pub fn held(&self, index: &PathIndex, dest: &Tree) -> Result<Held> {
+        if let Some(c) = self.changes.get(index) {
+            return Ok(Held::Staged(c.now));
+        }
+        if !self.changes.is_empty() {
+            for depth in (0..index.len()).rev() {
+                if let Some(c) = self.changes.get(&index.truncated(depth)) {
+                    match c.now {
+                        Now::Dir { keeps_dest: true } => break,
+                        Now::Dir { keeps_dest: false } => return Ok(Held::Unchanged(None)),
+                        Now::Object { .. } | Now::Removed => return Ok(Held::Gone { set: c.set }),
+                    }
+                }
+            }
+        }
+        Ok(Held::Unchanged(dest.stat(index)?))
+    }
+
+    /// What DEST held at `index` before the staged sets (`None` also below a changed
+    /// ancestor: the journal never reaches DEST's object there).
+    fn dest_kind(&self, index: &PathIndex, dest: &Tree) -> Result<Option<Kind>> {
+        Ok(match self.changes.get(index) {
+            Some(c) => c.dest,
+            None => match self.held(index, dest)? {
+                Held::Unchanged(st) => st.map(|s| s.kind),
+                _ => None,
+            },
+        })
+    }
+
+    /// The set being staged puts `now` (an object or a directory) at `index`.
+    pub fn put(&mut self, index: &PathIndex, now: Now, dest: &Tree, objects: &Dir) -> Result<()> {
+        let dest_kind = self.dest_kind(index, dest)?;
+        let now = match now {
+            Now::Dir { .. } => Now::Dir {
+                keeps_dest: match self.changes.get(index) {
+                    Some(c) => matches!(c.now, Now::Dir { keeps_dest: true }),
+                    None => dest_kind == Some(Kind::Dir),
+                },
+            },
+            other => {
+                self.drop_below(index, objects)?;
+                other
+            }
+        };
+        self.kept_mtimes.remove(index);
+        self.late_attrs.remove(index);
+        self.replace(index, Some(now), dest_kind, objects)
+    }
+
+    /// The set being staged removes `index`.
+    pub fn remove(&mut self, index: &PathIndex, dest: &Tree, objects: &Dir) -> Result<()> {
+        let dest_kind = self.dest_kind(index, dest)?;
+        self.drop_below(index, objects)?;
+        self.kept_mtimes.remove(index);
+        self.late_attrs.remove(index);
+        let now = dest_kind.map(|_| Now::Removed);
+        self.replace(index, now, dest_kind, objects)
+    }
+
+    /// A removal below a path the same set removed or replaced: nothing left to do, but set
+    /// by set it would be journaled.
+    pub fn count_moot_removal(&mut self) {
+        self.staged_ops += 1;
+    }
+
+    /// Directory attributes (or a fix), set after everything inside.
+    pub fn set_attrs(&mut self, index: PathIndex, attrs: Attrs) {
+        self.late_attrs.insert(index, attrs);
+    }
+
+    /// Remembers the mtime of `index`'s parent when the staged sets change its contents but
+    /// have no record of the parent itself (records come parent first, so the parent's own
+    /// record, if any, has been seen). Only DEST's own directories keep an mtime.
+    pub fn keep_parent_mtime(&mut self, index: &PathIndex, dest: &Tree) {
+        let Some(parent) = index.parent() else {
+            return;
+        };
+        if self.late_attrs.contains_key(&parent) || self.kept_mtimes.contains_key(&parent) {
+            return;
+        }
+        if let Ok(Held::Unchanged(Some(st))) = self.held(&parent, dest) {
+            if st.kind == Kind::Dir {
+                self.kept_mtimes.insert(parent, st.mtime);
+            }
+        }
+    }
+
+    fn replace(
+        &mut self,
+        index: &PathIndex,
+        now: Option<Now>,
+        dest: Option<Kind>,
+        objects: &Dir,
+    ) -> Result<()> {
+        self.staged_ops += 1;
+        let old = match now {
+            Some(now) => self.changes.insert(
+                index.clone(),
+                Change {
+                    now,
+                    dest,
+                    set: self.set,
+                },
+            ),
+            None => self.changes.remove(index),
+        };
+        match old {
+            Some(c) => self.free(c.now, objects),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops every change, attribute and kept mtime strictly below `index`.
+    fn drop_below(&mut self, index: &PathIndex, objects: &Dir) -> Result<()> {
+        let below = |map_key: &PathIndex| map_key.len() > index.len() && map_key.starts_with(index);
+        let doomed: Vec<PathIndex> = self
+            .changes
+            .range(index.clone()..)
+            .map(|(k, _)| k)
+            .skip_while(|k| *k == index)
+            .take_while(|k| below(k))
+            .cloned()
+            .collect();
+        for k in doomed {
+            if let Some(c) = self.changes.remove(&k) {
+                self.free(c.now, objects)?;
+            }
+        }
+        self.late_attrs.retain(|k, _| !below(k));
+        self.kept_mtimes.retain(|k, _| !below(k));
+        Ok(())
+    }
+
+    /// Frees a superseded staged object.
+    fn free(&mut self, now: Now, objects: &Dir) -> Result<()> {
+        if let Now::Object { n, bytes, .. } = now {
+            objects.remove(&object_name(n))?;
+            self.bytes_saved += bytes;
+        }
+        Ok(())
+    }
+
+    /// Writes the single journal of every staged set; returns what merging saved.
+    pub fn journal(self, journal: &mut JournalWriter) -> Result<MergeStats> {
+        let mut emitted = 0;
+        for (index, change) in &self.changes {
+            let index = index.clone();
+            let ops = match change.now {
+                Now::Object { n, .. } => vec![Op::Place { index, staged: n }],
+                Now::Dir { keeps_dest: false } if change.dest == Some(Kind::Dir) => vec![
+                    Op::Remove {
+                        index: index.clone(),
+                    },
+                    Op::Dir { index },
+                ],
+                Now::Dir { .. } => vec![Op::Dir { index }],
+                Now::Removed => vec![Op::Remove { index }],
+            };
+            for op in &ops {
+                journal.push(op)?;
+            }
+            emitted += ops.len() as u64;
+        }
+        // Deepest first: a directory's mtime is set after every change inside it. A
+        // directory with attributes of its own needs no kept mtime.
+        let mut late: BTreeMap<PathIndex, Op> = self
+            .late_attrs
+            .into_iter()
+            .map(|(index, attrs)| (index.clone(), Op::Attrs { index, attrs }))
+            .collect();
+        for (index, mtime) in self.kept_mtimes {
+            late.entry(index.clone())
+                .or_insert(Op::Mtime { index, mtime });
+        }
+        for op in late.values().rev() {
+            journal.push(op)?;
+        }
+        Ok(MergeStats {
+            sets: u64::from(self.set) + 1,
+            writes_saved: self.staged_ops.saturating_sub(emitted),
+            bytes_saved: self.bytes_saved,
+        })
+    }
+}
+
+/// The merged view as the path guard sees it.
+pub struct MergedView<'a> {
+    pub overlay: &'a Overlay,
+    pub dest: &'a Tree,
+}
+
+impl KindView for MergedView<'_> {
+    fn kind_at(&self, index: &PathIndex) -> Result<Option<Kind>> {
+        Ok(self.overlay.held(index, self.dest)?.kind())
+    }
+}
