@@ -102,6 +102,8 @@ pub struct Committed {
 
 /// Stages one set's records (or those of consecutive sets of one chain, merged) and commits
 /// them into DEST.
+// One applier per commit, never copied around: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SetApplier {
     Fresh(FreshBuild),
     Update(JournaledUpdate),
