@@ -10,6 +10,7 @@
 mod support;
 
 mod backends;
+mod catchup;
 mod commands;
 mod crash_kill;
 mod faults_fs;

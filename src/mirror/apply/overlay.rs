@@ -17,9 +17,9 @@
 //!     a directory keeps DEST's own (and what it holds) only when the path was DEST's
 //!         directory all along; otherwise DEST's is removed first
 //! remove(path):
-//!     free an object staged there, drop every change below; journal a removal only when
-//!     DEST holds something there (a path created and removed by the staged sets costs
-//!     nothing)
+//!     free an object staged there, drop every change below, mark the path removed (so
+//!     that removals below it in the same set are moot); journal a removal only when DEST
+//!     holds something there (a path created and removed by the staged sets costs nothing)
 //! journal(), once, after the last set:
 //!     every change in index order (a parent before what it holds):
 //!         object -> Place;  directory -> [Remove when DEST's is replaced] Dir;  removed -> Remove
@@ -165,7 +165,7 @@ impl Overlay {
         };
         self.kept_mtimes.remove(index);
         self.late_attrs.remove(index);
-        self.replace(index, Some(now), dest_kind, objects)
+        self.replace(index, now, dest_kind, objects)
     }
 
     /// The set being staged removes `index`.
@@ -174,8 +174,8 @@ impl Overlay {
         self.drop_below(index, objects)?;
         self.kept_mtimes.remove(index);
         self.late_attrs.remove(index);
-        let now = dest_kind.map(|_| Now::Removed);
-        self.replace(index, now, dest_kind, objects)
+        // Kept even when DEST holds nothing there: what lies below is gone too.
+        self.replace(index, Now::Removed, dest_kind, objects)
     }
 
     /// A removal below a path the same set removed or replaced: nothing left to do, but set
@@ -209,22 +209,17 @@ impl Overlay {
     fn replace(
         &mut self,
         index: &PathIndex,
-        now: Option<Now>,
+        now: Now,
         dest: Option<Kind>,
         objects: &Dir,
     ) -> Result<()> {
         self.staged_ops += 1;
-        let old = match now {
-            Some(now) => self.changes.insert(
-                index.clone(),
-                Change {
-                    now,
-                    dest,
-                    set: self.set,
-                },
-            ),
-            None => self.changes.remove(index),
+        let change = Change {
+            now,
+            dest,
+            set: self.set,
         };
+        let old = self.changes.insert(index.clone(), change);
         match old {
             Some(c) => self.free(c.now, objects),
             None => Ok(()),
@@ -275,6 +270,7 @@ impl Overlay {
                     Op::Dir { index },
                 ],
                 Now::Dir { .. } => vec![Op::Dir { index }],
+                Now::Removed if change.dest.is_none() => Vec::new(),
                 Now::Removed => vec![Op::Remove { index }],
             };
             for op in &ops {
