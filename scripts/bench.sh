@@ -29,7 +29,10 @@
 #      new) vs `rsync -a --delete` from the changed tree and `rsync --read-batch` of a batch
 #      written for the same change;
 #   3. scaling: the same change on a tree with 10x the files (the extra files are untouched);
-#   4. catch-up: 10 pending incrementals in one run vs ten runs, one set each;
+#   4. catch-up: 10 pending incrementals in one run (one merged commit) vs ten runs, one set
+#      each, vs one set, on three histories: random 1% changes, the same 1% rewritten by every
+#      set (target: one run <= 2x one set), disjoint 1% slices (target: one run <= 1.2x one
+#      set holding all ten slices);
 #   5. memory: peak RSS on the largest corpus (its bootstrap, on tmpfs) and on one sparse
 #      file of several GB (bootstrap and an incremental that patches it);
 #   6. new full chain (issue 4): bytes read by a host moving to a new full after a 1% change,
@@ -315,26 +318,91 @@ if wants scaling; then
     incremental_group scaling
 fi
 
-if wants catchup; then
-    CORPUS=$BASE
-    d=$RUN/catchup
+# --- 4. catch-up (issue 15, item 1) ----------------------------------------------------------
+# make_catchup_corpus MODE: the base corpus's full (its files copied, not backed up again) and
+# INCS incrementals of scripts/bench/catchup.py MODE (`same`: the same 1% of the files
+# rewritten by every set; `disjoint`: a new 1% slice per set). For `disjoint` also union/: the
+# same full and ONE incremental holding every slice (what the INCS sets write, as one set).
+# Cached like make_corpus.
+make_catchup_corpus() {
+    local mode=$1 c key
+    key=$(printf '%s ' "$mode" "$(basename "$BASE")" "$INCS" "$CHANGES" "$SEED" "$(cat "$HERE/catchup.py")" | sha1sum | cut -c1-10)
+    c="$WORK/corpus-catchup-$mode-$key"
+    CORPUS=$c
+    [ -e "$c/complete" ] && return
+    log "corpus catch-up $mode: $INCS incrementals over the base full (once; cached)"
+    rm -rf "$c" && mkdir -p "$c/repo"
+    cp -a "$BASE/tree0" "$c/src"
+    ln -s "$BASE/tree0" "$c/tree0"
+    cp -a "$BASE"/repo/duplicity-full* "$c/repo/"
+    for ((k = 1; k <= INCS; k++)); do
+        python3 "$HERE/catchup.py" "$mode" "$c/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
+        dup_backup incremental "$c/src" bench "$(tk "$k")"
+    done
+    if [ "$mode" = disjoint ]; then
+        mkdir -p "$c/union/repo"
+        cp -a "$BASE"/repo/duplicity-full* "$c/union/repo/"
+        CORPUS=$c/union dup_backup incremental "$c/src" bench "$(tk 1)"
+    fi
+    touch "$c/complete"
+}
+# catchup_group SECTION: a host at T0 (the full) catches up: one set; the INCS sets in one
+# run (merged into one commit); INCS runs of one set each; with union/, the one set holding
+# what the INCS sets write. The merged run's --json figures go into the section's note.
+catchup_group() {
+    local section=$1 d=$RUN/catchup reset steps flags lab merged
     bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
     bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
     cp -a "$d/state" "$d/state.0"
     reset=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
-    bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" --no-fsync)"
+    bash -c "$reset"
+    merged=$("$DM" sync "$CORPUS/repo" "$d/dest" --state-dir "$d/state" --time "$(tk "$INCS")" --no-fsync --json |
+        python3 -c 'import json, sys; m = json.load(sys.stdin).get("merged") or {}; print(f"{m.get(\"sets\", 0)} sets merged into one commit, {m.get(\"writes_saved\", 0)} writes saved ({m.get(\"bytes_saved\", 0) / 1e6:.1f} MB of staged files freed before the commit)")')
     verify "$CORPUS/src" "$d/dest"
+    meta note "$section" "$(describe_corpus Corpus). Merged catch-up (--json): $merged."
+    if [ -d "$CORPUS/union" ]; then
+        local u=$d/union
+        mkdir -p "$u"
+        (CORPUS=$CORPUS/union && bash -c "$(sync_cmd "$u/dest" "$u/state" "$T0" --no-fsync)")
+        cp -a "$u/state" "$u/state.0"
+        local ureset
+        ureset=$(reset_cmd "$CORPUS/tree0" "$u/dest" "$u/state")
+        bash -c "$ureset && $(CORPUS=$CORPUS/union sync_cmd "$u/dest" "$u/state" "$(tk 1)" --no-fsync)"
+        verify "$CORPUS/src" "$u/dest"
+    fi
     for flags in "" "--no-fsync"; do
         lab="dupmirror${flags:+ $flags}" steps=""
         for ((k = 1; k <= INCS; k++)); do steps+="$(sync_cmd "$d/dest" "$d/state" "$(tk "$k")" "$flags") && "; done
+        add "$lab: one set" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" "$flags")"
         add "$lab: $INCS sets in one run" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" "$flags")"
         add "$lab: $INCS runs of one set" "$reset" "${steps% && }"
+        if [ -d "$CORPUS/union" ]; then
+            add "$lab: one set holding all $INCS slices" "$ureset" "$(CORPUS=$CORPUS/union sync_cmd "$u/dest" "$u/state" "$(tk 1)" "$flags")"
+        fi
     done
-    meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each)"
-    meta refs catch-up "dupmirror: $INCS sets in one run"
-    run_group catch-up
+    meta refs "$section" "dupmirror: one set,dupmirror --no-fsync: one set"
+    run_group "$section"
     bash -c "$(discard_cmd "$d")"
     empty_trash
+}
+
+if wants catchup; then
+    CORPUS=$BASE
+    meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each, random)"
+    catchup_group catch-up
+    make_catchup_corpus same
+    meta title catch-up-same "4. Catch-up: $INCS pending incrementals rewriting the same $CHANGES files (1%)"
+    catchup_group catch-up-same
+    make_catchup_corpus disjoint
+    meta title catch-up-disjoint "4. Catch-up: $INCS pending incrementals rewriting disjoint slices of $CHANGES files (1% each)"
+    catchup_group catch-up-disjoint
+    for pair in "dupmirror --no-fsync|--no-fsync" "dupmirror|syncfs"; do
+        lab=${pair%|*} how=${pair#*|}
+        meta target "Catch-up, same 1% x$INCS: $INCS sets in one run ÷ one set, $how" \
+            "catch-up-same:$lab: $INCS sets in one run" "catch-up-same:$lab: one set" 2
+        meta target "Catch-up, disjoint 1% slices x$INCS: $INCS sets in one run ÷ one set holding them all, $how" \
+            "catch-up-disjoint:$lab: $INCS sets in one run" "catch-up-disjoint:$lab: one set holding all $INCS slices" 1.2
+    done
 fi
 
 if wants memory; then
