@@ -1,42 +1,49 @@
-//! Writing DEST: one backup set at a time, all or nothing.
+//! Writing DEST: one backup set, or the pending sets of one chain merged, all or nothing.
 //!
 //! A [`SetApplier`] receives the records of one set (it is the `RecordSink` that
-//! `decode::records::RecordStream` feeds) and stages them with one of two strategies;
-//! [`SetApplier::commit`] makes them part of DEST atomically.
+//! `decode::records::RecordStream` feeds) and stages them with one of two strategies; a
+//! journaled update takes further sets of the chain ([`SetApplier::next_set`]) over what it
+//! staged; [`SetApplier::commit`] makes everything staged part of DEST atomically.
 //!
 //! ```text
 //! every record (gate.rs):
-//!     skip it unless the path filter wants it
+//!     skip it unless the path filter wants it (each set has its own)
 //!     refuse: a chunk run without its head, a signature entry, a root that is not a
 //!             directory (DEST is a folder), a path below a symlink, a file or a deletion
-//!             (dest::guard)
+//!             (dest::guard, against DEST and what earlier sets staged)
 //! fresh build (fresh.rs) -- a full set into a missing or empty DEST:
 //!     build the tree in staging/tree through a stack of open directory handles:
 //!     directories 0700 and files 0600 while being filled, then their own attributes
 //!     a deletion or a delta in a full set is refused
 //!     journal: MoveTree (one rename when DEST is missing), then DEST's own attributes
-//! journaled update (update.rs) -- an incremental, a full over an existing DEST, a repair:
-//!     snapshot dir   -> journal Dir(path); remember its attributes for later
-//!     snapshot other -> staging/obj/N (content, owner, mode, mtime); journal Place(path, N)
-//!     diff           -> DEST must hold a regular file there, else the set contradicts the
-//!                       backup DEST holds: refused; patch it into staging/obj/N; drift.rs
-//!                       judges the result: Place(path, N), or leave the path drifted
-//!     deleted        -> DEST must hold something there, else refused; journal Remove(path)
-//!     fixes from comparing DEST with signatures: journal Remove / Attrs
-//!     journal Attrs/Mtime for directories, deepest first (children change parents'
-//!     mtimes); a directory whose contents change without a record of its own keeps its
-//!     mtime
-//! commit(set):
+//! journaled update (update.rs, overlay.rs) -- incrementals, a full over an existing DEST
+//!         and the incrementals after it, a repair; the merged view is DEST + what the
+//!         sets before (and this set) staged:
+//!     snapshot dir   -> Dir(path); its attributes wait for the end
+//!     snapshot other -> staging/obj/N (content, owner, mode, mtime); Place(path, N),
+//!                       freeing an object staged there before
+//!     diff           -> the merged view must hold a regular file there, else the set
+//!                       contradicts the backup: refused; patch it (DEST's, or the staged
+//!                       object) into staging/obj/N; drift.rs judges the result:
+//!                       Place(path, N), or leave the path drifted
+//!     deleted        -> the merged view must hold something there, else refused; Remove
+//!                       (journaled only if DEST holds the path)
+//!     fixes from comparing DEST with signatures: Remove / Attrs
+//!     after the last set: one journal in index order, then Attrs/Mtime for directories,
+//!     deepest first (children change parents' mtimes); a directory whose contents change
+//!     without a record of its own keeps its mtime
+//! commit:
 //!     syncfs(staging) (durable); check DEST's root is still the folder it was
 //!     rename state/journal.tmp -> state/journal                        # the commit point
 //!     carry out the journal (dest::journal::recover): state.json, then journal and
 //!     staging removed
 //! ```
 //!
-//! Every volume of the set is read, and its SHA1 checked, before the commit: a damaged
-//! volume leaves DEST untouched. Limits: an incremental looks at no part of DEST beyond the
-//! paths it names. Directories are made writable by root only: a non-root sync into a
-//! read-only directory of the backup fails with a clear error.
+//! Every volume of every staged set is read, and its SHA1 checked, before the commit: a
+//! damaged volume leaves DEST untouched. Limits: an incremental looks at no part of DEST
+//! beyond the paths it names. Directories are made writable by root only: a non-root sync
+//! into a read-only directory of the backup fails with a clear error. See overlay.rs for
+//! what merging does not save.
 
 mod drift;
 mod fresh;
