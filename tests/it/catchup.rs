@@ -159,3 +159,32 @@ fn merged_catch_up_equals_restore(dup: Duplicity) {
     let r = catch_up(&lab, &host, last_inc, &end_inc, &ctx);
     assert!(r.merged.is_none(), "{ctx}: a single set is not a merge");
 }
+
+/// A file edited by hand in DEST that the first pending set patches is restored from the
+/// chain into the merged view; the second set then patches the restored copy.
+#[test]
+fn drift_found_in_a_merged_catch_up_is_repaired_in_it() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let mut lab = Lab::new(dup);
+    let mut master = random_bytes(7, 200_000);
+    lab.fs.write_at("big", &master, T0 - 5000);
+    lab.fs.write_at("other", b"other", T0 - 5000);
+    lab.full(t(0));
+    let host = lab.host("h");
+    host.sync(&lab.repo, &[]).assert_ok("first sync");
+    let p = host.dest.join("big");
+    let mut local = std::fs::read(&p).unwrap();
+    local[10..20].copy_from_slice(b"LOCAL EDIT");
+    std::fs::write(&p, &local).unwrap();
+    for (k, at) in [(1, 100_000), (2, 150_000)] {
+        master[at..at + 10].copy_from_slice(b"NEW BYTES!");
+        lab.fs.write_at("big", &master, T0 + 10 * k as i64);
+        lab.inc(t(k));
+    }
+    let ctx = "drift in a merged catch-up";
+    let r = catch_up(&lab, &host, t(2), &lab.restore(t(2)), ctx);
+    assert!(r.sets[0].repaired.is_some(), "{ctx}: repaired in set 1");
+    assert_eq!(r.merged.map(|m| m.sets), Some(2), "{ctx}");
+}
