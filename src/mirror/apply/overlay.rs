@@ -311,3 +311,178 @@ impl KindView for MergedView<'_> {
         Ok(self.overlay.held(index, self.dest)?.kind())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::records::{Record, RecordKind};
+    use crate::dest::guard::PathGuard;
+    use crate::dest::journal;
+    use crate::dest::state::{MirrorState, StateDir};
+    use crate::meta::{FileType, Metadata};
+    use std::fs;
+
+    struct Bed {
+        _tmp: tempfile::TempDir,
+        dest: Tree,
+        objects: Dir,
+        state: StateDir,
+    }
+
+    /// DEST holds `d/f`, `d/old`, `a/inner` and `keep`.
+    fn bed() -> Bed {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("dest");
+        for f in ["d/f", "d/old", "a/inner", "keep"] {
+            fs::create_dir_all(d.join(f).parent().unwrap()).unwrap();
+            fs::write(d.join(f), f).unwrap();
+        }
+        fs::create_dir(tmp.path().join("obj")).unwrap();
+        Bed {
+            dest: Tree::new(Dir::open_path(&d).unwrap()).unwrap(),
+            objects: Dir::open_path(&tmp.path().join("obj")).unwrap(),
+            state: StateDir::open(&tmp.path().join("state"), &d, false).unwrap(),
+            _tmp: tmp,
+        }
+    }
+
+    fn idx(s: &str) -> PathIndex {
+        PathIndex::from_bytes(s.as_bytes())
+    }
+
+    impl Bed {
+        /// Stages object `n` (`bytes` long) at `path`.
+        fn object(&self, o: &mut Overlay, path: &str, n: u64, bytes: u64) {
+            let name = object_name(n);
+            fs::write(self.objects.show(&name), vec![b'x'; bytes as usize]).unwrap();
+            let now = Now::Object {
+                n,
+                kind: Kind::Regular,
+                bytes,
+            };
+            o.put(&idx(path), now, &self.dest, &self.objects).unwrap();
+        }
+
+        fn exists(&self, n: u64) -> bool {
+            self.objects.stat(&object_name(n)).unwrap().is_some()
+        }
+
+        /// The journal the overlay becomes.
+        fn journal(&self, o: Overlay) -> (Vec<Op>, MergeStats) {
+            let target = MirrorState::new(String::new(), 0, 0, self.dest.path().into(), vec![]);
+            let mut w = JournalWriter::create(&self.state, &target).unwrap();
+            let stats = o.journal(&mut w).unwrap();
+            w.commit(&self.state).unwrap();
+            let ops = journal::pending(&self.state)
+                .unwrap()
+                .unwrap()
+                .ops()
+                .to_vec();
+            (ops, stats)
+        }
+    }
+
+    #[test]
+    fn later_sets_supersede_earlier_objects_and_only_dest_paths_are_removed() {
+        let b = bed();
+        let mut o = Overlay::default();
+        b.object(&mut o, "new", 1, 10);
+        b.object(&mut o, "d/f", 2, 20);
+        o.put(
+            &idx("tmp"),
+            Now::Dir { keeps_dest: true },
+            &b.dest,
+            &b.objects,
+        )
+        .unwrap();
+        b.object(&mut o, "tmp/t", 3, 30);
+        o.next_set();
+        b.object(&mut o, "new", 4, 40);
+        assert!(!b.exists(1), "a superseded object is freed at once");
+        o.remove(&idx("tmp"), &b.dest, &b.objects).unwrap();
+        assert!(!b.exists(3), "what lay below a removed path is freed");
+        assert!(matches!(
+            o.held(&idx("tmp/t"), &b.dest).unwrap(),
+            Held::Gone { set: 1 }
+        ));
+        o.remove(&idx("d/f"), &b.dest, &b.objects).unwrap();
+        assert!(!b.exists(2));
+        let (ops, stats) = b.journal(o);
+        assert_eq!(
+            ops,
+            [
+                Op::Remove { index: idx("d/f") },
+                Op::Place {
+                    index: idx("new"),
+                    staged: 4
+                },
+            ],
+            "tmp never reaches DEST"
+        );
+        assert_eq!(
+            (stats.sets, stats.writes_saved, stats.bytes_saved),
+            (2, 5, 60)
+        );
+    }
+
+    #[test]
+    fn a_directory_removed_then_made_again_does_not_keep_what_dest_held() {
+        let b = bed();
+        let mut o = Overlay::default();
+        o.remove(&idx("d"), &b.dest, &b.objects).unwrap();
+        o.next_set();
+        o.put(
+            &idx("d"),
+            Now::Dir { keeps_dest: true },
+            &b.dest,
+            &b.objects,
+        )
+        .unwrap();
+        assert!(matches!(
+            o.held(&idx("d/old"), &b.dest).unwrap(),
+            Held::Unchanged(None)
+        ));
+        let (ops, _) = b.journal(o);
+        assert_eq!(
+            ops,
+            [Op::Remove { index: idx("d") }, Op::Dir { index: idx("d") }]
+        );
+    }
+
+    #[test]
+    fn the_guard_sees_what_earlier_sets_staged() {
+        let b = bed();
+        let mut o = Overlay::default();
+        let link = Now::Object {
+            n: 1,
+            kind: Kind::Symlink,
+            bytes: 0,
+        };
+        o.put(&idx("a"), link, &b.dest, &b.objects).unwrap();
+        o.next_set();
+        let record = Record {
+            index: idx("a/x"),
+            kind: RecordKind::Snapshot,
+            meta: Metadata {
+                file_type: FileType::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                uname: Vec::new(),
+                gname: Vec::new(),
+                mtime: 0,
+            },
+            headless: false,
+        };
+        let view = MergedView {
+            overlay: &o,
+            dest: &b.dest,
+        };
+        let err = PathGuard::default()
+            .check(&record, Some(&view))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        // DEST alone (a directory there) would have let it through.
+        PathGuard::default().check(&record, Some(&b.dest)).unwrap();
+    }
+}
