@@ -180,7 +180,7 @@ fn drift_found_in_a_merged_catch_up_is_repaired_in_it() {
     std::fs::write(&p, &local).unwrap();
     for (k, at) in [(1, 100_000), (2, 150_000)] {
         master[at..at + 10].copy_from_slice(b"NEW BYTES!");
-        lab.fs.write_at("big", &master, T0 + 10 * k as i64);
+        lab.fs.write_at("big", &master, T0 + 10 * k);
         lab.inc(t(k));
     }
     let ctx = "drift in a merged catch-up";
