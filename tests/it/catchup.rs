@@ -187,4 +187,16 @@ fn drift_found_in_a_merged_catch_up_is_repaired_in_it() {
     let r = catch_up(&lab, &host, t(2), &lab.restore(t(2)), ctx);
     assert!(r.sets[0].repaired.is_some(), "{ctx}: repaired in set 1");
     assert_eq!(r.merged.map(|m| m.sets), Some(2), "{ctx}");
+
+    // The text report says so briefly.
+    let host = lab.host("text");
+    host.sync(&lab.repo, &["--time", &t(0).to_string()])
+        .assert_ok("at the full");
+    let run = host.sync(&lab.repo, &[]);
+    run.assert_ok("text report");
+    let text = run.stdout_text();
+    assert!(
+        text.contains("merged 2 sets into one commit: ") && text.contains(" write(s) saved"),
+        "{text}"
+    );
 }
