@@ -15,7 +15,8 @@
 //!                       nothing: the set contradicts the backup, refused); the delta is
 //!                       spooled, then patched onto it (DEST's file, or the object an
 //!                       earlier set staged, freed afterwards) into staging/obj/N;
-//!                       drift.rs judges the result against this set's signatures
+//!                       drift.rs judges a patch of DEST's file against this set's
+//!                       signatures (a staged basis is exact: nothing to judge)
 //!     deleted        -> the merged view must hold something there (refused otherwise: a
 //!                       deletion of what the backup never had), unless the same set
 //!                       removed or replaced an ancestor; remove(path)
@@ -25,7 +26,7 @@
 //! DEST is read through handles (its objects' types, a delta's basis, parents' mtimes),
 //! never written: all changes are journal lines, carried out by `dest::journal`.
 
-use super::drift::{DriftCheck, Verdict};
+use super::drift::{Basis, DriftCheck, Verdict};
 use super::gate::Gate;
 use super::overlay::{Held, MergeStats, MergedView, Now, Overlay};
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
@@ -57,7 +58,7 @@ enum OpenRecord {
     },
     Delta {
         index: PathIndex,
-        basis: File,
+        basis: (File, Basis),
         spool: Spool,
         attrs: Attrs,
     },
@@ -174,7 +175,7 @@ impl JournaledUpdate {
 
     /// The regular file at `index` in the merged view, the basis of a delta: an object an
     /// earlier set staged, else DEST's.
-    fn basis(&self, index: &PathIndex) -> Result<File> {
+    fn basis(&self, index: &PathIndex) -> Result<(File, Basis)> {
         let refuse = |kind: Option<Kind>| {
             let what = kind.map_or("nothing", Kind::described);
             contradiction(index, "patches it as a regular file", what)
@@ -184,7 +185,7 @@ impl JournaledUpdate {
                 n,
                 kind: Kind::Regular,
                 ..
-            }) => return self.objects.read_file(&object_name(n)),
+            }) => return Ok((self.objects.read_file(&object_name(n))?, Basis::Staged)),
             Held::Unchanged(Some(_)) => {}
             other => return Err(refuse(other.kind())),
         }
@@ -194,7 +195,7 @@ impl JournaledUpdate {
             (Parent::Missing, _) => Err(None),
             (Parent::Blocked { kind, .. }, _) => Err(Some(kind)),
         };
-        found.map_err(refuse)
+        Ok((found.map_err(refuse)?, Basis::Dest))
     }
 
     pub fn begin(&mut self, record: &Record) -> Result<()> {
@@ -322,7 +323,7 @@ impl JournaledUpdate {
     fn patch(
         &mut self,
         index: PathIndex,
-        basis: File,
+        (basis, basis_kind): (File, Basis),
         spool: &mut Spool,
         attrs: Attrs,
     ) -> Result<()> {
@@ -338,10 +339,12 @@ impl JournaledUpdate {
             &mut self.copy_buf,
             max_out,
         );
-        match self
-            .drift
-            .judge(&index, patched, || self.objects.read_file(&name))?
-        {
+        match self.drift.judge(
+            &index,
+            patched,
+            || self.objects.read_file(&name),
+            basis_kind,
+        )? {
             Verdict::Drifted => {
                 drop(out);
                 self.objects.remove(&name)?;
