@@ -129,9 +129,9 @@ trap 'rm -rf "$TRUN" "$TRASH"' EXIT
 # mutation steps, and a duplicity repository with a full at T0 and one incremental per step.
 # Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state). Cached
 # under a key of every parameter and of the generator's source.
-dup_backup() { # KIND SRC NAME TIME
+dup_backup() { # KIND SRC NAME TIME [DUPLICITY OPTION...]
     "$DUPW" "$1" --no-encryption --volsize "$VOLSIZE" --archive-dir "$CORPUS/cache" --name bench \
-        --current-time "$4" -v error --no-print-statistics "$2" "file://$CORPUS/repo" >/dev/null
+        --current-time "$4" -v error --no-print-statistics "${@:5}" "$2" "file://$CORPUS/repo" >/dev/null
 }
 make_corpus() {
     local name=$1 files=$2 bytes=$3 xfiles=$4 xbytes=$5 incs=$6
@@ -337,12 +337,12 @@ make_catchup_corpus() {
     cp -a "$BASE"/repo/duplicity-full* "$c/repo/"
     for ((k = 1; k <= INCS; k++)); do
         python3 "$HERE/catchup.py" "$mode" "$c/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
-        dup_backup incremental "$c/src" bench "$(tk "$k")"
+        dup_backup incremental "$c/src" bench "$(tk "$k")" --allow-source-mismatch
     done
     if [ "$mode" = disjoint ]; then
         mkdir -p "$c/union/repo"
         cp -a "$BASE"/repo/duplicity-full* "$c/union/repo/"
-        CORPUS=$c/union dup_backup incremental "$c/src" bench "$(tk 1)"
+        CORPUS=$c/union dup_backup incremental "$c/src" bench "$(tk 1)" --allow-source-mismatch
     fi
     touch "$c/complete"
 }
@@ -357,7 +357,7 @@ catchup_group() {
     reset=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
     bash -c "$reset"
     merged=$("$DM" sync "$CORPUS/repo" "$d/dest" --state-dir "$d/state" --time "$(tk "$INCS")" --no-fsync --json |
-        python3 -c 'import json, sys; m = json.load(sys.stdin).get("merged") or {}; print(f"{m.get(\"sets\", 0)} sets merged into one commit, {m.get(\"writes_saved\", 0)} writes saved ({m.get(\"bytes_saved\", 0) / 1e6:.1f} MB of staged files freed before the commit)")')
+        python3 -c 'import json, sys; m = json.load(sys.stdin).get("merged") or {}; g = lambda k: m.get(k, 0); print("%d sets merged into one commit, %d writes saved (%.1f MB of staged files freed before the commit)" % (g("sets"), g("writes_saved"), g("bytes_saved") / 1e6))')
     verify "$CORPUS/src" "$d/dest"
     meta note "$section" "$(describe_corpus Corpus). Merged catch-up (--json): $merged."
     if [ -d "$CORPUS/union" ]; then
