@@ -167,8 +167,8 @@ make_big_corpus() {
 }
 describe_corpus() { # TITLE
     local n v b i
-    n=$(find "$CORPUS/tree0" | wc -l)
-    b=$(du -sb "$CORPUS/tree0" | cut -f1)
+    n=$(find "$CORPUS/tree0/" | wc -l)
+    b=$(du -sb "$CORPUS/tree0/" | cut -f1)
     v=$(find "$CORPUS/repo" -name 'duplicity-full.*.vol*' | wc -l)
     i=$(find "$CORPUS/repo" -name "duplicity-inc.*.to.$(date -u -d @"$(tk 1)" +%Y%m%dT%H%M%SZ).*vol*" -printf '%s\n' | awk '{s += $1} END {print s + 0}')
     echo "$1: $n entries, $((b / 1000000)) MB in the full ($v volumes of --volsize $VOLSIZE), first incremental $((i / 1000)) kB ($CHANGES files changed)"
@@ -334,14 +334,14 @@ make_catchup_corpus() {
     rm -rf "$c" && mkdir -p "$c/repo"
     cp -a "$BASE/tree0" "$c/src"
     ln -s "$BASE/tree0" "$c/tree0"
-    cp -a "$BASE"/repo/duplicity-full* "$c/repo/"
+    cp -al "$BASE"/repo/duplicity-full* "$c/repo/"
     for ((k = 1; k <= INCS; k++)); do
         python3 "$HERE/catchup.py" "$mode" "$c/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
         dup_backup incremental "$c/src" bench "$(tk "$k")" --allow-source-mismatch
     done
     if [ "$mode" = disjoint ]; then
         mkdir -p "$c/union/repo"
-        cp -a "$BASE"/repo/duplicity-full* "$c/union/repo/"
+        cp -al "$BASE"/repo/duplicity-full* "$c/union/repo/"
         CORPUS=$c/union dup_backup incremental "$c/src" bench "$(tk 1)" --allow-source-mismatch
     fi
     touch "$c/complete"
