@@ -10,7 +10,8 @@
 #                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
 #                 files, a 4 GiB file); the first run spends most of its time on backups.
 #   --reps N      timed runs per figure (default 3); tables show medians and min-max.
-#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory,newfull
+#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory,newfull,
+#                 atomic
 #   --work DIR    disk scratch (default /var/tmp/dupmirror-bench): corpora and repositories
 #                 are cached there by parameters, so later runs skip generation and backups.
 #   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
@@ -36,7 +37,10 @@
 #   5. memory: peak RSS on the largest corpus (its bootstrap, on tmpfs) and on one sparse
 #      file of several GB (bootstrap and an incremental that patches it);
 #   6. new full chain (issue 4): bytes read by a host moving to a new full after a 1% change,
-#      as a fraction of the full's size.
+#      as a fraction of the full's size;
+#   7. atomic (issue 14): the 1% incremental with `sync --atomic` vs in place: the standby one
+#      generation behind (two sets, the steady state), and the standby at the live tree's
+#      backup (one set), on the base corpus and on the 10x-files corpus.
 # Between runs DEST is reset untimed, then `sync` flushes the previous run's dirty pages so no
 # run pays for another's writeback. Caches stay warm (repositories are read from the page
 # cache); every dupmirror result is checked against the source tree (rsync -c dry run) before
@@ -54,7 +58,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/scripts/bench"
-QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory,newfull" INSTALL=1 OUT="" DM="" BASELINE=""
+QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory,newfull,atomic" INSTALL=1 OUT="" DM="" BASELINE=""
 WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -280,13 +284,65 @@ incremental_group() {
     empty_trash
 }
 
+# atomic_group SECTION: one 1% incremental with --atomic vs in place (issue 14). The trees
+# are reset by rsync into the same folders (the state records their identities) and the
+# link is put back, so every run starts from the same layout:
+#   in place T0->T1                      DEST at T0, one set (as section 2)
+#   atomic, standby at T0: T0->T1        live tree a and standby b both at T0: b takes one
+#                                        set, then the switch
+#   in place T1->T2                      DEST at T1, one set
+#   atomic, standby one behind: T1->T2   live b at T1, standby a at T0 (the steady state
+#                                        after a switch): a takes two sets, then the switch
+# The last two need a second incremental (the 10x corpus has one).
+atomic_group() {
+    local section=$1 d=$RUN/atomic flags lab
+    local trees=$d/.adest.dupmirror-trees trash="mkdir -p $TRASH && rsync -a --delete --backup --backup-dir=\$(mktemp -d $TRASH/XXXXXX)"
+    bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
+    bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    cp -a "$d/state" "$d/state.0"
+    local reset0 reset_a
+    reset0=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
+    bash -c "$(sync_cmd "$d/adest" "$d/astate" "$T0" "--no-fsync --atomic")"
+    bash -c "$(sync_cmd "$trees/b" "$d/astate/tree-b" "$T0" --no-fsync)"
+    cp -a "$d/astate" "$d/astate.0"
+    reset_a="$trash $CORPUS/tree0/ $trees/a/ && $trash $CORPUS/tree0/ $trees/b/ && rm -rf $d/astate && cp -a $d/astate.0 $d/astate && ln -sfn .adest.dupmirror-trees/a $d/adest"
+    bash -c "$reset_a && $(sync_cmd "$d/adest" "$d/astate" "$(tk 1)" --no-fsync)"
+    verify "$CORPUS/tree1" "$d/adest"
+    for flags in "" "--no-fsync"; do
+        lab="${flags:+ $flags}"
+        add "in place T0->T1$lab" "$reset0" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" "$flags")"
+        add "atomic, standby at T0: T0->T1$lab" "$reset_a" "$(sync_cmd "$d/adest" "$d/astate" "$(tk 1)" "$flags")"
+    done
+    if [ "$(find "$CORPUS/repo" -name 'duplicity-inc.*.manifest' | wc -l)" -ge 2 ]; then
+        local reset1 reset_s
+        bash -c "$(sync_cmd "$d/dest1" "$d/state1" "$(tk 1)" --no-fsync)"
+        cp -a "$d/state1" "$d/state1.0"
+        reset1=$(reset_cmd "$CORPUS/tree1" "$d/dest1" "$d/state1")
+        # The steady state: the run above left live b at T1 and standby a at T0.
+        bash -c "$reset_a && $(sync_cmd "$d/adest" "$d/astate" "$(tk 1)" "--no-fsync --grace 0")"
+        cp -a "$d/astate" "$d/astate.1"
+        reset_s="$trash $CORPUS/tree0/ $trees/a/ && $trash $CORPUS/tree1/ $trees/b/ && rm -rf $d/astate && cp -a $d/astate.1 $d/astate && ln -sfn .adest.dupmirror-trees/b $d/adest"
+        bash -c "$reset_s && $(sync_cmd "$d/adest" "$d/astate" "$(tk 2)" "--no-fsync --grace 0")"
+        [ "$(readlink "$d/adest")" = .adest.dupmirror-trees/a ] || die "the steady-state run did not switch to tree a"
+        for flags in "" "--no-fsync"; do
+            lab="${flags:+ $flags}"
+            add "in place T1->T2$lab" "$reset1" "$(sync_cmd "$d/dest1" "$d/state1" "$(tk 2)" "$flags")"
+            add "atomic, standby one behind: T1->T2$lab" "$reset_s" "$(sync_cmd "$d/adest" "$d/astate" "$(tk 2)" "$flags --grace 0")"
+        done
+    fi
+    meta refs "$section" "in place T0->T1,in place T0->T1 --no-fsync"
+    run_group "$section"
+    bash -c "$(discard_cmd "$d")"
+    empty_trash
+}
+
 HOST_NOTE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem/ {print $2}') GiB RAM, kernel $(uname -r); disk: $(df -hT "$WORK" | awk 'NR==2 {print $1" "$2", "$3}'); tmpfs: $(df -hT "$TMPFS" | awk 'NR==2 {print $2" "$3}')"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date +%s)
 
 empty_trash # left over by an interrupted run
 
-if wants bootstrap || wants incremental || wants catchup || wants scaling || wants newfull; then
+if wants bootstrap || wants incremental || wants catchup || wants scaling || wants newfull || wants atomic; then
     make_corpus base "$BASE_FILES" "$BASE_BYTES" 0 0 "$INCS"
     BASE=$CORPUS
 fi
@@ -307,7 +363,14 @@ if wants incremental; then
     incremental_group incremental
 fi
 
-if wants scaling || wants memory; then
+if wants atomic; then
+    CORPUS=$BASE
+    meta title atomic "7. Atomic: the 1% incremental with sync --atomic vs in place"
+    meta note atomic "$(describe_corpus Corpus). Trees reset untimed; the atomic rows include the live tree's dry run and the switch."
+    atomic_group atomic
+fi
+
+if wants scaling || wants memory || wants atomic; then
     make_corpus scale "$BASE_FILES" "$BASE_BYTES" "$EXTRA_FILES" "$EXTRA_BYTES" 1
     SCALE=$CORPUS
 fi
@@ -316,6 +379,13 @@ if wants scaling; then
     meta title scaling "3. Scaling: the same $CHANGES-file change on a tree with 10x the files"
     meta note scaling "$(describe_corpus Corpus). The base part and the change are byte-identical to section 2's; the extra files are untouched."
     incremental_group scaling
+fi
+
+if wants atomic; then
+    CORPUS=$SCALE
+    meta title atomic-scaling "7. Atomic on the tree with 10x the files (the extra files untouched)"
+    meta note atomic-scaling "$(describe_corpus Corpus)"
+    atomic_group atomic-scaling
 fi
 
 # --- 4. catch-up (issue 15, item 1) ----------------------------------------------------------
@@ -479,6 +549,10 @@ targets() {
     meta target "Incremental 1%, dupmirror (syncfs) ÷ rsync --read-batch" "incremental:dupmirror" "incremental:rsync --read-batch" 1.5
     meta target "Scaling: incremental on 10x files ÷ on 1x, --no-fsync" "scaling:$nf" "incremental:$nf" 1.3
     meta target "Scaling: incremental on 10x files ÷ on 1x, syncfs" "scaling:dupmirror" "incremental:dupmirror" 1.3
+    meta target "Atomic 1%, standby one behind ÷ in place, syncfs" "atomic:atomic, standby one behind: T1->T2" "atomic:in place T1->T2" 2.5
+    meta target "Atomic 1%, standby one behind ÷ in place, --no-fsync" "atomic:atomic, standby one behind: T1->T2 --no-fsync" "atomic:in place T1->T2 --no-fsync" 2.5
+    meta target "Atomic 1% on 10x files ÷ on 1x (standby at T0), syncfs" "atomic-scaling:atomic, standby at T0: T0->T1" "atomic:atomic, standby at T0: T0->T1" 1.3
+    meta target "Atomic 1% on 10x files ÷ on 1x (standby at T0), --no-fsync" "atomic-scaling:atomic, standby at T0: T0->T1 --no-fsync" "atomic:atomic, standby at T0: T0->T1 --no-fsync" 1.3
     meta rss "Peak RSS of every dupmirror run" 100 dupmirror
 }
 targets

@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use dupmirror::commands::atomic::{LayoutChoice, LayoutOptions};
 use dupmirror::commands::sync;
 use dupmirror::decode::crypto::{Decryptor, GpgDecryptor, Passphrase, SignKey};
 use dupmirror::dest::state::DestPaths;
@@ -238,6 +239,19 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub prefetch: u32,
+    /// Keep DEST as a symlink to one of two complete trees beside it and switch it in one
+    /// rename, so that readers never see a half-applied backup (twice the disk); converts
+    /// a plain DEST without downloading
+    #[arg(long, conflicts_with = "in_place")]
+    pub atomic: bool,
+    /// Make an atomic DEST a plain folder again (its live tree; the standby is removed),
+    /// then sync in place
+    #[arg(long)]
+    pub in_place: bool,
+    /// Atomic layout: write the standby tree only once it has been out of service this
+    /// long (90, 90s, 15m, 1h); until then a run reports "deferred" and changes nothing
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub grace: Duration,
     #[command(flatten)]
     pub around: JobArgs,
     #[command(flatten)]
@@ -256,8 +270,17 @@ impl SyncArgs {
         record: bool,
     ) -> Result<Job> {
         let (sources, dest) = self.sources_and_dest()?;
+        let choice = match (self.atomic, self.in_place) {
+            (true, _) => LayoutChoice::Atomic,
+            (_, true) => LayoutChoice::InPlace,
+            _ => LayoutChoice::Keep,
+        };
         Ok(Job {
             name,
+            layout: LayoutOptions {
+                choice,
+                grace: self.grace,
+            },
             reporter: Arc::new(Reporter::new(bars, notices)),
             sync: sync::SyncOptions {
                 repo: self.repo.options()?,

@@ -137,6 +137,7 @@ fn verify_dest(a: VerifyArgs, log: &Logger) -> Result<Exit> {
         repair: a.repair,
         quick: a.quick,
         durable: !a.no_fsync,
+        grace: a.grace,
     };
     let report = verify::verify(&options, &notices_only(log))?;
     if a.json {

@@ -81,6 +81,7 @@ fn man_extra_sections() -> String {
             (config::DEFAULT_PATH, "the configuration of run and status --config ([defaults] and [mirror.NAME] tables whose keys are the long options of sync)"),
             ("/usr/share/doc/dupmirror/dupmirror.toml.example", "an example configuration"),
             (".DEST.dupmirror/", "the state directory beside DEST: lock, state.json, run.json (outcome and counters of the runs)"),
+            (".DEST.dupmirror-trees/", "sync --atomic: the two trees (a, b) DEST links to; their states are tree-a/ and tree-b/ in the state directory, with atomic.json"),
         ],
     ));
     out.push_str(".SH \"SEE ALSO\"\n");

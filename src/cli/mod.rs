@@ -141,6 +141,10 @@ pub struct VerifyArgs {
     /// Skip the file system sync before the repair's commit
     #[arg(long)]
     pub no_fsync: bool,
+    /// Atomic layout: --repair writes the standby tree only once it has been out of
+    /// service this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub grace: Duration,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

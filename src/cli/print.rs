@@ -2,6 +2,7 @@
 //! printed, by [`print_json`]), and the line `run` logs per mirror.
 
 use anyhow::Result;
+use dupmirror::commands::atomic::{Action, AtomicOutcome, Conversion};
 use dupmirror::commands::{status, sync, verify};
 use dupmirror::decode::crypto::GpgSignatureTally;
 use dupmirror::fleet::job::JobReport;
@@ -64,7 +65,82 @@ fn print_gpg_signatures(t: &GpgSignatureTally) {
     println!();
 }
 
+/// The atomic layout's part of a sync report, before the rest; `false` when nothing else
+/// is to be said (deferred).
+fn print_atomic(r: &sync::SyncReport, a: &AtomicOutcome) -> bool {
+    if let Some(what) = &a.layout_recovered {
+        println!("{what} (left by an interrupted run)");
+    }
+    let would = if r.dry_run { "would be" } else { "was" };
+    match a.converted {
+        Some(Conversion::ToAtomic) => println!(
+            "DEST {would} converted to the atomic layout: its tree moved beside it, nothing \
+             downloaded"
+        ),
+        Some(Conversion::ToInPlace) => println!(
+            "DEST {would} converted back to a plain folder: its live tree, the standby removed"
+        ),
+        None => {}
+    }
+    let Some(view) = &a.layout else {
+        return true;
+    };
+    if a.action == Action::Deferred {
+        let idle = view.standby_idle_seconds.unwrap_or(0);
+        println!(
+            "deferred: {} is waiting, but the standby tree {} left service {} ago, less than \
+             --grace {}; DEST is unchanged at {} (a later run applies it)",
+            r.to,
+            view.live.other().name(),
+            human_duration(idle),
+            human_duration(a.grace_seconds.ceil() as i64),
+            r.from.as_deref().unwrap_or("nothing")
+        );
+        return false;
+    }
+    true
+}
+
+/// The switch, after the sets applied to the standby.
+fn print_switch(r: &sync::SyncReport, a: &AtomicOutcome) {
+    let Some(view) = &a.layout else {
+        return;
+    };
+    let standby = view.standby_holds.as_deref().unwrap_or("nothing yet");
+    match a.action {
+        Action::Switched => println!(
+            "switched DEST to tree {} ({}); tree {}, now the standby, holds {standby}",
+            view.live.name(),
+            r.to,
+            view.live.other().name()
+        ),
+        Action::WouldSwitch => println!(
+            "dry run: tree {} would be brought to {} and DEST switched to it",
+            view.live.other().name(),
+            r.to
+        ),
+        Action::UpToDate => println!(
+            "DEST points to tree {}; tree {} (the standby) holds {standby}",
+            view.live.name(),
+            view.live.other().name()
+        ),
+        _ => {}
+    }
+}
+
 pub fn print_sync(r: &sync::SyncReport) {
+    if let Some(a) = &r.atomic {
+        if !print_atomic(r, a) {
+            return;
+        }
+    }
+    print_sync_sets(r);
+    if let Some(a) = &r.atomic {
+        print_switch(r, a);
+    }
+}
+
+fn print_sync_sets(r: &sync::SyncReport) {
     if let Some(t) = &r.recovered {
         println!("completed an interrupted commit: DEST was brought to {t}");
     }
@@ -250,6 +326,17 @@ pub fn print_status(r: &status::StatusReport) {
                 d.dest.display()
             ),
         }
+        if let Some(v) = &d.atomic {
+            println!(
+                "atomic layout: DEST points to tree {}; the standby tree {} holds {}{}",
+                v.live.name(),
+                v.live.other().name(),
+                v.standby_holds.as_deref().unwrap_or("nothing yet"),
+                v.standby_idle_seconds
+                    .map(|s| format!(", out of service for {}", human_duration(s)))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(newest) = &d.newest_applied {
             let since = d
                 .newest_applied_at
@@ -310,6 +397,39 @@ pub fn print_verify(r: &verify::VerifyReport) {
             println!("DEST now matches the backup at {}", r.state);
         }
     }
+    if let Some(a) = &r.atomic {
+        print_verify_atomic(a);
+    }
+}
+
+fn print_verify_atomic(a: &AtomicOutcome) {
+    if let Some(what) = &a.layout_recovered {
+        println!("{what} (left by an interrupted run)");
+    }
+    let Some(view) = &a.layout else {
+        return;
+    };
+    let standby = view.standby_holds.as_deref().unwrap_or("nothing yet");
+    match a.action {
+        Action::Switched => println!(
+            "repaired by way of the standby: DEST now points to tree {}; tree {} (the damaged \
+             one) is repaired by the next sync before it serves again",
+            view.live.name(),
+            view.live.other().name()
+        ),
+        Action::Deferred => println!(
+            "repair deferred: the standby tree {} left service {} ago, less than --grace {}; \
+             the live tree is never written",
+            view.live.other().name(),
+            human_duration(view.standby_idle_seconds.unwrap_or(0)),
+            human_duration(a.grace_seconds.ceil() as i64)
+        ),
+        _ => println!(
+            "checked the live tree {}; the standby tree {} holds {standby}",
+            view.live.name(),
+            view.live.other().name()
+        ),
+    }
 }
 
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -324,6 +444,17 @@ pub fn log_outcome(log: &Logger, r: &JobReport) {
     match (&r.error, &r.sync) {
         (Some(e), _) => log.error(&format!("{e} (exit status {})", r.exit_status)),
         (None, Some(s)) if s.up_to_date => log.info(&format!("up to date at {}", s.to)),
+        (None, Some(s))
+            if s.atomic
+                .as_ref()
+                .is_some_and(|a| a.action == Action::Deferred) =>
+        {
+            log.info(&format!(
+                "deferred: {} waits for the standby tree's --grace; DEST unchanged at {}",
+                s.to,
+                s.from.as_deref().unwrap_or("nothing")
+            ))
+        }
         (None, Some(s)) => log.info(&format!(
             "synced from {} to {}: {} set(s), {} read{}",
             s.from.as_deref().unwrap_or("empty"),

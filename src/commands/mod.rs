@@ -2,6 +2,7 @@
 //! `main` prints as text or JSON. Each takes the run's [`Reporter`] explicitly: progress
 //! and transfer counts are not options.
 
+pub mod atomic;
 pub mod ls;
 pub mod status;
 pub mod sync;

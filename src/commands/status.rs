@@ -2,8 +2,11 @@
 //! `duplicity collection-status`), and with `--dest`, what a sync of that DEST (with the
 //! same `--time` and `--path`) would do: the very decision `sync` makes (`mirror::decide`),
 //! and whether the source stopped advancing (frozen) or went back (`mirror::rollback`).
+//! In the atomic layout DEST's state is its live tree's.
 
+use super::atomic::reading_paths;
 use super::{open_repository, resolve_time};
+use crate::dest::atomic::{Layout, LayoutView};
 use crate::dest::state::DestPaths;
 use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
@@ -92,6 +95,10 @@ pub struct DestStatus {
     /// Seconds DEST has been at `newest_applied` while the source offers nothing newer: a
     /// source that stops advancing (a freeze) shows as this outgrowing the backup interval.
     pub frozen_seconds: Option<i64>,
+    /// The atomic layout (`sync --atomic`): the live tree (whose state `holds` is) and the
+    /// standby; absent in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atomic: Option<LayoutView>,
 }
 
 #[derive(Serialize)]
@@ -136,7 +143,9 @@ pub fn status(opts: &StatusOptions, reporter: &Arc<Reporter>) -> Result<StatusRe
 /// What a sync of `dest` would do. A read-only look: no lock, no recovery of an
 /// interrupted commit (the sync would complete it first).
 fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<DestStatus> {
-    let dest_paths = DestPaths::resolve(dest, opts.state_dir.as_deref())?;
+    let dest = DestPaths::resolve(dest, opts.state_dir.as_deref())?;
+    let (dest_paths, live) = reading_paths(&dest)?;
+    let atomic = live.map(|l| Layout::new(&dest).view(l)).transpose()?;
     let recorded = dest_paths.peek()?;
     let mark = recorded.as_ref().map(rollback::high_water);
     let state = dest_paths.held(recorded);
@@ -168,7 +177,8 @@ fn dest_status(opts: &StatusOptions, dest: &Path, c: &Collection) -> Result<Dest
         frozen_seconds: mark.and_then(|m| {
             rollback::frozen_seconds(m, c.latest_time(), chrono::Utc::now().timestamp())
         }),
-        dest: dest_paths.dest,
+        dest: dest.dest,
+        atomic,
     })
 }
 

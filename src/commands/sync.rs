@@ -8,6 +8,7 @@
 //! goes from the backup it held straight to the target. A failure leaves DEST as the last
 //! commit left it and cleans the staging area.
 
+use super::atomic::AtomicOutcome;
 use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
 use crate::dest::changes::ChangedPaths;
@@ -114,6 +115,9 @@ pub struct SyncReport {
     /// The paths this run changed in DEST, when `list_changes` asked for them.
     #[serde(skip)]
     pub changed: Option<ChangedPaths>,
+    /// What the run did to the atomic layout (`sync --atomic`); absent in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atomic: Option<AtomicOutcome>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -225,6 +229,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
             latest: repo.collection.latest_time(),
         },
         changed: None,
+        atomic: None,
     };
     let finish = |mut report: SyncReport, phases: Phases, changed: Option<ChangedPaths>| {
         report.seconds = started.elapsed().as_secs_f64();

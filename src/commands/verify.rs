@@ -1,8 +1,12 @@
 //! `dupmirror verify SOURCE DEST [--repair]`: compare DEST with the signatures of the state
 //! it claims to hold, reading no volume; with `--repair`, restore exactly the paths that
-//! differ (reading only the volumes that hold them), atomically, and verify again.
+//! differ (reading only the volumes that hold them), atomically, and verify again. In the
+//! atomic layout the live tree is checked, and repaired by way of the standby
+//! (`commands::atomic`).
 
+use super::atomic::{verify_atomic, AtomicOutcome};
 use super::open_repository;
+use crate::dest::atomic::Layout;
 use crate::dest::session::Session;
 use crate::dest::state::DestPaths;
 use crate::mirror::apply::{ApplyMode, SetApplier};
@@ -18,7 +22,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct VerifyOptions {
     pub source: String,
@@ -28,6 +32,9 @@ pub struct VerifyOptions {
     /// Metadata only (no hashing), like rsync's quick check.
     pub quick: bool,
     pub durable: bool,
+    /// In the atomic layout: how long the standby must have been out of service before
+    /// `--repair` writes it.
+    pub grace: Duration,
     pub repo: RepoOptions,
 }
 
@@ -42,6 +49,9 @@ pub struct VerifyReport {
     /// After a repair: what still differs (nothing, normally).
     pub remaining: Option<Vec<DifferenceReport>>,
     pub seconds: f64,
+    /// The atomic layout: the live tree checked, the standby, a repair's switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atomic: Option<AtomicOutcome>,
 }
 
 impl VerifyReport {
@@ -57,6 +67,9 @@ impl VerifyReport {
 pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyReport> {
     let started = Instant::now();
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
+    if Layout::new(&dest_paths).detect()?.is_some() {
+        return verify_atomic(opts, &dest_paths, opts.grace, reporter);
+    }
     let dest = &dest_paths.dest;
     let Session {
         state_dir,
@@ -115,6 +128,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         repaired: None,
         remaining: None,
         seconds: 0.0,
+        atomic: None,
     };
     if opts.repair && !diffs.is_empty() {
         let mut applier = SetApplier::new(

@@ -583,6 +583,22 @@ impl Dir {
         }
     }
 
+    /// Swaps entries `name` and `to`/`to_name` in one step (`RENAME_EXCHANGE`): both must
+    /// exist. `Ok(false)` when the file system cannot (then nothing changed).
+    pub fn exchange(&self, name: &[u8], to: &Dir, to_name: &[u8]) -> Result<bool> {
+        match self.rename_flags(name, to, to_name, libc::RENAME_EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "cannot swap {} and {}",
+                    self.show(name).display(),
+                    to.show(to_name).display()
+                )
+            }),
+        }
+    }
+
     fn rename_flags(&self, name: &[u8], to: &Dir, to_name: &[u8], flags: u32) -> io::Result<()> {
         let bad = |e: anyhow::Error| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}"));
         let (a, b) = (

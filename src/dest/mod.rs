@@ -2,9 +2,11 @@
 //! the mirrored tree goes (`dir`, `tree`), the attributes given to objects (`fsops`), the
 //! walker that reads a tree, the guard that keeps records inside it, the journal that
 //! makes a set atomic, the state that remembers which backup DEST holds, and the order in
-//! which a command opens them (`session`). Nothing here knows about repositories or
+//! which a command opens them (`session`), and the two-tree layout of `sync --atomic`
+//! (`atomic`). Nothing here knows about repositories or
 //! backends.
 
+pub mod atomic;
 pub mod changes;
 pub mod dir;
 pub mod fsops;

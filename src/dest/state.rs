@@ -426,7 +426,31 @@ impl StateDir {
     /// The state DEST was last brought to, or `None` before the first sync; an error when
     /// it records another DEST.
     pub fn load(&self) -> Result<Option<MirrorState>> {
-        let name = STATE_FILE.as_bytes();
+        match self.read(STATE_FILE.as_bytes())? {
+            Some(data) => parse_state(&data, self.root(), &self.dest).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new state atomically (write, fsync, rename, fsync the folder).
+    pub fn save(&self, state: &MirrorState) -> Result<()> {
+        self.save_json(STATE_FILE.as_bytes(), state)
+    }
+
+    /// Replaces file `name` of the state folder with `value` as JSON, atomically (write
+    /// `name.tmp`, fsync, rename, fsync the folder).
+    pub fn save_json<T: Serialize>(&self, name: &[u8], value: &T) -> Result<()> {
+        let mut data = serde_json::to_vec_pretty(value)?;
+        data.push(b'\n');
+        let mut tmp = name.to_vec();
+        tmp.extend_from_slice(b".tmp");
+        self.write_durably(&tmp, &data)?;
+        self.dir.rename(&tmp, &self.dir, name)?;
+        self.dir.sync()
+    }
+
+    /// The bytes of file `name` of the state folder (`None`: there is none).
+    pub fn read(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
         let path = self.dir.show(name);
         let mut data = Vec::new();
         match self.dir.open_file(name)? {
@@ -440,17 +464,7 @@ impl StateDir {
                 k.described()
             ),
         };
-        parse_state(&data, self.root(), &self.dest).map(Some)
-    }
-
-    /// Records a new state atomically (write, fsync, rename, fsync the folder).
-    pub fn save(&self, state: &MirrorState) -> Result<()> {
-        let mut data = serde_json::to_vec_pretty(state)?;
-        data.push(b'\n');
-        self.write_durably(b"state.json.tmp", &data)?;
-        self.dir
-            .rename(b"state.json.tmp", &self.dir, STATE_FILE.as_bytes())?;
-        self.dir.sync()
+        Ok(Some(data))
     }
 
     /// Writes a small private file in the state folder and fsyncs it.

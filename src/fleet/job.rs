@@ -20,7 +20,8 @@
 
 use super::hooks::{self, HookKind, HookOutcome};
 use super::record::RunRecord;
-use crate::commands::sync::{sync, SyncOptions, SyncReport};
+use crate::commands::atomic::{held_state, sync_dest, LayoutOptions};
+use crate::commands::sync::{SyncOptions, SyncReport};
 use crate::dest::changes::write_replacing;
 use crate::dest::state::DestPaths;
 use crate::exit::Exit;
@@ -49,6 +50,8 @@ pub struct Job {
     /// The mirror's name: its `[mirror.NAME]`, or DEST for `sync`.
     pub name: String,
     pub sync: SyncOptions,
+    /// In place or atomic (`--atomic`, `--in-place`, `--grace`).
+    pub layout: LayoutOptions,
     /// Where the sync's progress, notices and transfer counts go.
     pub reporter: Arc<Reporter>,
     pub options: JobOptions,
@@ -141,7 +144,7 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
         run_hook(HookKind::PreSync, command, &env, report)?;
     }
     job.sync.list_changes = job.options.changed_list.is_some() || job.options.post_sync.is_some();
-    let result = sync(&job.sync, &job.reporter);
+    let result = sync_dest(&job.sync, &job.layout, &job.reporter);
     job.reporter.finish(); // the bars go before any line about the outcome
     let mut synced = result?;
     let changed = synced.changed.take();
@@ -194,7 +197,7 @@ fn run_hook(
 
 /// The backup time DEST holds, as far as a look without the lock tells.
 fn held_time(paths: &DestPaths) -> Option<Epoch> {
-    paths.held(paths.peek().ok().flatten()).map(|s| s.end_time)
+    held_state(paths).map(|s| s.end_time)
 }
 
 fn record(paths: &DestPaths, report: &JobReport, started: Instant) -> Result<()> {

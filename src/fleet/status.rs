@@ -3,6 +3,7 @@
 //! lag, and the last run's outcome from its record.
 
 use super::record::RunRecord;
+use crate::commands::atomic::held_state;
 use crate::commands::open_repository;
 use crate::dest::state::DestPaths;
 use crate::progress::Reporter;
@@ -35,7 +36,7 @@ pub fn mirror_status(
     reporter: &Arc<Reporter>,
 ) -> MirrorStatus {
     let record = RunRecord::load(&paths.state_root).unwrap_or_default();
-    let held = paths.held(paths.peek().ok().flatten()).map(|s| s.end_time);
+    let held = held_state(paths).map(|s| s.end_time);
     let (latest, source_error) = match open_repository(source, repo, reporter) {
         Ok(r) => (r.collection.latest_time(), None),
         Err(e) => (record.latest, Some(format!("{e:#}").replace('\n', " "))),

@@ -19,7 +19,7 @@
 //! overrides: a number per transition, or `all`); scripts/crash-soak.sh runs the long form.
 
 use crate::support::lab::{copy_tree, restore_host};
-use crate::support::scenario::{back_up, full, inc, Step};
+use crate::support::scenario::{back_up_with_oracles, full, inc, Step};
 use crate::support::strace;
 use crate::support::*;
 
@@ -30,14 +30,7 @@ use std::path::{Path, PathBuf};
 /// A chain that exercises every kind of change, backed up by upstream; returns the oracle
 /// tree of every backup time.
 fn build_chain(lab: &mut Lab) -> Vec<(i64, Tree)> {
-    chain()
-        .iter()
-        .enumerate()
-        .map(|(k, step)| {
-            let time = back_up(lab, k, step);
-            (time, lab.restore(time))
-        })
-        .collect()
+    back_up_with_oracles(lab, &chain())
 }
 
 fn chain<'a>() -> Vec<Step<'a>> {
@@ -174,15 +167,7 @@ fn run_case(strace: &Path, bench: Bench<'_>, oracles: &[(i64, Tree)], case: &Cas
     // set in between.
     let allowed: Vec<usize> = case.from.into_iter().chain([case.to]).collect();
     for (i, point) in points.iter().enumerate() {
-        let ctx = format!(
-            "{label}: kill point {}/{} ({} #{} during {}: {})",
-            i + 1,
-            points.len(),
-            point.syscall,
-            point.nth,
-            point.phase,
-            point.line
-        );
+        let ctx = point.context(&label, i, points.len());
         restore_host(&template, &host);
         tally.tried += 1;
         *tally.by_phase.entry(point.phase).or_default() += 1;

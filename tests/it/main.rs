@@ -9,6 +9,7 @@
 
 mod support;
 
+mod atomic;
 mod backends;
 mod catchup;
 mod commands;

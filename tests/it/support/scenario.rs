@@ -44,6 +44,18 @@ pub fn back_up(lab: &mut Lab, k: usize, step: &Step<'_>) -> i64 {
     time
 }
 
+/// Backs up every step in turn; returns each backup time with its `duplicity restore` tree.
+pub fn back_up_with_oracles(lab: &mut Lab, steps: &[Step<'_>]) -> Vec<(i64, Tree)> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(k, step)| {
+            let time = back_up(lab, k, step);
+            (time, lab.restore(time))
+        })
+        .collect()
+}
+
 pub struct Outcome {
     pub lab: Lab,
     /// (backup time, oracle tree at that time), one per step.

@@ -96,12 +96,30 @@ pub struct KillPoint {
     pub line: String,
 }
 
+impl KillPoint {
+    /// `LABEL: kill point I/N (SYSCALL #NTH during PHASE: LINE)`, for messages (`i` from 0).
+    pub fn context(&self, label: &str, i: usize, n: usize) -> String {
+        format!(
+            "{label}: kill point {}/{n} ({} #{} during {}: {})",
+            i + 1,
+            self.syscall,
+            self.nth,
+            self.phase,
+            self.line
+        )
+    }
+}
+
 /// Which part of a sync a syscall belongs to, from the paths it names.
 fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str {
     let dest = host.dest.to_string_lossy();
     let state = host.state.to_string_lossy();
     let repo = repo.to_string_lossy();
-    if path.contains("/journal") {
+    if path.contains("atomic-journal") || path.contains("atomic.json") {
+        "atomic layout journal"
+    } else if path.contains(".dupmirror-link") {
+        "link replacement"
+    } else if path.contains("/journal") {
         "journal commit"
     } else if path.contains("state.json") {
         "state update"
@@ -111,6 +129,8 @@ fn phase_of(syscall: &str, path: &str, host: &Host, repo: &Path) -> &'static str
         } else {
             "staging"
         }
+    } else if path.contains(".dupmirror-trees") {
+        "the atomic layout's trees"
     } else if path.starts_with(repo.as_ref()) {
         "reading the source"
     } else if path.starts_with(dest.as_ref()) {
