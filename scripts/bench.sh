@@ -30,7 +30,10 @@
 #      new) vs `rsync -a --delete` from the changed tree and `rsync --read-batch` of a batch
 #      written for the same change;
 #   3. scaling: the same change on a tree with 10x the files (the extra files are untouched);
-#   4. catch-up: 10 pending incrementals in one run vs ten runs, one set each;
+#   4. catch-up: 10 pending incrementals in one run (one merged commit) vs ten runs, one set
+#      each, vs one set, on three histories: random 1% changes, the same 1% rewritten by every
+#      set (target: one run <= 2x one set), disjoint 1% slices (target: one run <= 1.2x one
+#      set holding all ten slices);
 #   5. memory: peak RSS on the largest corpus (its bootstrap, on tmpfs) and on one sparse
 #      file of several GB (bootstrap and an incremental that patches it);
 #   6. new full chain (issue 4): bytes read by a host moving to a new full after a 1% change,
@@ -130,9 +133,9 @@ trap 'rm -rf "$TRUN" "$TRASH"' EXIT
 # mutation steps, and a duplicity repository with a full at T0 and one incremental per step.
 # Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state). Cached
 # under a key of every parameter and of the generator's source.
-dup_backup() { # KIND SRC NAME TIME
+dup_backup() { # KIND SRC NAME TIME [DUPLICITY OPTION...]
     "$DUPW" "$1" --no-encryption --volsize "$VOLSIZE" --archive-dir "$CORPUS/cache" --name bench \
-        --current-time "$4" -v error --no-print-statistics "$2" "file://$CORPUS/repo" >/dev/null
+        --current-time "$4" -v error --no-print-statistics "${@:5}" "$2" "file://$CORPUS/repo" >/dev/null
 }
 make_corpus() {
     local name=$1 files=$2 bytes=$3 xfiles=$4 xbytes=$5 incs=$6
@@ -168,8 +171,8 @@ make_big_corpus() {
 }
 describe_corpus() { # TITLE
     local n v b i
-    n=$(find "$CORPUS/tree0" | wc -l)
-    b=$(du -sb "$CORPUS/tree0" | cut -f1)
+    n=$(find "$CORPUS/tree0/" | wc -l)
+    b=$(du -sb "$CORPUS/tree0/" | cut -f1)
     v=$(find "$CORPUS/repo" -name 'duplicity-full.*.vol*' | wc -l)
     i=$(find "$CORPUS/repo" -name "duplicity-inc.*.to.$(date -u -d @"$(tk 1)" +%Y%m%dT%H%M%SZ).*vol*" -printf '%s\n' | awk '{s += $1} END {print s + 0}')
     echo "$1: $n entries, $((b / 1000000)) MB in the full ($v volumes of --volsize $VOLSIZE), first incremental $((i / 1000)) kB ($CHANGES files changed)"
@@ -385,26 +388,91 @@ if wants atomic; then
     atomic_group atomic-scaling
 fi
 
-if wants catchup; then
-    CORPUS=$BASE
-    d=$RUN/catchup
+# --- 4. catch-up (issue 15, item 1) ----------------------------------------------------------
+# make_catchup_corpus MODE: the base corpus's full (its files copied, not backed up again) and
+# INCS incrementals of scripts/bench/catchup.py MODE (`same`: the same 1% of the files
+# rewritten by every set; `disjoint`: a new 1% slice per set). For `disjoint` also union/: the
+# same full and ONE incremental holding every slice (what the INCS sets write, as one set).
+# Cached like make_corpus.
+make_catchup_corpus() {
+    local mode=$1 c key
+    key=$(printf '%s ' "$mode" "$(basename "$BASE")" "$INCS" "$CHANGES" "$SEED" "$(cat "$HERE/catchup.py")" | sha1sum | cut -c1-10)
+    c="$WORK/corpus-catchup-$mode-$key"
+    CORPUS=$c
+    [ -e "$c/complete" ] && return
+    log "corpus catch-up $mode: $INCS incrementals over the base full (once; cached)"
+    rm -rf "$c" && mkdir -p "$c/repo"
+    cp -a "$BASE/tree0" "$c/src"
+    ln -s "$BASE/tree0" "$c/tree0"
+    cp -al "$BASE"/repo/duplicity-full* "$c/repo/"
+    for ((k = 1; k <= INCS; k++)); do
+        python3 "$HERE/catchup.py" "$mode" "$c/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
+        dup_backup incremental "$c/src" bench "$(tk "$k")" --allow-source-mismatch
+    done
+    if [ "$mode" = disjoint ]; then
+        mkdir -p "$c/union/repo"
+        cp -al "$BASE"/repo/duplicity-full* "$c/union/repo/"
+        CORPUS=$c/union dup_backup incremental "$c/src" bench "$(tk 1)" --allow-source-mismatch
+    fi
+    touch "$c/complete"
+}
+# catchup_group SECTION: a host at T0 (the full) catches up: one set; the INCS sets in one
+# run (merged into one commit); INCS runs of one set each; with union/, the one set holding
+# what the INCS sets write. The merged run's --json figures go into the section's note.
+catchup_group() {
+    local section=$1 d=$RUN/catchup reset steps flags lab merged
     bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
     bash -c "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
     cp -a "$d/state" "$d/state.0"
     reset=$(reset_cmd "$CORPUS/tree0" "$d/dest" "$d/state")
-    bash -c "$reset && $(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" --no-fsync)"
+    bash -c "$reset"
+    merged=$("$DM" sync "$CORPUS/repo" "$d/dest" --state-dir "$d/state" --time "$(tk "$INCS")" --no-fsync --json |
+        python3 -c 'import json, sys; m = json.load(sys.stdin).get("merged") or {}; g = lambda k: m.get(k, 0); print("%d sets merged into one commit, %d writes saved (%.1f MB of staged files freed before the commit)" % (g("sets"), g("writes_saved"), g("bytes_saved") / 1e6))')
     verify "$CORPUS/src" "$d/dest"
+    meta note "$section" "$(describe_corpus Corpus). Merged catch-up (--json): $merged."
+    if [ -d "$CORPUS/union" ]; then
+        local u=$d/union
+        mkdir -p "$u"
+        (CORPUS=$CORPUS/union && bash -c "$(sync_cmd "$u/dest" "$u/state" "$T0" --no-fsync)")
+        cp -a "$u/state" "$u/state.0"
+        local ureset
+        ureset=$(reset_cmd "$CORPUS/tree0" "$u/dest" "$u/state")
+        bash -c "$ureset && $(CORPUS=$CORPUS/union sync_cmd "$u/dest" "$u/state" "$(tk 1)" --no-fsync)"
+        verify "$CORPUS/src" "$u/dest"
+    fi
     for flags in "" "--no-fsync"; do
         lab="dupmirror${flags:+ $flags}" steps=""
         for ((k = 1; k <= INCS; k++)); do steps+="$(sync_cmd "$d/dest" "$d/state" "$(tk "$k")" "$flags") && "; done
+        add "$lab: one set" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" "$flags")"
         add "$lab: $INCS sets in one run" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" "$flags")"
         add "$lab: $INCS runs of one set" "$reset" "${steps% && }"
+        if [ -d "$CORPUS/union" ]; then
+            add "$lab: one set holding all $INCS slices" "$ureset" "$(CORPUS=$CORPUS/union sync_cmd "$u/dest" "$u/state" "$(tk 1)" "$flags")"
+        fi
     done
-    meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each)"
-    meta refs catch-up "dupmirror: $INCS sets in one run"
-    run_group catch-up
+    meta refs "$section" "dupmirror: one set,dupmirror --no-fsync: one set"
+    run_group "$section"
     bash -c "$(discard_cmd "$d")"
     empty_trash
+}
+
+if wants catchup; then
+    CORPUS=$BASE
+    meta title catch-up "4. Catch-up: $INCS pending incrementals ($CHANGES files changed each, random)"
+    catchup_group catch-up
+    make_catchup_corpus same
+    meta title catch-up-same "4. Catch-up: $INCS pending incrementals rewriting the same $CHANGES files (1%)"
+    catchup_group catch-up-same
+    make_catchup_corpus disjoint
+    meta title catch-up-disjoint "4. Catch-up: $INCS pending incrementals rewriting disjoint slices of $CHANGES files (1% each)"
+    catchup_group catch-up-disjoint
+    for pair in "dupmirror --no-fsync|--no-fsync" "dupmirror|syncfs"; do
+        lab=${pair%|*} how=${pair#*|}
+        meta target "Catch-up, same 1% x$INCS: $INCS sets in one run ÷ one set, $how" \
+            "catch-up-same:$lab: $INCS sets in one run" "catch-up-same:$lab: one set" 2
+        meta target "Catch-up, disjoint 1% slices x$INCS: $INCS sets in one run ÷ one set holding them all, $how" \
+            "catch-up-disjoint:$lab: $INCS sets in one run" "catch-up-disjoint:$lab: one set holding all $INCS slices" 1.2
+    done
 fi
 
 if wants memory; then

@@ -204,6 +204,15 @@ fn print_sync_sets(r: &sync::SyncReport) {
         }
         println!();
     }
+    if let Some(m) = &r.merged {
+        println!(
+            "merged {} sets into one commit: {} write(s) saved, {} of staged files never moved \
+             into DEST",
+            m.sets,
+            m.writes_saved,
+            human_bytes(m.bytes_saved)
+        );
+    }
     let from = r.from.as_deref().unwrap_or("empty");
     if r.dry_run {
         println!(

@@ -3,9 +3,10 @@
 //! Order of work: open and lock DEST and its state directory (`dest::session`), finish or
 //! roll back an interrupted commit, list the source, decide (`mirror::decide`), refuse an
 //! older backup than DEST held unless `--time` asks for it (`mirror::rollback`), plan,
-//! then stage and commit one set at a time. A failure leaves DEST as the last committed
-//! set left it and cleans the staging
-//! area.
+//! then stage and commit: a first sync's full on its own, then all the pending sets of the
+//! chain merged into one journaled step (`Plan::commits`, `mirror::apply`), so that DEST
+//! goes from the backup it held straight to the target. A failure leaves DEST as the last
+//! commit left it and cleans the staging area.
 
 use super::atomic::AtomicOutcome;
 use super::resolve_time;
@@ -15,7 +16,7 @@ use crate::dest::journal::Recovery;
 use crate::dest::session::Session;
 use crate::dest::state::{DestPaths, MirrorState, StateDir};
 use crate::dest::tree::Dest;
-use crate::mirror::apply::{ApplyMode, ApplyStats, SetApplier};
+use crate::mirror::apply::{ApplyMode, ApplyStats, MergeStats, SetApplier};
 use crate::mirror::compare::{Difference, DifferenceReport};
 use crate::mirror::decide::decide;
 use crate::mirror::filter::PathFilter;
@@ -98,6 +99,9 @@ pub struct SyncReport {
     pub discarded: Option<String>,
     pub restart_reason: Option<String>,
     pub sets: Vec<SetReport>,
+    /// Sets staged together and committed as one step (a catch-up): what that saved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged: Option<MergeStats>,
     pub bytes_read: u64,
     pub seconds: f64,
     /// Signatures of the encrypted files this run read (none read: `None`).
@@ -213,6 +217,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
                 repaired: None,
             })
             .collect(),
+        merged: None,
         bytes_read: 0,
         seconds: 0.0,
         signatures: None,
@@ -251,52 +256,62 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     }
     repo.prefetch(wants, &state_dir.root().join("cache"), opts.prefetch)?;
     reporter.start_apply(plan.steps.iter().map(|s| s.bytes).sum());
-    for (step, set_report) in plan.steps.iter().zip(report.sets.iter_mut()) {
+    for commit in plan.commits() {
+        let steps = &plan.steps[commit.clone()];
+        let last = steps.last().context("a commit without a set")?;
         let newest = rollback::next_high_water(
             mark,
-            step.set.end_time,
+            last.set.end_time,
             explicit_time,
             chrono::Utc::now().timestamp(),
         );
         let target = MirrorState::new(
             repo.display(),
             plan.decision.chain_start,
-            step.set.end_time,
+            last.set.end_time,
             dest.clone(),
             filter.to_strings(),
         )
         .with_newest(newest);
         let staged = dest_dir
             .recheck()
-            .and_then(|()| stage_step(&repo, &plan, step, &dest_dir, &state_dir, &target));
+            .and_then(|()| stage_commit(&repo, &plan, steps, &dest_dir, &state_dir, &target));
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {
-                // Nothing was committed: DEST is as the previous set left it.
+                // Nothing was committed: DEST is as the previous commit left it.
                 let _ = state_dir.remove_staging();
-                return Err(e.context(format!(
-                    "set {} was not applied; DEST is unchanged by it",
-                    step.set.label()
-                )));
+                return Err(e.context(not_applied(steps)));
             }
         };
-        let stats = match applier.commit(&state_dir, &mut dest_dir, opts.durable, changed.as_mut())
-        {
-            Ok(stats) => stats,
-            Err(e) => {
-                // Without a journal the commit point was not reached (e.g. the journal could
-                // not be written or renamed): DEST is unchanged, and staging goes as above.
-                // With one, the staging it points to must stay for the next run's replay.
-                if !state_dir.has_journal() {
-                    let _ = state_dir.remove_staging();
+        let committed =
+            match applier.commit(&state_dir, &mut dest_dir, opts.durable, changed.as_mut()) {
+                Ok(committed) => committed,
+                Err(e) => {
+                    // Without a journal the commit point was not reached (e.g. the journal
+                    // could not be written or renamed): DEST is unchanged, and staging goes
+                    // as above. With one, the staging it points to must stay for the next
+                    // run's replay.
+                    if !state_dir.has_journal() {
+                        let _ = state_dir.remove_staging();
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         mark = Some(newest);
-        set_report.applied = Some(stats);
-        report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
-        set_report.repaired = repaired;
+        let set_reports = &mut report.sets[commit];
+        for ((set_report, step), (stats, repaired)) in set_reports
+            .iter_mut()
+            .zip(steps)
+            .zip(committed.sets.into_iter().zip(repaired))
+        {
+            set_report.applied = Some(stats);
+            report.bytes_read += step.bytes + repaired.as_ref().map_or(0, |r| r.bytes_read);
+            set_report.repaired = repaired;
+        }
+        if committed.merged.is_some() {
+            report.merged = committed.merged;
+        }
     }
     phases.apply_seconds = phase.elapsed().as_secs_f64();
     phases.fetch = repo.fetch_times();
@@ -316,26 +331,77 @@ fn no_backup(repo: &Repository) -> anyhow::Error {
     }
 }
 
-/// Stages one set: its fixes, its records, and the repair of any path found drifted.
+/// The context of a failure before the commit point.
+fn not_applied(steps: &[Step]) -> String {
+    match steps {
+        [one] => format!(
+            "set {} was not applied; DEST is unchanged by it",
+            one.set.label()
+        ),
+        [first, .., last] => format!(
+            "the {} sets from {} to {} were not applied; DEST is unchanged by them",
+            steps.len(),
+            first.set.label(),
+            last.set.label()
+        ),
+        [] => "nothing was applied".to_string(),
+    }
+}
+
+/// Stages the sets of one commit into one applier: each set's fixes, its records, and the
+/// repair of any path found drifted; every volume of every set is read (and its SHA1
+/// checked) before the commit.
+fn stage_commit(
+    repo: &Repository,
+    plan: &Plan,
+    steps: &[Step],
+    dest: &Dest,
+    state_dir: &StateDir,
+    target: &MirrorState,
+) -> Result<(SetApplier, Vec<Option<RepairStats>>)> {
+    let mut applier: Option<SetApplier> = None;
+    let mut repairs = Vec::new();
+    for step in steps {
+        let applier = match &mut applier {
+            Some(a) => {
+                a.next_set(step.filter.clone())?;
+                a
+            }
+            None => applier.insert(SetApplier::new(
+                step.mode,
+                dest,
+                state_dir,
+                target,
+                step.filter.clone(),
+            )?),
+        };
+        let repaired = stage_step(repo, plan, step, state_dir, applier)
+            .with_context(|| format!("set {}", step.set.label()))?;
+        repairs.push(repaired);
+    }
+    let applier = applier.context("a commit without a set")?;
+    Ok((applier, repairs))
+}
+
+/// Stages one set into `applier`: its fixes, its records, and the repair of any path found
+/// drifted.
 fn stage_step(
     repo: &Repository,
     plan: &Plan,
     step: &Step,
-    dest: &Dest,
     state_dir: &StateDir,
-    target: &MirrorState,
-) -> Result<(SetApplier, Option<RepairStats>)> {
-    let mut applier = SetApplier::new(step.mode, dest, state_dir, target, step.filter.clone())?;
+    applier: &mut SetApplier,
+) -> Result<Option<RepairStats>> {
     for diff in step.differences.iter().filter(|d| !d.needs_data()) {
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
         applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(step.set, &step.manifest, &step.volumes, &mut applier)?;
+    repo.read_set(step.set, &step.manifest, &step.volumes, applier)?;
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
-        return Ok((applier, None));
+        return Ok(None);
     }
     // DEST did not hold what the previous set left: restore those paths as this set
     // leaves them, from the chain, and commit them with the set.
@@ -346,9 +412,9 @@ fn stage_step(
         .copied()
         .filter(|s| s.end_time <= step.set.end_time)
         .collect();
-    let stats = repair::stage_repair(repo, &sets, &drifted, state_dir, &mut applier).context(
+    let stats = repair::stage_repair(repo, &sets, &drifted, state_dir, applier).context(
         "a file in DEST differs from what the previous backup left (the delta does not fit \
          its basis) and must be restored from the chain",
     )?;
-    Ok((applier, Some(stats)))
+    Ok(Some(stats))
 }

@@ -4,8 +4,10 @@
 //! current record form a stack. For each record the guard knows, for every ancestor, what it
 //! will be once the set is applied: a directory that exists in DEST, a directory this set
 //! creates, or something that is not a directory. A record below a symlink, a file or a
-//! deleted path is refused before anything is committed. DEST is consulted (lstat) only for
-//! ancestors the set does not mention, and each one once per run of siblings.
+//! deleted path is refused before anything is committed. The tree the set applies to (DEST,
+//! or DEST with the changes of earlier sets staged in the same commit: a [`KindView`]) is
+//! consulted only for ancestors the set does not mention, and each one once per run of
+//! siblings.
 
 use super::dir::Kind;
 use super::tree::Tree;
@@ -28,28 +30,34 @@ enum Node {
     NotDir { what: &'static str, in_set: bool },
 }
 
+/// What a tree holds at a path (not following symlinks), as the guard needs it.
+pub trait KindView {
+    fn kind_at(&self, index: &PathIndex) -> Result<Option<Kind>>;
+}
+
+impl KindView for Tree {
+    fn kind_at(&self, index: &PathIndex) -> Result<Option<Kind>> {
+        Ok(self.stat(index)?.map(|s| s.kind))
+    }
+}
+
+#[derive(Default)]
 pub struct PathGuard {
-    /// DEST; `None` when it is known to be empty (a first sync): no need to look at it.
-    dest: Option<Tree>,
     stack: Vec<(PathIndex, Node)>,
-    fresh: bool,
 }
 
 impl PathGuard {
-    pub fn new(dest: Option<Tree>) -> Self {
-        PathGuard {
-            fresh: dest.is_none(),
-            dest,
-            stack: Vec::new(),
-        }
+    /// Starts over for the records of another set.
+    pub fn restart(&mut self) {
+        self.stack.clear();
     }
 
-    /// What DEST has at `index` now.
-    fn dest_node(&self, index: &PathIndex) -> Result<Node> {
-        let Some(dest) = &self.dest else {
+    /// What the tree has at `index` now (`view` is `None` when the set builds a new tree).
+    fn dest_node(view: Option<&dyn KindView>, index: &PathIndex) -> Result<Node> {
+        let Some(view) = view else {
             return Ok(Node::NewDir);
         };
-        Ok(match dest.stat(index)?.map(|s| s.kind) {
+        Ok(match view.kind_at(index)? {
             None => Node::NewDir,
             Some(Kind::Dir) => Node::ExistingDir,
             Some(Kind::Symlink) => Node::NotDir {
@@ -63,8 +71,9 @@ impl PathGuard {
         })
     }
 
-    /// Checks one record; afterwards the record counts as an ancestor candidate.
-    pub fn check(&mut self, record: &Record) -> Result<()> {
+    /// Checks one record of a set applied over `view` (`None`: into an empty tree);
+    /// afterwards the record counts as an ancestor candidate.
+    pub fn check(&mut self, record: &Record, view: Option<&dyn KindView>) -> Result<()> {
         let index = &record.index;
         let n = index.len();
         while let Some((top, _)) = self.stack.last() {
@@ -77,9 +86,9 @@ impl PathGuard {
         while self.stack.len() < n {
             let depth = self.stack.len();
             let node = match self.stack.last().map(|(_, node)| node) {
-                None if self.fresh => Node::NewDir,
+                None if view.is_none() => Node::NewDir,
                 None => Node::ExistingDir,
-                Some(Node::ExistingDir) => self.dest_node(&index.truncated(depth))?,
+                Some(Node::ExistingDir) => Self::dest_node(view, &index.truncated(depth))?,
                 Some(Node::NewDir) => Node::NewDir,
                 Some(_) => break, // refused just below
             };
@@ -110,7 +119,7 @@ impl PathGuard {
         let node = match record.kind {
             RecordKind::Deleted => Node::Deleted,
             _ if record.meta.is_dir() => match self.stack.last() {
-                None | Some((_, Node::ExistingDir)) => match self.dest_node(index)? {
+                None | Some((_, Node::ExistingDir)) => match Self::dest_node(view, index)? {
                     Node::ExistingDir => Node::ExistingDir,
                     // A symlink or file here is replaced by the new directory.
                     _ => Node::NewDir,

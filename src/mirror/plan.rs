@@ -9,6 +9,9 @@
 //!                  volumes whose ranges hold a path that differs in content or type;
 //!                  extra paths and wrong attributes are fixed from the signatures alone
 //!         else:    the volumes whose manifest ranges overlap the mirrored paths
+//! commits: a Fresh step commits alone (its tree is moved in whole); every other step
+//!     commits together with the Update steps after it: one merged, journaled catch-up
+//!     (apply/overlay.rs)
 //! ```
 //!
 //! `--dry-run` prints this and stops. Limits: the volume bytes come from the listing's
@@ -23,6 +26,7 @@ use crate::repo::collection::BackupSet;
 use crate::repo::manifest::Manifest;
 use crate::repo::Repository;
 use anyhow::Result;
+use std::ops::Range;
 
 /// One set to apply.
 pub struct Step<'c> {
@@ -91,5 +95,25 @@ impl<'c> Plan<'c> {
             });
         }
         Ok(Plan { decision, steps })
+    }
+}
+
+impl Plan<'_> {
+    /// The steps that stage into one applier and commit as one step, in order: a first
+    /// sync's full alone, then everything else together.
+    pub fn commits(&self) -> Vec<Range<usize>> {
+        let mut commits: Vec<Range<usize>> = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            match commits.last_mut() {
+                Some(last)
+                    if step.mode == ApplyMode::Update
+                        && self.steps[last.start].mode != ApplyMode::Fresh =>
+                {
+                    last.end = i + 1
+                }
+                _ => commits.push(i..i + 1),
+            }
+        }
+        commits
     }
 }

@@ -1,16 +1,18 @@
 //! Crash safety, proven by killing (issue 6, point 1).
 //!
 //! Upstream duplicity writes a small chain (a multi-volume full, three incrementals with
-//! content, type, permission and deletion changes, then a new full chain). For each of four
-//! transitions (a first sync, one incremental, a catch-up over two incrementals, a switch to
-//! the new full chain) a census run lists every file-system-changing syscall dupmirror makes
+//! content, type, permission and deletion changes, then a new full chain with an
+//! incremental). For each of four transitions (a first sync, one incremental, a catch-up over
+//! two incrementals, a switch to the new full chain and its incremental; the last two are
+//! merged catch-ups, one commit each) a census run lists every file-system-changing syscall
+//! dupmirror makes
 //! (tests/it/support/strace.rs); then, for points spread over that list and over every phase,
 //! the host is reset, `dupmirror sync` is SIGKILLed on entering that syscall, and:
 //!
 //! 1. a `sync --dry-run` (which finishes or rolls back an interrupted commit and changes
 //!    nothing else) must leave DEST exactly equal to `duplicity restore` at the time the
-//!    state records (the previous backup or a later set of the same run, never a mixture),
-//!    with no journal or staging left behind;
+//!    state records (the previous backup or the target: every transition is one commit, so
+//!    never a set in between, nor a mixture), with no journal or staging left behind;
 //! 2. a normal `sync` must then bring DEST to exactly the oracle tree of the target time.
 //!
 //! The normal suite tries about a dozen points per transition (`DUPMIRROR_KILL_POINTS`
@@ -92,6 +94,19 @@ fn chain<'a>() -> Vec<Step<'a>> {
             fs.write("chain2/only", b"new chain\n");
             fs.remove("pipe");
         }),
+        inc(|fs| {
+            fs.write(
+                "chain2/only",
+                b"new chain, changed
+",
+            );
+            fs.remove("docs/e.txt");
+            fs.write(
+                "docs/e.txt/now_a_dir",
+                b"file became dir
+",
+            );
+        }),
     ]
 }
 
@@ -109,7 +124,7 @@ struct Tally {
     killed: usize,
     not_reached: usize,
     at_from: usize,
-    at_later: usize,
+    at_target: usize,
     by_phase: BTreeMap<&'static str, usize>,
 }
 
@@ -148,7 +163,9 @@ fn run_case(strace: &Path, bench: Bench<'_>, oracles: &[(i64, Tree)], case: &Cas
     let points = strace::spread(&all, strace::points_wanted(10));
 
     let mut tally = Tally::default();
-    let allowed: Vec<usize> = (case.from.map_or(0, |f| f)..=case.to).collect();
+    // One commit per transition: DEST is at the previous backup or the target, never at a
+    // set in between.
+    let allowed: Vec<usize> = case.from.into_iter().chain([case.to]).collect();
     for (i, point) in points.iter().enumerate() {
         let ctx = point.context(&label, i, points.len());
         restore_host(&template, &host);
@@ -175,14 +192,14 @@ fn run_case(strace: &Path, bench: Bench<'_>, oracles: &[(i64, Tree)], case: &Cas
     remove_tree(&host.dir);
     eprintln!(
         "crash_kill: {label}: {} syscalls in the census, {} points tried, {} killed, {} not \
-         reached; after recovery DEST was at the previous backup {} times and at a later set \
+         reached; after recovery DEST was at the previous backup {} times and at the target \
          {} times; every final tree equalled the oracle. Points by phase: {:?}",
         all.len(),
         tally.tried,
         tally.killed,
         tally.not_reached,
         tally.at_from,
-        tally.at_later,
+        tally.at_target,
         tally.by_phase
     );
     tally
@@ -218,7 +235,7 @@ fn check_after_kill(
                 .copied()
                 .find(|&k| oracles[k].0 == end)
                 .unwrap_or_else(|| {
-                    panic!("{ctx}: the state records {end}, not a set of this sync")
+                    panic!("{ctx}: the state records {end}: neither the previous backup nor the target")
                 });
             oracles[k].1.assert_same(
                 &host.tree(),
@@ -228,7 +245,7 @@ fn check_after_kill(
             if Some(k) == case.from {
                 tally.at_from += 1;
             } else {
-                tally.at_later += 1;
+                tally.at_target += 1;
             }
         }
     }
@@ -256,14 +273,14 @@ fn sigkill_at_any_point_leaves_one_backup_or_the_other() {
             to: 1,
         },
         Case {
-            what: "catch-up over two incrementals",
+            what: "catch-up over two incrementals (merged)",
             from: Some(1),
             to: 3,
         },
         Case {
-            what: "new full chain",
+            what: "new full chain and its incremental (merged)",
             from: Some(3),
-            to: 4,
+            to: 5,
         },
     ];
     let mut total = Tally::default();

@@ -11,6 +11,7 @@ mod support;
 
 mod atomic;
 mod backends;
+mod catchup;
 mod commands;
 mod crash_kill;
 mod faults_fs;

@@ -5,8 +5,10 @@
 //! bytes. The set records the new file's librsync signature, so the result can be checked:
 //!
 //! ```text
-//! judge(path, patch outcome, staged result):
-//!     not watching (a repair's scratch mirror, whose bases are exact):
+//! judge(path, patch outcome, staged result, basis):
+//!     not watching (a repair's scratch mirror, whose bases are exact), or the basis is the
+//!     object an earlier set of the same commit staged (exact too: a catch-up's delta chain;
+//!     a repair from the chain would apply the same delta to the same bytes):
 //!         a patch that fails is an error; a result is taken as it is
 //!     watching (an incremental over DEST, with the set's new signatures):
 //!         the patch failed, or the result's signature is not the one the set records
@@ -36,6 +38,15 @@ pub struct DriftCheck {
     drifted: BTreeSet<PathIndex>,
 }
 
+/// What a delta was applied to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// DEST's copy: it may have drifted.
+    Dest,
+    /// An object staged by an earlier set of the same commit: exactly what that set left.
+    Staged,
+}
+
 /// What a patch outcome means.
 pub enum Verdict {
     /// The result is the file the set describes (this many bytes).
@@ -60,17 +71,23 @@ impl DriftCheck {
             .unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len))
     }
 
-    /// Judges the outcome of patching `index`; `result` opens the patched file.
+    /// Judges the outcome of patching `index`; `result` opens the patched file; `basis`
+    /// says what the patch started from.
     pub fn judge(
         &mut self,
         index: &PathIndex,
         patched: Result<u64>,
         result: impl FnOnce() -> Result<File>,
+        basis: Basis,
     ) -> Result<Verdict> {
         let corrupt = patched
             .as_ref()
             .is_err_and(|e| matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
-        let Some(signatures) = self.signatures.as_ref().filter(|_| !corrupt) else {
+        let watched = self
+            .signatures
+            .as_ref()
+            .filter(|_| !corrupt && basis == Basis::Dest);
+        let Some(signatures) = watched else {
             let n = patched.with_context(|| format!("cannot apply the change to {index}"))?;
             return Ok(Verdict::Fits(n));
         };

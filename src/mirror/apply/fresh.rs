@@ -51,7 +51,7 @@ pub struct FreshBuild {
 impl FreshBuild {
     pub fn new(staging: Dir, tree: Dir, journal: JournalWriter, filter: PathFilter) -> Self {
         FreshBuild {
-            gate: Gate::new(filter, None),
+            gate: Gate::new(filter),
             owners: OwnerMap::new(),
             new_files: NewFiles::probe(&staging),
             staging,

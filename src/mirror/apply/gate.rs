@@ -12,8 +12,7 @@
 //! ```
 
 use crate::decode::records::{Record, RecordKind};
-use crate::dest::guard::PathGuard;
-use crate::dest::tree::Tree;
+use crate::dest::guard::{KindView, PathGuard};
 use crate::error::Error;
 use crate::mirror::filter::PathFilter;
 use anyhow::Result;
@@ -24,16 +23,27 @@ pub(super) struct Gate {
 }
 
 impl Gate {
-    /// For a set applied to `dest` (`None`: a first sync into an empty DEST).
-    pub fn new(filter: PathFilter, dest: Option<Tree>) -> Gate {
+    pub fn new(filter: PathFilter) -> Gate {
         Gate {
             filter,
-            guard: PathGuard::new(dest),
+            guard: PathGuard::default(),
         }
     }
 
-    /// Whether the record is to be staged (`false`: the path filter leaves it out).
+    /// Starts the records of another set, staged over the previous ones.
+    pub fn next_set(&mut self, filter: PathFilter) {
+        self.filter = filter;
+        self.guard.restart();
+    }
+
+    /// Whether a record of a first sync into an empty DEST is to be staged (`false`: the
+    /// path filter leaves it out).
     pub fn admit(&mut self, record: &Record) -> Result<bool> {
+        self.admit_over(record, None)
+    }
+
+    /// Like [`Gate::admit`], for a set applied over `view` (DEST, and earlier sets staged).
+    pub fn admit_over(&mut self, record: &Record, view: Option<&dyn KindView>) -> Result<bool> {
         let index = &record.index;
         if !self.filter.wants(index) {
             return Ok(false);
@@ -58,7 +68,7 @@ impl Gate {
             ))
             .into());
         }
-        self.guard.check(record)?;
+        self.guard.check(record, view)?;
         Ok(true)
     }
 }

@@ -1,46 +1,54 @@
-//! Writing DEST: one backup set at a time, all or nothing.
+//! Writing DEST: one backup set, or the pending sets of one chain merged, all or nothing.
 //!
 //! A [`SetApplier`] receives the records of one set (it is the `RecordSink` that
-//! `decode::records::RecordStream` feeds) and stages them with one of two strategies;
-//! [`SetApplier::commit`] makes them part of DEST atomically.
+//! `decode::records::RecordStream` feeds) and stages them with one of two strategies; a
+//! journaled update takes further sets of the chain ([`SetApplier::next_set`]) over what it
+//! staged; [`SetApplier::commit`] makes everything staged part of DEST atomically.
 //!
 //! ```text
 //! every record (gate.rs):
-//!     skip it unless the path filter wants it
+//!     skip it unless the path filter wants it (each set has its own)
 //!     refuse: a chunk run without its head, a signature entry, a root that is not a
 //!             directory (DEST is a folder), a path below a symlink, a file or a deletion
-//!             (dest::guard)
+//!             (dest::guard, against DEST and what earlier sets staged)
 //! fresh build (fresh.rs) -- a full set into a missing or empty DEST:
 //!     build the tree in staging/tree through a stack of open directory handles:
 //!     directories 0700 and files 0600 while being filled, then their own attributes
 //!     a deletion or a delta in a full set is refused
 //!     journal: MoveTree (one rename when DEST is missing), then DEST's own attributes
-//! journaled update (update.rs) -- an incremental, a full over an existing DEST, a repair:
-//!     snapshot dir   -> journal Dir(path); remember its attributes for later
-//!     snapshot other -> staging/obj/N (content, owner, mode, mtime); journal Place(path, N)
-//!     diff           -> DEST must hold a regular file there, else the set contradicts the
-//!                       backup DEST holds: refused; patch it into staging/obj/N; drift.rs
-//!                       judges the result: Place(path, N), or leave the path drifted
-//!     deleted        -> DEST must hold something there, else refused; journal Remove(path)
-//!     fixes from comparing DEST with signatures: journal Remove / Attrs
-//!     journal Attrs/Mtime for directories, deepest first (children change parents'
-//!     mtimes); a directory whose contents change without a record of its own keeps its
-//!     mtime
-//! commit(set):
+//! journaled update (update.rs, overlay.rs) -- incrementals, a full over an existing DEST
+//!         and the incrementals after it, a repair; the merged view is DEST + what the
+//!         sets before (and this set) staged:
+//!     snapshot dir   -> Dir(path); its attributes wait for the end
+//!     snapshot other -> staging/obj/N (content, owner, mode, mtime); Place(path, N),
+//!                       freeing an object staged there before
+//!     diff           -> the merged view must hold a regular file there, else the set
+//!                       contradicts the backup: refused; patch it (DEST's, or the staged
+//!                       object) into staging/obj/N; drift.rs judges the result:
+//!                       Place(path, N), or leave the path drifted
+//!     deleted        -> the merged view must hold something there, else refused; Remove
+//!                       (journaled only if DEST holds the path)
+//!     fixes from comparing DEST with signatures: Remove / Attrs
+//!     after the last set: one journal in index order, then Attrs/Mtime for directories,
+//!     deepest first (children change parents' mtimes); a directory whose contents change
+//!     without a record of its own keeps its mtime
+//! commit:
 //!     syncfs(staging) (durable); check DEST's root is still the folder it was
 //!     rename state/journal.tmp -> state/journal                        # the commit point
 //!     carry out the journal (dest::journal::recover): state.json, then journal and
 //!     staging removed
 //! ```
 //!
-//! Every volume of the set is read, and its SHA1 checked, before the commit: a damaged
-//! volume leaves DEST untouched. Limits: an incremental looks at no part of DEST beyond the
-//! paths it names. Directories are made writable by root only: a non-root sync into a
-//! read-only directory of the backup fails with a clear error.
+//! Every volume of every staged set is read, and its SHA1 checked, before the commit: a
+//! damaged volume leaves DEST untouched. Limits: an incremental looks at no part of DEST
+//! beyond the paths it names. Directories are made writable by root only: a non-root sync
+//! into a read-only directory of the backup fails with a clear error. See overlay.rs for
+//! what merging does not save.
 
 mod drift;
 mod fresh;
 mod gate;
+mod overlay;
 mod update;
 
 use crate::decode::delta::SigDigest;
@@ -54,6 +62,7 @@ use crate::mirror::compare::Difference;
 use crate::mirror::filter::PathFilter;
 use anyhow::{bail, Context, Result};
 use fresh::FreshBuild;
+pub use overlay::MergeStats;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -91,7 +100,17 @@ pub struct ApplyStats {
     pub replaced: Vec<String>,
 }
 
-/// Stages one set's records and commits them into DEST.
+/// What a commit applied: one entry per set staged, in order, and, for sets staged
+/// together (a catch-up), what merging them saved.
+pub struct Committed {
+    pub sets: Vec<ApplyStats>,
+    pub merged: Option<MergeStats>,
+}
+
+/// Stages one set's records (or those of consecutive sets of one chain, merged) and commits
+/// them into DEST.
+// One applier per commit, never copied around: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum SetApplier {
     Fresh(FreshBuild),
     Update(JournaledUpdate),
@@ -132,6 +151,15 @@ impl SetApplier {
         })
     }
 
+    /// Starts staging the next set of the chain over what this one staged, so that both
+    /// commit as one step; its records outside `filter` are skipped. Only for an update.
+    pub fn next_set(&mut self, filter: PathFilter) -> Result<()> {
+        match self {
+            SetApplier::Fresh(_) => bail!("a first sync's tree takes no further set"),
+            SetApplier::Update(u) => u.next_set(filter),
+        }
+    }
+
     /// Treats DEST as possibly drifted: see `drift.rs`. Only for an update.
     pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         if let SetApplier::Update(u) = self {
@@ -165,10 +193,16 @@ impl SetApplier {
         dest: &mut Dest,
         durable: bool,
         mut changes: Option<&mut ChangedPaths>,
-    ) -> Result<ApplyStats> {
-        let (staging, journal, mut stats) = match self {
-            SetApplier::Fresh(f) => f.finish()?,
-            SetApplier::Update(u) => u.finish()?,
+    ) -> Result<Committed> {
+        let (staging, journal, mut sets, merged) = match self {
+            SetApplier::Fresh(f) => {
+                let (staging, journal, stats) = f.finish()?;
+                (staging, journal, vec![stats], None)
+            }
+            SetApplier::Update(u) => {
+                let (staging, journal, sets, merged) = u.finish()?;
+                (staging, journal, sets, Some(merged).filter(|m| m.sets > 1))
+            }
         };
         if durable {
             staging.sync_filesystem()?;
@@ -185,13 +219,16 @@ impl SetApplier {
                 "the set's journal is committed but could not be carried out completely; DEST \
                  is part-way through the set until the next sync replays the journal",
             )?;
+        let committed = |sets| Committed { sets, merged };
         match recovered {
             Recovery::Completed { replaced, .. } => {
-                stats.replaced = replaced.iter().map(PathIndex::to_string).collect();
-                Ok(stats)
+                if let Some(last) = sets.last_mut() {
+                    last.replaced = replaced.iter().map(PathIndex::to_string).collect();
+                }
+                Ok(committed(sets))
             }
             // The first try failed after the state was saved and the journal removed.
-            Recovery::Nothing => Ok(stats),
+            Recovery::Nothing => Ok(committed(sets)),
             Recovery::Discarded { .. } => bail!(
                 "DEST {} was moved or replaced during the sync; the set was not applied",
                 dest.path().display()

@@ -1,33 +1,40 @@
-//! The journaled update: a set applied over an existing DEST (an incremental, a full over
-//! a DEST that differs, a repair), staged as numbered objects and committed by a journal.
+//! The journaled update: sets applied over an existing DEST (an incremental, a full over a
+//! DEST that differs, a repair, and a catch-up: several consecutive sets of one chain),
+//! staged as numbered objects in one merged view (overlay.rs) and committed by one journal.
 //!
 //! ```text
-//! begin(record), records in index order:
+//! for each set (next_set between them), begin(record), records in index order:
+//!     the gate checks the record against the merged view (DEST + what earlier sets staged)
 //!     remember the mtime of the record's parent (its contents change without a record
 //!         of its own, so it keeps the mtime the master gave it)
-//!     snapshot dir   -> journal Dir(path); its attributes wait until the end
+//!     snapshot dir   -> put Dir(path); its attributes wait until the end
 //!     snapshot file  -> staging/obj/N created 0600, filled, then owner, mode, mtime;
-//!                       journal Place(path, N)
-//!     snapshot other -> staging/obj/N made, given its attributes; journal Place(path, N)
-//!     diff           -> DEST must hold a regular file there (anything else, or nothing:
-//!                       the set contradicts the backup DEST holds, refused); the delta is
-//!                       spooled, then patched onto it into staging/obj/N; drift.rs judges
-//!     deleted        -> DEST must hold something there (refused otherwise: a deletion of
-//!                       what the backup never had); journal Remove(path)
-//! finish: no path left drifted; journal Attrs and Mtime deepest first
+//!                       put Object(path, N) (an object staged there before is freed)
+//!     snapshot other -> staging/obj/N made, given its attributes; put Object(path, N)
+//!     diff           -> the merged view must hold a regular file there (anything else, or
+//!                       nothing: the set contradicts the backup, refused); the delta is
+//!                       spooled, then patched onto it (DEST's file, or the object an
+//!                       earlier set staged, freed afterwards) into staging/obj/N;
+//!                       drift.rs judges a patch of DEST's file against this set's
+//!                       signatures (a staged basis is exact: nothing to judge)
+//!     deleted        -> the merged view must hold something there (refused otherwise: a
+//!                       deletion of what the backup never had), unless the same set
+//!                       removed or replaced an ancestor; remove(path)
+//! finish: no path left drifted; the overlay becomes the journal (overlay.rs)
 //! ```
 //!
 //! DEST is read through handles (its objects' types, a delta's basis, parents' mtimes),
 //! never written: all changes are journal lines, carried out by `dest::journal`.
 
-use super::drift::{DriftCheck, Verdict};
+use super::drift::{Basis, DriftCheck, Verdict};
 use super::gate::Gate;
+use super::overlay::{Held, MergeStats, MergedView, Now, Overlay};
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
 use crate::decode::delta::{self, SigDigest, Spool};
 use crate::decode::records::{Record, RecordKind};
 use crate::dest::dir::{Dir, Kind};
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
-use crate::dest::journal::{object_name, JournalWriter, Op, OBJECTS};
+use crate::dest::journal::{object_name, JournalWriter, OBJECTS};
 use crate::dest::tree::{Parent, Tree};
 use crate::error::Error;
 use crate::index::PathIndex;
@@ -43,14 +50,15 @@ use std::path::PathBuf;
 enum OpenRecord {
     Idle,
     File {
+        index: PathIndex,
+        n: u64,
         file: File,
         shown: PathBuf,
         attrs: Attrs,
-        place: Op,
     },
     Delta {
         index: PathIndex,
-        basis: File,
+        basis: (File, Basis),
         spool: Spool,
         attrs: Attrs,
     },
@@ -65,24 +73,35 @@ pub struct JournaledUpdate {
     objects: Dir,
     journal: JournalWriter,
     next_object: u64,
-    /// Attributes of directories (and fixes), journaled deepest-first at the end.
-    late_attrs: BTreeMap<PathIndex, Attrs>,
-    /// Directories the set changes the contents of without a record of their own, with
-    /// the mtime to give back to them afterwards.
-    kept_mtimes: BTreeMap<PathIndex, i64>,
+    overlay: Overlay,
     drift: DriftCheck,
     current: OpenRecord,
     copy_buf: Vec<u8>,
+    /// The set being staged, and those staged before it.
     stats: ApplyStats,
+    done: Vec<ApplyStats>,
 }
 
-/// The message for a record that contradicts what DEST holds.
+/// The message for a record that contradicts what DEST (with the sets staged before it)
+/// holds.
 fn contradiction(index: &PathIndex, does: &str, found: &str) -> anyhow::Error {
     Error::corrupt(format!(
         "{index}: the set {does}, but DEST holds {found} there; the set contradicts the backup \
          DEST holds (if DEST was changed by hand, `dupmirror verify --repair` restores it)"
     ))
     .into()
+}
+
+/// The kind of object a non-directory snapshot makes.
+fn kind_of(file_type: &FileType) -> Kind {
+    match file_type {
+        FileType::Regular => Kind::Regular,
+        FileType::Dir => Kind::Dir,
+        FileType::Symlink(_) => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        FileType::CharDevice { .. } => Kind::CharDevice,
+        FileType::BlockDevice { .. } => Kind::BlockDevice,
+    }
 }
 
 impl JournaledUpdate {
@@ -94,7 +113,7 @@ impl JournaledUpdate {
     ) -> Result<Self> {
         let objects = staging.create_dir(OBJECTS, 0o700)?;
         Ok(JournaledUpdate {
-            gate: Gate::new(filter, Some(dest.try_clone()?)),
+            gate: Gate::new(filter),
             owners: OwnerMap::new(),
             new_files: NewFiles::probe(&staging),
             dest,
@@ -102,13 +121,24 @@ impl JournaledUpdate {
             objects,
             journal,
             next_object: 0,
-            late_attrs: BTreeMap::new(),
-            kept_mtimes: BTreeMap::new(),
+            overlay: Overlay::default(),
             drift: DriftCheck::default(),
             current: OpenRecord::Idle,
             copy_buf: vec![0; COPY_BUF],
             stats: ApplyStats::default(),
+            done: Vec::new(),
         })
+    }
+
+    /// Starts staging the next set of the chain over what the previous ones staged; its
+    /// records outside `filter` are skipped.
+    pub fn next_set(&mut self, filter: PathFilter) -> Result<()> {
+        self.check_settled()?;
+        self.gate.next_set(filter);
+        self.drift = DriftCheck::default();
+        self.overlay.next_set();
+        self.done.push(std::mem::take(&mut self.stats));
+        Ok(())
     }
 
     pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
@@ -122,15 +152,14 @@ impl JournaledUpdate {
     pub fn add_fix(&mut self, diff: &Difference) -> Result<()> {
         match (&diff.kind, &diff.expected) {
             (DiffKind::Extra, _) => {
-                self.keep_parent_mtime(&diff.index);
-                self.journal.push(&Op::Remove {
-                    index: diff.index.clone(),
-                })?;
+                self.overlay.keep_parent_mtime(&diff.index, &self.dest);
+                self.overlay
+                    .remove(&diff.index, &self.dest, &self.objects)?;
                 self.stats.removed += 1;
             }
             (DiffKind::Changed(_), Some(meta)) if !diff.needs_data() => {
                 let attrs = Attrs::of(meta, &mut self.owners);
-                self.late_attrs.insert(diff.index.clone(), attrs);
+                self.overlay.set_attrs(diff.index.clone(), attrs);
                 self.stats.attrs_fixed += 1;
             }
             _ => bail!("{}: this difference needs data from a volume", diff.index),
@@ -144,85 +173,87 @@ impl JournaledUpdate {
         (self.next_object, object_name(self.next_object))
     }
 
-    /// Remembers the mtime of `index`'s parent when this set changes the parent's contents
-    /// but has no record of the parent itself (records come parent first, so the parent's
-    /// own record, if any, has been seen).
-    fn keep_parent_mtime(&mut self, index: &PathIndex) {
-        let Some(parent) = index.parent() else {
-            return;
+    /// The regular file at `index` in the merged view, the basis of a delta: an object an
+    /// earlier set staged, else DEST's.
+    fn basis(&self, index: &PathIndex) -> Result<(File, Basis)> {
+        let refuse = |kind: Option<Kind>| {
+            let what = kind.map_or("nothing", Kind::described);
+            contradiction(index, "patches it as a regular file", what)
         };
-        if self.late_attrs.contains_key(&parent) || self.kept_mtimes.contains_key(&parent) {
-            return;
+        match self.overlay.held(index, &self.dest)? {
+            Held::Staged(Now::Object {
+                n,
+                kind: Kind::Regular,
+                ..
+            }) => return Ok((self.objects.read_file(&object_name(n))?, Basis::Staged)),
+            Held::Unchanged(Some(_)) => {}
+            other => return Err(refuse(other.kind())),
         }
-        // Below a symlink or a file there is no directory of DEST's to keep.
-        if let Ok(Some(st)) = self.dest.stat(&parent) {
-            if st.kind == Kind::Dir {
-                self.kept_mtimes.insert(parent, st.mtime);
-            }
-        }
-    }
-
-    /// DEST's regular file at `index`, the basis of a delta.
-    fn basis(&self, index: &PathIndex) -> Result<File> {
         let found = match (self.dest.parent(index)?, index.components().last()) {
             (Parent::Found(dir), Some(name)) => dir.open_file(name)?,
             (Parent::Found(_), None) => Err(Some(Kind::Dir)),
             (Parent::Missing, _) => Err(None),
             (Parent::Blocked { kind, .. }, _) => Err(Some(kind)),
         };
-        found.map_err(|kind| {
-            let what = kind.map_or("nothing", Kind::described);
-            contradiction(index, "patches it as a regular file", what)
-        })
+        Ok((found.map_err(refuse)?, Basis::Dest))
     }
 
     pub fn begin(&mut self, record: &Record) -> Result<()> {
-        if !self.gate.admit(record)? {
+        let view = MergedView {
+            overlay: &self.overlay,
+            dest: &self.dest,
+        };
+        if !self.gate.admit_over(record, Some(&view))? {
             return Ok(()); // `current` stays Idle: the data is skipped
         }
         self.stats.records += 1;
         let index = &record.index;
-        self.keep_parent_mtime(index);
+        self.overlay.keep_parent_mtime(index, &self.dest);
         let attrs = Attrs::of(&record.meta, &mut self.owners);
         match (record.kind, &record.meta.file_type) {
             (RecordKind::Deleted, _) => {
-                if self.dest.stat(index)?.is_none() {
-                    return Err(contradiction(index, "deletes it", "nothing"));
+                match self.overlay.held(index, &self.dest)? {
+                    // Removed with the ancestor this same set removed or replaced.
+                    Held::Gone { set } if set == self.overlay.set() => {
+                        self.overlay.count_moot_removal();
+                        return Ok(());
+                    }
+                    held if held.kind().is_none() => {
+                        return Err(contradiction(index, "deletes it", "nothing"))
+                    }
+                    _ => {}
                 }
-                self.journal.push(&Op::Remove {
-                    index: index.clone(),
-                })?;
+                self.overlay.remove(index, &self.dest, &self.objects)?;
                 self.stats.removed += 1;
             }
             (RecordKind::Snapshot, FileType::Dir) => {
                 self.stats.dirs += 1;
-                self.journal.push(&Op::Dir {
-                    index: index.clone(),
-                })?;
-                self.late_attrs.insert(index.clone(), attrs);
+                let dir = Now::Dir { keeps_dest: true };
+                self.overlay.put(index, dir, &self.dest, &self.objects)?;
+                self.overlay.set_attrs(index.clone(), attrs);
             }
             (RecordKind::Snapshot, FileType::Regular) => {
                 let (n, name) = self.next_object();
                 let file = self.objects.create_file(&name)?;
                 self.current = OpenRecord::File {
+                    index: index.clone(),
+                    n,
                     file,
                     shown: self.objects.show(&name),
                     attrs,
-                    place: Op::Place {
-                        index: index.clone(),
-                        staged: n,
-                    },
                 };
             }
-            (RecordKind::Snapshot, _) => {
+            (RecordKind::Snapshot, file_type) => {
                 let (n, name) = self.next_object();
                 fsops::create_special(&self.objects, &name, &record.meta)?;
                 attrs.apply(&self.objects, &name)?;
                 self.stats.specials += 1;
-                self.journal.push(&Op::Place {
-                    index: index.clone(),
-                    staged: n,
-                })?;
+                let object = Now::Object {
+                    n,
+                    kind: kind_of(file_type),
+                    bytes: 0,
+                };
+                self.overlay.put(index, object, &self.dest, &self.objects)?;
             }
             (RecordKind::Diff, _) => {
                 let basis = self.basis(index)?;
@@ -261,15 +292,22 @@ impl JournaledUpdate {
         match std::mem::replace(&mut self.current, OpenRecord::Idle) {
             OpenRecord::Idle => Ok(()),
             OpenRecord::File {
+                index,
+                n,
                 file,
                 shown,
                 attrs,
-                place,
             } => {
                 attrs.apply_to_new(&file, &shown, &self.new_files)?;
+                let bytes = file.metadata()?.len();
                 drop(file);
                 self.stats.files_written += 1;
-                self.journal.push(&place)
+                let object = Now::Object {
+                    n,
+                    kind: Kind::Regular,
+                    bytes,
+                };
+                self.overlay.put(&index, object, &self.dest, &self.objects)
             }
             OpenRecord::Delta {
                 index,
@@ -280,12 +318,12 @@ impl JournaledUpdate {
         }
     }
 
-    /// Patches DEST's copy of the file into a staged object, and stages it when the drift
-    /// check says it fits.
+    /// Patches the merged view's copy of the file into a staged object, and stages it when
+    /// the drift check says it fits.
     fn patch(
         &mut self,
         index: PathIndex,
-        basis: File,
+        (basis, basis_kind): (File, Basis),
         spool: &mut Spool,
         attrs: Attrs,
     ) -> Result<()> {
@@ -301,10 +339,12 @@ impl JournaledUpdate {
             &mut self.copy_buf,
             max_out,
         );
-        match self
-            .drift
-            .judge(&index, patched, || self.objects.read_file(&name))?
-        {
+        match self.drift.judge(
+            &index,
+            patched,
+            || self.objects.read_file(&name),
+            basis_kind,
+        )? {
             Verdict::Drifted => {
                 drop(out);
                 self.objects.remove(&name)?;
@@ -315,13 +355,18 @@ impl JournaledUpdate {
                 attrs.apply_to_new(&out, &self.objects.show(&name), &self.new_files)?;
                 self.stats.files_patched += 1;
                 self.stats.bytes_written += bytes;
-                self.journal.push(&Op::Place { index, staged: n })
+                let object = Now::Object {
+                    n,
+                    kind: Kind::Regular,
+                    bytes,
+                };
+                self.overlay.put(&index, object, &self.dest, &self.objects)
             }
         }
     }
 
-    /// Journals the directories' attributes; the set is ready to commit.
-    pub fn finish(mut self) -> Result<(Dir, JournalWriter, ApplyStats)> {
+    /// Refuses to go on while a record is open or a path is left drifted.
+    fn check_settled(&self) -> Result<()> {
         if !matches!(self.current, OpenRecord::Idle) {
             bail!("the set ended in the middle of a record");
         }
@@ -330,19 +375,15 @@ impl JournaledUpdate {
                 "{p} differs from what the previous backup left there; it must be repaired first"
             );
         }
-        // Deepest first: a directory's mtime is set after every change inside it. A
-        // directory with attributes of its own needs no kept mtime.
-        let mut late: BTreeMap<PathIndex, Op> = std::mem::take(&mut self.late_attrs)
-            .into_iter()
-            .map(|(index, attrs)| (index.clone(), Op::Attrs { index, attrs }))
-            .collect();
-        for (index, mtime) in std::mem::take(&mut self.kept_mtimes) {
-            late.entry(index.clone())
-                .or_insert(Op::Mtime { index, mtime });
-        }
-        for op in late.values().rev() {
-            self.journal.push(op)?;
-        }
-        Ok((self.staging, self.journal, self.stats))
+        Ok(())
+    }
+
+    /// Journals every staged set; they are ready to commit. Returns the stats of each set
+    /// and what staging them together saved.
+    pub fn finish(mut self) -> Result<(Dir, JournalWriter, Vec<ApplyStats>, MergeStats)> {
+        self.check_settled()?;
+        let merged = self.overlay.journal(&mut self.journal)?;
+        self.done.push(self.stats);
+        Ok((self.staging, self.journal, self.done, merged))
     }
 }

@@ -55,6 +55,9 @@ pub struct SyncReport {
     pub sources: Vec<SourceStatus>,
     pub up_to_date: bool,
     pub sets: Vec<SetReport>,
+    /// Sets committed together (a catch-up) and what that saved.
+    #[serde(default)]
+    pub merged: Option<Merged>,
     pub bytes_read: u64,
     pub signatures: Option<Signatures>,
     pub transfer: Transfer,
@@ -85,6 +88,16 @@ pub struct SetReport {
     pub bytes: u64,
     /// Drifted paths restored from the chain while patching.
     pub repaired: Option<RepairStats>,
+    /// What the set staged (none for a dry run).
+    pub applied: Option<serde_json::Value>,
+}
+
+/// Sets staged together and committed as one step.
+#[derive(Debug, Deserialize)]
+pub struct Merged {
+    pub sets: u64,
+    pub writes_saved: u64,
+    pub bytes_saved: u64,
 }
 
 #[derive(Debug, Deserialize)]
