@@ -294,3 +294,84 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared, new_files: &NewFiles) {
         shared.freed.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn attrs(mode: u32, mtime: i64) -> Attrs {
+        Attrs {
+            mode,
+            owner: None,
+            mtime,
+            symlink: false,
+        }
+    }
+
+    fn file(folder: &Arc<Folder>, name: &str, bytes: &[u8]) -> Job {
+        Job {
+            folder: Arc::clone(folder),
+            name: name.as_bytes().to_vec(),
+            attrs: attrs(0o644, 1_000),
+            what: Made::File(bytes.to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_folder_gets_its_attributes_after_its_last_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_path(t.path()).unwrap();
+        let staging = NewFiles::probe(&root);
+        for size in [0, 1, 3] {
+            let made = root
+                .create_dir(format!("w{size}").as_bytes(), 0o700)
+                .unwrap();
+            let folder = Folder::new(made, Some(attrs(0o555, 12_345)));
+            let pool = Writers::start(size, staging).unwrap();
+            for i in 0..300 {
+                pool.submit(file(&folder, &format!("f{i}"), &vec![i as u8; i * 100]))
+                    .unwrap();
+            }
+            pool.close(&folder).unwrap();
+            pool.finish().unwrap();
+            let dir = t.path().join(format!("w{size}"));
+            let meta = std::fs::metadata(&dir).unwrap();
+            assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o555, 12_345));
+            for i in 0..300 {
+                let f = dir.join(format!("f{i}"));
+                assert_eq!(std::fs::read(&f).unwrap(), vec![i as u8; i * 100]);
+                let m = std::fs::metadata(&f).unwrap();
+                assert_eq!((m.mode() & 0o7777, m.mtime()), (0o644, 1_000));
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_error_of_any_writer_fails_the_set() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Dir::open_path(t.path()).unwrap();
+        let made = root.create_dir(b"w", 0o700).unwrap();
+        std::fs::write(t.path().join("w/taken"), b"x").unwrap();
+        let folder = Folder::new(made, Some(attrs(0o555, 12_345)));
+        let pool = Writers::start(2, NewFiles::probe(&root)).unwrap();
+        let mut refused = None;
+        for i in 0..2000 {
+            let name = if i == 5 {
+                "taken".to_string()
+            } else {
+                format!("f{i}")
+            };
+            if let Err(e) = pool.submit(file(&folder, &name, b"data")) {
+                refused = Some(e);
+                break;
+            }
+        }
+        let _ = pool.close(&folder);
+        let e = refused.unwrap_or_else(|| pool.finish().unwrap_err());
+        assert!(format!("{e:#}").contains("taken"), "{e:#}");
+        // The folder never got its final attributes: the set failed.
+        let meta = std::fs::metadata(t.path().join("w")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700);
+    }
+}
