@@ -287,7 +287,7 @@ bootstrap_group() {
 # no run meets another's freed inodes (see the top).
 fresh_ext4_group() {
     local section=$1 m=$FEXT_MNT prep size
-    size=$(( $(du -sb "$CORPUS/tree0" | cut -f1) * 2 + (512 << 20) ))
+    size=$(( ($(du -sb "$CORPUS/tree0" | cut -f1) * 2 >> 20) + 512 ))M # whole MiB for losetup
     prep="$FEXT_RELEASE && truncate -s $size $FEXT_IMG"
     prep+=" && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 $FEXT_IMG"
     prep+=" && mkdir -p $m && mount \$(losetup -f --show --direct-io=on $FEXT_IMG) $m"
