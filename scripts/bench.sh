@@ -10,8 +10,8 @@
 #                 minutes. Default: the issue's sizes (50,000 files / ~1 GB, 10x = 500,000
 #                 files, a 4 GiB file); the first run spends most of its time on backups.
 #   --reps N      timed runs per figure (default 3); tables show medians and min-max.
-#   --only LIST   comma-separated subset of: bootstrap,incremental,scaling,catchup,memory,newfull,
-#                 atomic
+#   --only LIST   comma-separated subset of: bootstrap,freshext4,incremental,scaling,catchup,
+#                 memory,newfull,atomic
 #   --work DIR    disk scratch (default /var/tmp/dupmirror-bench): corpora and repositories
 #                 are cached there by parameters, so later runs skip generation and backups.
 #   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
@@ -41,6 +41,8 @@
 #   7. atomic (issue 14): the 1% incremental with `sync --atomic` vs in place: the standby one
 #      generation behind (two sets, the steady state), and the standby at the live tree's
 #      backup (one set), on the base corpus and on the 10x-files corpus.
+#   8. bootstrap on a fresh ext4 (issue 15 item 3): dupmirror vs `tar -xzf`, each run on a
+#      file system made for it and each command ending in `sync -f` (see fresh_ext4_group).
 # Between runs DEST is reset untimed, then `sync` flushes the previous run's dirty pages so no
 # run pays for another's writeback. Caches stay warm (repositories are read from the page
 # cache); every dupmirror result is checked against the source tree (rsync -c dry run) before
@@ -58,7 +60,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/scripts/bench"
-QUICK=0 REPS=3 ONLY="bootstrap,incremental,scaling,catchup,memory,newfull,atomic" INSTALL=1 OUT="" DM="" BASELINE=""
+QUICK=0 REPS=3 ONLY="bootstrap,freshext4,incremental,scaling,catchup,memory,newfull,atomic" INSTALL=1 OUT="" DM="" BASELINE=""
 WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -106,7 +108,7 @@ if [ "$INSTALL" = 1 ]; then
 fi
 DUP08=/usr/bin/duplicity
 DUP3="$DUP3_VENV/bin/duplicity"
-for t in "$DUP08" "$DUP3" /usr/bin/time rsync tar gzip python3; do
+for t in "$DUP08" "$DUP3" /usr/bin/time rsync tar gzip python3 mkfs.ext4 losetup; do
     command -v "$t" >/dev/null || die "$t is missing (run without --no-install)"
 done
 case "$WRITER" in
@@ -121,11 +123,24 @@ if [ -z "$DM" ]; then
 fi
 [ -x "$DM" ] || die "no dupmirror binary at $DM"
 
-RUN="$WORK/run" TRUN="$TMPFS/run" TRASH="$WORK/trash"
+# Scratch of this run only (suffixed with its pid): two bench.sh at once on one machine must
+# not reset or remove each other's DEST and state mid-run (the likeliest origin of issue 15's
+# one-off ENOENT). Scratch left by runs that are gone is removed at the start.
+RUN="$WORK/run.$$" TRUN="$TMPFS/run.$$" TRASH="$WORK/trash.$$"
+for old in "$WORK"/run.* "$WORK"/trash.*; do
+    if [ -e "$old" ] && ! kill -0 "${old##*.}" 2>/dev/null; then mkdir -p "$TRASH" && mv "$old" "$TRASH/"; fi
+done
+for old in "$TMPFS"/run.*; do
+    if [ -e "$old" ] && ! kill -0 "${old##*.}" 2>/dev/null; then rm -rf "$old"; fi
+done
 mkdir -p "$RUN" "$TRUN"
 RESULTS="$WORK/results-$(date -u +%Y%m%dT%H%M%SZ).tsv"
 TF="$WORK/time.out" CMDLOG="$WORK/cmd.log"
-trap 'rm -rf "$TRUN" "$TRASH"' EXIT
+FEXT_IMG="$RUN/fresh-ext4.img" FEXT_MNT="$RUN/fresh-ext4"
+# The fresh ext4 (its section) unmounted, its loop device detached and its image removed.
+FEXT_RELEASE="if mountpoint -q $FEXT_MNT; then umount $FEXT_MNT; fi; losetup -j $FEXT_IMG | cut -d: -f1 | xargs -r -n1 losetup -d; rm -f $FEXT_IMG"
+fresh_ext4_release() { [ ! -e "$FEXT_IMG" ] || bash -c "$FEXT_RELEASE"; }
+trap 'fresh_ext4_release; rm -rf "$TRUN" "$TRASH" "$RUN"' EXIT
 : >"$RESULTS"
 
 # --- corpora ---------------------------------------------------------------------------------
@@ -133,6 +148,14 @@ trap 'rm -rf "$TRUN" "$TRASH"' EXIT
 # mutation steps, and a duplicity repository with a full at T0 and one incremental per step.
 # Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state). Cached
 # under a key of every parameter and of the generator's source.
+# corpus_lock: true when $CORPUS is complete; otherwise holds $CORPUS.lock (a second bench.sh
+# generating the same corpus waits for the first instead of removing its half-made copy).
+corpus_lock() {
+    exec {CORPUS_LOCK}>"$CORPUS.lock"
+    flock "$CORPUS_LOCK"
+    [ -e "$CORPUS/complete" ] && corpus_unlock
+}
+corpus_unlock() { exec {CORPUS_LOCK}>&-; }
 dup_backup() { # KIND SRC NAME TIME [DUPLICITY OPTION...]
     "$DUPW" "$1" --no-encryption --volsize "$VOLSIZE" --archive-dir "$CORPUS/cache" --name bench \
         --current-time "$4" -v error --no-print-statistics "${@:5}" "$2" "file://$CORPUS/repo" >/dev/null
@@ -142,7 +165,7 @@ make_corpus() {
     local key
     key=$(printf '%s ' "$@" "$SEED" "$VOLSIZE" "$CHANGES" "$WRITER" "$(cat "$HERE/corpus.py")" | sha1sum | cut -c1-10)
     CORPUS="$WORK/corpus-$name-$key"
-    [ -e "$CORPUS/complete" ] && return
+    corpus_lock && return
     log "corpus $name: generating $files(+$xfiles) files, backing up with $DUPW (once; cached)"
     rm -rf "$CORPUS" && mkdir -p "$CORPUS"
     python3 "$HERE/corpus.py" init "$CORPUS/src" --files "$files" --bytes "$bytes" --seed "$SEED" \
@@ -154,20 +177,20 @@ make_corpus() {
         [ "$k" = 1 ] && cp -a "$CORPUS/src" "$CORPUS/tree1"
         dup_backup incremental "$CORPUS/src" bench "$(tk "$k")"
     done
-    touch "$CORPUS/complete"
+    touch "$CORPUS/complete" && corpus_unlock
 }
 make_big_corpus() {
     local key
     key=$(printf '%s ' "$BIG_BYTES" "$SEED" "$VOLSIZE" "$WRITER" "$(cat "$HERE/corpus.py")" | sha1sum | cut -c1-10)
     CORPUS="$WORK/corpus-big-$key"
-    [ -e "$CORPUS/complete" ] && return
+    corpus_lock && return
     log "corpus big: one sparse file of $BIG_BYTES bytes, backing up (once; cached)"
     rm -rf "$CORPUS" && mkdir -p "$CORPUS/src"
     python3 "$HERE/corpus.py" bigfile "$CORPUS/src/big.img" --size "$BIG_BYTES" --seed "$SEED"
     dup_backup full "$CORPUS/src" bench "$T0"
     python3 "$HERE/corpus.py" bigmutate "$CORPUS/src/big.img" --step 1 --seed "$SEED"
     dup_backup incremental "$CORPUS/src" bench "$(tk 1)"
-    touch "$CORPUS/complete"
+    touch "$CORPUS/complete" && corpus_unlock
 }
 describe_corpus() { # TITLE
     local n v b i
@@ -262,6 +285,30 @@ bootstrap_group() {
     empty_trash
 }
 
+# fresh_ext4_group SECTION: the bootstrap on a real disk without any history. Before every
+# run (untimed) a new ext4 is made: a sparse image on the disk, its inode tables and journal
+# written by mkfs (no lazy init running under the timed command), attached with direct I/O
+# (so `sync` means on the disk, not in the page cache of the image file) and mounted. Every
+# command ends with `sync -f` of that file system: each tool pays for its own writeback, and
+# no run meets another's freed inodes (see the top).
+fresh_ext4_group() {
+    local section=$1 m=$FEXT_MNT prep size
+    size=$(( ($(du -sb "$CORPUS/tree0" | cut -f1) * 2 >> 20) + 512 ))M # whole MiB for losetup
+    prep="$FEXT_RELEASE && truncate -s $size $FEXT_IMG"
+    prep+=" && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 $FEXT_IMG"
+    prep+=" && mkdir -p $m && mount \$(losetup -f --show --direct-io=on $FEXT_IMG) $m"
+    bash -c "$prep && $(sync_cmd "$m/dest" "$m/state" "$T0" --no-fsync)"
+    verify "$CORPUS/tree0" "$m/dest"
+    add "dupmirror" "$prep" "$(sync_cmd "$m/dest" "$m/state" "$T0") && sync -f $m"
+    add "dupmirror --no-fsync" "$prep" "$(sync_cmd "$m/dest" "$m/state" "$T0" --no-fsync) && sync -f $m"
+    [ -z "$BASELINE" ] || add "baseline --no-fsync" "$prep" \
+        "$(BIN=$BASELINE sync_cmd "$m/dest" "$m/state" "$T0" --no-fsync) && sync -f $m"
+    add "tar -xzf" "$prep" "mkdir $m/x && for v in $(full_volumes); do tar -xzf \$v -C $m/x; done && sync -f $m"
+    meta refs "$section" "tar -xzf"
+    run_group "$section"
+    fresh_ext4_release
+}
+
 # incremental_group SECTION: DEST at T0, one incremental to T1, vs rsync from tree1
 incremental_group() {
     local section=$1 d=$RUN/inc
@@ -340,9 +387,10 @@ HOST_NOTE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date +%s)
 
-empty_trash # left over by an interrupted run
 
-if wants bootstrap || wants incremental || wants catchup || wants scaling || wants newfull || wants atomic; then
+empty_trash # what runs that are gone left behind (above)
+
+if wants bootstrap || wants freshext4 || wants incremental || wants catchup || wants scaling || wants newfull || wants atomic; then
     make_corpus base "$BASE_FILES" "$BASE_BYTES" 0 0 "$INCS"
     BASE=$CORPUS
 fi
@@ -354,6 +402,13 @@ if wants bootstrap; then
     bootstrap_group bootstrap-disk "$RUN/boot"
     meta title bootstrap-tmpfs "1. Bootstrap on tmpfs (same corpus; repository on disk, page-cached)"
     bootstrap_group bootstrap-tmpfs "$TRUN/boot"
+fi
+
+if wants freshext4; then
+    CORPUS=$BASE
+    meta title fresh-ext4 "Bootstrap on a fresh ext4 (issue 15 item 3: a new file system per run, each command ending in sync)"
+    meta note fresh-ext4 "$(describe_corpus Corpus)"
+    fresh_ext4_group fresh-ext4
 fi
 
 if wants incremental; then
@@ -543,6 +598,9 @@ targets() {
     meta target "Bootstrap on disk, dupmirror --no-fsync ÷ tar -xzf" "bootstrap-disk:$nf" "bootstrap-disk:tar -xzf" 0.8
     meta target "Bootstrap on disk, dupmirror (syncfs) ÷ tar -xzf" "bootstrap-disk:dupmirror" "bootstrap-disk:tar -xzf" 0.8
     meta target "Bootstrap on tmpfs, dupmirror --no-fsync ÷ tar -xzf" "bootstrap-tmpfs:$nf" "bootstrap-tmpfs:tar -xzf" 0.8
+    meta target "Bootstrap on tmpfs, dupmirror --no-fsync ÷ tar -xzf (issue 15)" "bootstrap-tmpfs:$nf" "bootstrap-tmpfs:tar -xzf" 0.3
+    meta target "Bootstrap on a fresh ext4, dupmirror ÷ tar -xzf (issue 15)" "fresh-ext4:dupmirror" "fresh-ext4:tar -xzf" 0.4
+    meta target "Bootstrap on a fresh ext4, dupmirror --no-fsync ÷ tar -xzf (issue 15)" "fresh-ext4:$nf" "fresh-ext4:tar -xzf" 0.4
     meta target "Incremental 1%, dupmirror --no-fsync ÷ rsync -a --delete" "incremental:$nf" "incremental:rsync -a --delete" 1.0
     meta target "Incremental 1%, dupmirror (syncfs) ÷ rsync -a --delete" "incremental:dupmirror" "incremental:rsync -a --delete" 1.0
     meta target "Incremental 1%, dupmirror --no-fsync ÷ rsync --read-batch" "incremental:$nf" "incremental:rsync --read-batch" 1.5

@@ -441,7 +441,27 @@ impl Dir {
         let c = self::name(name)?;
         retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) })
             .map(drop)
-            .with_context(|| format!("cannot create {}", self.show(name).display()))
+            .map_err(|e| self.creation_error(e, "", name))
+    }
+
+    /// The error of creating entry `name` (`kind`: "" or "symlink "). `ENOENT` there can
+    /// only mean that this folder itself was removed since it was opened (the name alone
+    /// is looked up, in a folder held open): by another process, which is said plainly.
+    fn creation_error(&self, e: io::Error, kind: &str, name: &[u8]) -> anyhow::Error {
+        let what = format!("cannot create {kind}{}", self.show(name).display());
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        let removed = e.kind() == io::ErrorKind::NotFound
+            && unsafe { libc::fstat(self.fd.as_raw_fd(), st.as_mut_ptr()) } == 0
+            && unsafe { st.assume_init() }.st_nlink == 0;
+        if removed {
+            anyhow!(
+                "{what}: folder {} was removed by another process while dupmirror was \
+                 writing in it",
+                self.path.display()
+            )
+        } else {
+            anyhow::Error::from(e).context(what)
+        }
     }
 
     /// The subdirectory `name`, made (`mode`) when missing; a symlink or file there is
@@ -476,7 +496,7 @@ impl Dir {
     fn open_private(&self, name: &[u8], flags: libc::c_int) -> Result<File> {
         let c = self::name(name)?;
         let fd = openat(self.fd.as_raw_fd(), &c, flags | libc::O_NOFOLLOW, 0o600)
-            .with_context(|| format!("cannot create {}", self.show(name).display()))?;
+            .map_err(|e| self.creation_error(e, "", name))?;
         Ok(File::from(fd))
     }
 
@@ -544,15 +564,20 @@ impl Dir {
         let t = CString::new(target).map_err(|_| anyhow!("a symlink target holds a NUL byte"))?;
         retry(|| unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), c.as_ptr()) })
             .map(drop)
-            .with_context(|| format!("cannot create symlink {}", self.show(name).display()))
+            .map_err(|e| self.creation_error(e, "symlink ", name))
     }
 
     /// Makes a fifo or device node (`kind` is `S_IFIFO`, `S_IFCHR` or `S_IFBLK`), private.
     pub fn mknod(&self, name: &[u8], kind: libc::mode_t, dev: libc::dev_t) -> Result<()> {
         let c = self::name(name)?;
+        let label = match kind {
+            libc::S_IFIFO => "fifo ",
+            libc::S_IFCHR => "character device ",
+            _ => "block device ",
+        };
         retry(|| unsafe { libc::mknodat(self.fd.as_raw_fd(), c.as_ptr(), kind | 0o600, dev) })
             .map(drop)
-            .map_err(anyhow::Error::from)
+            .map_err(|e| self.creation_error(e, label, name))
     }
 
     /// Moves entry `name` to `to`/`to_name`, replacing what is there (an empty directory,
@@ -778,6 +803,18 @@ impl Dir {
         retry(|| unsafe { libc::futimens(self.fd.as_raw_fd(), times.as_ptr()) })
             .map(drop)
             .with_context(|| format!("cannot set the mtime of {}", self.path.display()))
+    }
+
+    /// The same directory opened for reading: a handle from [`Dir::child`] or
+    /// [`Dir::lookup`] is `O_PATH`, which cannot be locked.
+    pub fn reopen_readable(&self) -> Result<Dir> {
+        let fd = self
+            .open_readable()
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+        })
     }
 
     /// A readable descriptor of this directory (a handle may be `O_PATH`).

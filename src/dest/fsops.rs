@@ -23,24 +23,16 @@ use std::sync::OnceLock;
 /// Creates a non-regular, non-directory object (symlink, fifo, device) as entry `name`
 /// of `dir`.
 pub fn create_special(dir: &Dir, name: &[u8], meta: &Metadata) -> Result<()> {
-    let ctx = || {
-        format!(
-            "cannot create {} {}",
-            meta.file_type.name(),
-            dir.show(name).display()
-        )
-    };
     match &meta.file_type {
         FileType::Symlink(target) => dir.symlink(name, target),
-        FileType::Fifo => dir.mknod(name, libc::S_IFIFO, 0).with_context(ctx),
+        FileType::Fifo => dir.mknod(name, libc::S_IFIFO, 0),
         FileType::CharDevice { major, minor } | FileType::BlockDevice { major, minor } => {
             let kind = if matches!(meta.file_type, FileType::CharDevice { .. }) {
                 libc::S_IFCHR
             } else {
                 libc::S_IFBLK
             };
-            let dev = libc::makedev(*major, *minor);
-            dir.mknod(name, kind, dev).with_context(ctx)
+            dir.mknod(name, kind, libc::makedev(*major, *minor))
         }
         FileType::Regular | FileType::Dir => Err(anyhow!(
             "{}: a {} is not a special file",

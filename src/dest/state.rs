@@ -43,6 +43,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const STATE_FORMAT: u32 = 1;
 const STATE_FILE: &str = "state.json";
@@ -116,9 +117,18 @@ impl MirrorState {
 }
 
 /// Where a staging-like folder lives: an entry of a folder we hold a handle on.
+///
+/// The folder is `flock`ed by the process that made it, for as long as it works in it, and
+/// a folder another process holds is never removed: beside DEST (state folder on another
+/// file system) the state folder's lock does not cover it, and DEST's lock does not exist
+/// yet when DEST is missing, so two first syncs of one DEST with different state folders
+/// would otherwise clear each other's half-built tree (seen as `ENOENT` creating a file
+/// in a folder just made).
 struct Place {
     parent: Dir,
     name: Vec<u8>,
+    /// The folder this process made and holds locked.
+    held: Mutex<Option<Dir>>,
 }
 
 impl Place {
@@ -142,14 +152,52 @@ impl Place {
         }
     }
 
-    /// The folder, emptied or made (0700).
-    fn fresh(&self) -> Result<Dir> {
-        self.remove()?;
-        self.parent.create_dir(&self.name, 0o700)
+    /// The folder, emptied or made (0700), and locked.
+    fn fresh(&self, wait: bool) -> Result<Dir> {
+        self.remove(wait)?;
+        let made = self.parent.create_dir(&self.name, 0o700)?;
+        // Another process may have found the new folder before it was locked, and removed
+        // it: the name must still lead to it once the lock is held.
+        let ours = made.lock(false)?
+            && self.parent.stat(&self.name)?.map(|s| s.id) == Some(made.stat_self()?.id);
+        if !ours {
+            return Err(Error::Locked(self.path()).into());
+        }
+        *self.held() = Some(made.try_clone()?);
+        Ok(made)
     }
 
-    fn remove(&self) -> Result<()> {
-        self.parent.remove(&self.name)
+    /// Removes the folder, unless another process holds it (then [`Error::Locked`], or
+    /// waits for it with `wait`).
+    fn remove(&self, wait: bool) -> Result<()> {
+        let mut held = self.held();
+        if let Lookup::Found(found) = self.parent.child(&self.name)? {
+            let id = found.stat_self()?.id;
+            let mine = match held.as_ref() {
+                Some(h) => h.stat_self()?.id == id,
+                None => false,
+            };
+            // Locked until removed: nobody starts building in it meanwhile.
+            let _guard = if mine {
+                None
+            } else {
+                let guard = found.reopen_readable()?;
+                if !guard.lock(wait)? {
+                    return Err(Error::Locked(self.path()).into());
+                }
+                Some(guard)
+            };
+            self.parent.remove(&self.name)?;
+        }
+        *held = None;
+        Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Dir>> {
+        // A panic elsewhere cannot leave the slot half-written: it is one assignment.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -159,6 +207,8 @@ pub struct StateDir {
     dest: PathBuf,
     staging: Place,
     repair: Place,
+    /// Wait for another process's lock (on a staging folder too) instead of failing.
+    wait: bool,
     _lock: File,
 }
 
@@ -355,11 +405,13 @@ impl StateDir {
             Place {
                 parent: Dir::open_existing(dest_parent, "the folder that holds DEST")?,
                 name,
+                held: Mutex::new(None),
             }
         } else {
             Place {
                 parent: dir.try_clone()?,
                 name: b"staging".to_vec(),
+                held: Mutex::new(None),
             }
         };
         let mut repair_name = staging.name.clone();
@@ -367,12 +419,14 @@ impl StateDir {
         let repair = Place {
             parent: staging.parent.try_clone()?,
             name: repair_name,
+            held: Mutex::new(None),
         };
         Ok(StateDir {
             dir,
             dest: dest.to_path_buf(),
             staging,
             repair,
+            wait,
             _lock: lock,
         })
     }
@@ -393,7 +447,7 @@ impl StateDir {
 
     /// A new, empty staging folder.
     pub fn fresh_staging(&self) -> Result<Dir> {
-        self.staging.fresh().with_context(|| {
+        self.staging.fresh(self.wait).with_context(|| {
             format!(
                 "cannot create staging folder {}",
                 self.staging_path().display()
@@ -409,18 +463,18 @@ impl StateDir {
     /// Removes the staging folder and the uncommitted journal that describes it.
     pub fn remove_staging(&self) -> Result<()> {
         self.dir.remove(b"journal.tmp")?;
-        self.staging.remove()
+        self.staging.remove(self.wait)
     }
 
     /// A new, empty folder for a repair's scratch mirror (beside staging, so on DEST's
     /// file system too), and its path.
     pub fn fresh_repair_scratch(&self) -> Result<PathBuf> {
-        self.repair.fresh()?;
+        self.repair.fresh(self.wait)?;
         Ok(self.repair.path())
     }
 
     pub fn remove_repair_scratch(&self) -> Result<()> {
-        self.repair.remove()
+        self.repair.remove(self.wait)
     }
 
     /// The state DEST was last brought to, or `None` before the first sync; an error when

@@ -18,6 +18,7 @@ mod faults_fs;
 mod faults_input;
 mod fetch_only;
 mod fleet;
+mod fresh_concurrency;
 mod gpg_formats;
 mod gpg_oracle;
 mod gpg_refusals;

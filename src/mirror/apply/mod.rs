@@ -13,7 +13,8 @@
 //!             (dest::guard, against DEST and what earlier sets staged)
 //! fresh build (fresh.rs) -- a full set into a missing or empty DEST:
 //!     build the tree in staging/tree through a stack of open directory handles:
-//!     directories 0700 and files 0600 while being filled, then their own attributes
+//!     directories 0700 and files 0600 while being filled, then their own attributes;
+//!     files and special objects made by a small pool of writer threads (writers.rs)
 //!     a deletion or a delta in a full set is refused
 //!     journal: MoveTree (one rename when DEST is missing), then DEST's own attributes
 //! journaled update (update.rs, overlay.rs) -- incrementals, a full over an existing DEST
@@ -50,6 +51,7 @@ mod fresh;
 mod gate;
 mod overlay;
 mod update;
+mod writers;
 
 use crate::decode::delta::SigDigest;
 use crate::decode::records::{Record, RecordSink};
@@ -140,7 +142,7 @@ impl SetApplier {
                     None => tree.stat_self()?.id,
                 });
                 let journal = JournalWriter::create(state_dir, &target)?;
-                SetApplier::Fresh(FreshBuild::new(staging, tree, journal, filter))
+                SetApplier::Fresh(FreshBuild::new(staging, tree, journal, filter)?)
             }
             ApplyMode::Update | ApplyMode::Replace => {
                 let tree = dest.require()?.try_clone()?;
