@@ -21,7 +21,7 @@
 use super::hooks::{self, HookKind, HookOutcome};
 use super::record::RunRecord;
 use crate::commands::sync::{sync, SyncOptions, SyncReport};
-use crate::dest::changes::write_replacing;
+use crate::dest::changes::{write_replacing, ChangedPaths};
 use crate::dest::state::DestPaths;
 use crate::exit::Exit;
 use crate::log::Logger;
@@ -144,7 +144,7 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
     let result = sync(&job.sync, &job.reporter);
     job.reporter.finish(); // the bars go before any line about the outcome
     let mut synced = result?;
-    let changed = synced.changed.take();
+    let changed = synced.changed.take().map(ChangedPaths::finish).transpose()?;
     report.changed = changed.as_ref().map(|c| c.len());
     if let (Some(list), Some(path)) = (&changed, &job.options.changed_list) {
         list.write_nul_separated(path)?;
