@@ -22,7 +22,8 @@
 //! Limits: a run that applies several sets lists the union of their changes, so a path that
 //! one set changes and a later one changes back is listed although it ends as it was. The
 //! scratch file takes about twice the list's size on disk; the merge holds one buffer of
-//! [`MERGE_BUF`] per run (a run per 4 MiB of paths: some 20 for a million paths).
+//! [`MERGE_BUF`] per run (a run per MiB of paths: some 100 runs, 1.6 MiB, for a million
+//! paths).
 
 use super::dir::{Dir, Kind, Lookup};
 use super::journal::{Journal, Op, TREE};
@@ -38,7 +39,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The most bytes of paths gathered in memory before they go to the scratch file.
-pub const RUN_BYTES: usize = 4 << 20;
+pub const RUN_BYTES: usize = 1 << 20;
 
 /// The buffer through which the merge reads each spilled run.
 pub const MERGE_BUF: usize = 16 << 10;

@@ -189,9 +189,9 @@ pub fn compare(
     let mut owners = OwnerMap::new();
     let mut walker = DestWalker::new(dest)?;
     let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(64);
-    // Only differences and errors come back: a job's file is closed once it is hashed, and
-    // a file that matches leaves nothing behind (the results are read after the walk).
-    let (res_tx, res_rx) = mpsc::channel::<Result<Option<Difference>>>();
+    // Only differences and errors come back (they are read after the walk): a job's file
+    // is closed once it is hashed.
+    let (res_tx, res_rx) = mpsc::channel::<Result<Difference>>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let workers: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
         .map(|_| {
@@ -203,7 +203,11 @@ pub fn compare(
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
-                if tx.send(job.finish()).is_err() {
+                // A file that matches leaves nothing behind.
+                let Some(found) = job.finish().transpose() else {
+                    continue;
+                };
+                if tx.send(found).is_err() {
                     return;
                 }
             })
@@ -300,7 +304,7 @@ pub fn compare(
     let mut errors = Vec::new();
     for result in res_rx {
         match result {
-            Ok(found) => diffs.extend(found),
+            Ok(diff) => diffs.push(diff),
             Err(e) => errors.push(e),
         }
     }
