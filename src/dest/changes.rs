@@ -204,7 +204,8 @@ impl ChangedPaths {
                 last = Some(path);
             }
         }
-        out.flush().context("cannot write the list of changed paths")?;
+        out.flush()
+            .context("cannot write the list of changed paths")?;
         drop(out);
         Ok(ChangedList {
             len,
@@ -396,7 +397,11 @@ mod tests {
         let mut changed = ChangedPaths::default();
         changed.add_journal(&journal, Some(&dest), None).unwrap();
         let list = d.path().join("list");
-        changed.finish().unwrap().write_nul_separated(&list).unwrap();
+        changed
+            .finish()
+            .unwrap()
+            .write_nul_separated(&list)
+            .unwrap();
         assert_eq!(
             std::fs::read(&list).unwrap(),
             b"gone\0gone/sub\0gone/sub/f\0kept/a\0new\0was_dir\0was_dir/x\0"
@@ -413,12 +418,18 @@ mod tests {
             changed.add(&index(&p)).unwrap();
             expected.insert(p.into_bytes());
         }
-        assert!(changed.spilled.as_ref().is_some_and(|(_, runs)| runs.len() > 10));
+        assert!(changed
+            .spilled
+            .as_ref()
+            .is_some_and(|(_, runs)| runs.len() > 10));
         let list = changed.finish().unwrap();
         assert_eq!(list.len(), expected.len());
         let d = tempfile::tempdir().unwrap();
         list.write_nul_separated(&d.path().join("list")).unwrap();
-        let want: Vec<u8> = expected.into_iter().flat_map(|p| p.into_iter().chain([0])).collect();
+        let want: Vec<u8> = expected
+            .into_iter()
+            .flat_map(|p| p.into_iter().chain([0]))
+            .collect();
         assert_eq!(std::fs::read(d.path().join("list")).unwrap(), want);
     }
 }

@@ -144,7 +144,11 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
     let result = sync(&job.sync, &job.reporter);
     job.reporter.finish(); // the bars go before any line about the outcome
     let mut synced = result?;
-    let changed = synced.changed.take().map(ChangedPaths::finish).transpose()?;
+    let changed = synced
+        .changed
+        .take()
+        .map(ChangedPaths::finish)
+        .transpose()?;
     report.changed = changed.as_ref().map(|c| c.len());
     if let (Some(list), Some(path)) = (&changed, &job.options.changed_list) {
         list.write_nul_separated(path)?;

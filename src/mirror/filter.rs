@@ -129,7 +129,9 @@ mod tests {
 
     #[test]
     fn searches_agree_with_a_scan_of_every_root() {
-        let paths = ["a", "a/b", "a/b/c", "a-b", "a/x", "b", "b/y/z", "c", "c/d", "c/d/e", "ca"];
+        let paths = [
+            "a", "a/b", "a/b/c", "a-b", "a/x", "b", "b/y/z", "c", "c/d", "c/d/e", "ca",
+        ];
         for picked in 0..(1u32 << paths.len()) {
             let roots: Vec<PathIndex> = (0..paths.len())
                 .filter(|i| picked & (1 << i) != 0)

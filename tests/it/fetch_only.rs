@@ -153,7 +153,8 @@ fn new_full_with_scattered_change_reads_the_optimum(dup: Duplicity) {
     // 8 directories of 20 incompressible files: about 7 volumes.
     for i in 0..160u64 {
         let rel = format!("d{}/f{:03}", i / 20, i);
-        lab.fs.write_at(&rel, &random_bytes(i, FILE_SIZE), T0 - 5000);
+        lab.fs
+            .write_at(&rel, &random_bytes(i, FILE_SIZE), T0 - 5000);
     }
     for d in 0..8 {
         lab.fs.touch(format!("d{d}"), T0 - 5000);
@@ -167,10 +168,12 @@ fn new_full_with_scattered_change_reads_the_optimum(dup: Duplicity) {
     let mut need = Vec::new();
     for i in (5..160u64).step_by(53) {
         let rel = format!("d{}/f{i:03}", i / 20);
-        lab.fs.write_at(&rel, &random_bytes(1000 + i, FILE_SIZE), T0 + 10);
+        lab.fs
+            .write_at(&rel, &random_bytes(1000 + i, FILE_SIZE), T0 + 10);
         need.push(rel);
     }
-    lab.fs.write_at("d6/new", &random_bytes(7, FILE_SIZE), T0 + 10);
+    lab.fs
+        .write_at("d6/new", &random_bytes(7, FILE_SIZE), T0 + 10);
     need.push("d6/new".to_string());
     lab.fs.remove("d2/f050");
     lab.fs.chmod("d4/f090", 0o600);

@@ -11,7 +11,8 @@
 //! list held every path: tens of MiB more. DEST lives on /dev/shm when there is one, so
 //! that the test spends its time in dupmirror rather than in the disk. Nothing is timed.
 
-use crate::support::fixture::{tar, Entry, Forge, SetName};
+use crate::support::fixture::tar::tar;
+use crate::support::fixture::{Entry, Forge, SetName};
 use crate::support::hostile::run_measured;
 use crate::support::*;
 use std::fs;
@@ -76,7 +77,10 @@ fn peaks(scratch: &Path, files: usize) -> Option<[u64; 3]> {
     let list = dir.join("changed");
     let mut out = [0; 3];
     let runs: [(&str, Vec<&str>); 3] = [
-        ("bootstrap", vec!["--no-fsync", "--changed-list", path_str(&list)]),
+        (
+            "bootstrap",
+            vec!["--no-fsync", "--changed-list", path_str(&list)],
+        ),
         ("verify", vec![]),
         ("new full", vec!["--no-fsync"]),
     ];
