@@ -16,7 +16,7 @@
 //! commands hand to the stages with something to report (bars, notices, transfer counts);
 //! `commands` compose the stages; `fleet` runs many mirrors from a configuration file, with
 //! hooks and metrics around each sync; `exit` gives every failure its documented exit
-//! status and `log` its line on stderr; `main.rs` parses and prints.
+//! status and `log` its line on stderr; `main.rs` and its `cli` module parse and print.
 
 pub mod commands;
 pub mod decode;

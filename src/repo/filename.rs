@@ -111,22 +111,57 @@ fn jsonstat(_: &regex::Captures) -> Option<Content> {
     Some(Content::JsonStat)
 }
 
+type ContentFn = fn(&regex::Captures) -> Option<Content>;
+
+/// How a naming scheme spells a set's times: one time `t` for a full set, `t1`, a separator
+/// and `t` for an incremental one.
+struct Times {
+    time: &'static str,
+    between: &'static str,
+}
+
+/// Long names: `duplicity-inc.T1.to.T.manifest`.
+const LONG: Times = Times {
+    time: T,
+    between: r"\.to\.",
+};
+/// Short names (`--short-filenames`): `di.T1.T.m`, times in base 36.
+const SHORT: Times = Times {
+    time: T36,
+    between: r"\.",
+};
+
+impl Times {
+    /// The patterns (without [`SUFFIX`]) of one kind of file in this scheme: the full set's
+    /// `{prefix}{full}.{t}.{tail}`, then the incremental's `{prefix}{inc}.{t1}{between}{t}.{tail}`.
+    fn full_and_inc(
+        &self,
+        prefix: &str,
+        (full, inc): (&str, &str),
+        tail: &str,
+        content: ContentFn,
+    ) -> Vec<(String, SetKind, ContentFn)> {
+        let (t, between) = (self.time, self.between);
+        vec![
+            (
+                format!(r"^{prefix}{full}\.(?P<t>{t})\.{tail}"),
+                SetKind::Full,
+                content,
+            ),
+            (
+                format!(r"^{prefix}{inc}\.(?P<t1>{t}){between}(?P<t>{t})\.{tail}"),
+                SetKind::Inc,
+                content,
+            ),
+        ]
+    }
+}
+
 impl NameParser {
     /// A parser for the given prefixes. When none is given, long names are accepted after
     /// any prefix (reported in [`RemoteFile::prefix`]); short names only without one.
     pub fn new(prefixes: &Prefixes, time_separator: char) -> Self {
         let auto = !prefixes.any_given();
-        let pfx = |kind: &str| {
-            if auto {
-                "(?P<prefix>.*?)".to_string()
-            } else {
-                format!(
-                    "(?P<prefix>{}{})",
-                    regex::escape(&prefixes.global),
-                    regex::escape(kind)
-                )
-            }
-        };
         let fixed = |kind: &str| {
             format!(
                 "(?P<prefix>{}{})",
@@ -134,102 +169,61 @@ impl NameParser {
                 regex::escape(kind)
             )
         };
+        let pfx = |kind: &str| {
+            if auto {
+                "(?P<prefix>.*?)".to_string()
+            } else {
+                fixed(kind)
+            }
+        };
         let (a, m, s, j) = (
             &prefixes.archive,
             &prefixes.manifest,
             &prefixes.signature,
             &prefixes.jsonstat,
         );
-        type ContentFn = fn(&regex::Captures) -> Option<Content>;
-        let long: [(String, SetKind, ContentFn); 7] = [
-            (
-                format!(
-                    r"^{}duplicity-full\.(?P<t>{T})\.vol(?P<vol>[0-9]+)\.difftar",
-                    pfx(a)
-                ),
-                SetKind::Full,
+        let long = [
+            LONG.full_and_inc(
+                &pfx(a),
+                ("duplicity-full", "duplicity-inc"),
+                r"vol(?P<vol>[0-9]+)\.difftar",
                 volume,
             ),
-            (
-                format!(
-                    r"^{}duplicity-inc\.(?P<t1>{T})\.to\.(?P<t>{T})\.vol(?P<vol>[0-9]+)\.difftar",
-                    pfx(a)
-                ),
-                SetKind::Inc,
-                volume,
-            ),
-            (
-                format!(r"^{}duplicity-full\.(?P<t>{T})\.manifest", pfx(m)),
-                SetKind::Full,
+            LONG.full_and_inc(
+                &pfx(m),
+                ("duplicity-full", "duplicity-inc"),
+                "manifest",
                 manifest,
             ),
-            (
-                format!(
-                    r"^{}duplicity-inc\.(?P<t1>{T})\.to\.(?P<t>{T})\.manifest",
-                    pfx(m)
-                ),
-                SetKind::Inc,
-                manifest,
-            ),
-            (
-                format!(r"^{}duplicity-full-signatures\.(?P<t>{T})\.sigtar", pfx(s)),
-                SetKind::Full,
+            LONG.full_and_inc(
+                &pfx(s),
+                ("duplicity-full-signatures", "duplicity-new-signatures"),
+                "sigtar",
                 signatures,
             ),
-            (
-                format!(
-                    r"^{}duplicity-new-signatures\.(?P<t1>{T})\.to\.(?P<t>{T})\.sigtar",
-                    pfx(s)
-                ),
-                SetKind::Inc,
-                signatures,
-            ),
-            (
+            vec![(
                 format!(
                     r"^{}duplicity-(?P<jkind>full|inc)\.(?:(?P<t1>{T})\.to\.)?(?P<t>{T})\.jsonstat",
                     pfx(j)
                 ),
                 SetKind::Full, // corrected from the `jkind` group when parsing
-                jsonstat,
-            ),
-        ];
-        let short: [(String, SetKind, ContentFn); 6] = [
-            (
-                format!(r"^{}df\.(?P<t>{T36})\.(?P<vol>{T36})\.dt", fixed(a)),
-                SetKind::Full,
+                jsonstat as ContentFn,
+            )],
+        ]
+        .concat();
+        let short = [
+            SHORT.full_and_inc(
+                &fixed(a),
+                ("df", "di"),
+                &format!(r"(?P<vol>{T36})\.dt"),
                 volume36,
             ),
-            (
-                format!(
-                    r"^{}di\.(?P<t1>{T36})\.(?P<t>{T36})\.(?P<vol>{T36})\.dt",
-                    fixed(a)
-                ),
-                SetKind::Inc,
-                volume36,
-            ),
-            (
-                format!(r"^{}df\.(?P<t>{T36})\.m", fixed(m)),
-                SetKind::Full,
-                manifest,
-            ),
-            (
-                format!(r"^{}di\.(?P<t1>{T36})\.(?P<t>{T36})\.m", fixed(m)),
-                SetKind::Inc,
-                manifest,
-            ),
-            (
-                format!(r"^{}dfs\.(?P<t>{T36})\.st", fixed(s)),
-                SetKind::Full,
-                signatures,
-            ),
-            (
-                format!(r"^{}dns\.(?P<t1>{T36})\.(?P<t>{T36})\.st", fixed(s)),
-                SetKind::Inc,
-                signatures,
-            ),
-        ];
+            SHORT.full_and_inc(&fixed(m), ("df", "di"), "m", manifest),
+            SHORT.full_and_inc(&fixed(s), ("dfs", "dns"), "st", signatures),
+        ]
+        .concat();
         let mut patterns = Vec::new();
-        for (is_short, list) in [(true, short.to_vec()), (false, long.to_vec())] {
+        for (is_short, list) in [(true, short), (false, long)] {
             for (re, set, content) in list {
                 patterns.push(Pattern {
                     regex: Regex::new(&format!("{re}{SUFFIX}")).expect("built-in pattern"),

@@ -4,12 +4,12 @@
 //! configuration errors; every documented exit status; daemon log lines; the shipped
 //! systemd units; man pages and completions; the .deb built, inspected and installed.
 
-use crate::support::process::dupmirror_bin;
+use crate::support::process::{dupmirror_bin, run_command, run_tool};
 use crate::support::remote::*;
 use crate::support::source::osstr;
 use crate::support::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -376,13 +376,9 @@ fn hooks_see_exactly_the_changed_paths_and_their_failures_count() {
         ],
         &[],
     );
-    assert_eq!(exit_code(&skipped), 3, "{}", skipped.stderr);
-    assert!(
-        skipped
-            .stderr
-            .contains("pre-sync hook failed (exit status 9): not mounted"),
-        "{}",
-        skipped.stderr
+    assert_hook_failed(
+        &skipped,
+        "pre-sync hook failed (exit status 9): not mounted",
     );
     before.assert_same(
         &Tree::capture(&dest_t0.dest),
@@ -396,13 +392,9 @@ fn hooks_see_exactly_the_changed_paths_and_their_failures_count() {
     dm(&[&"run", &"--config", &config]).assert_ok("back to t0");
     write(2, "echo reload failed >&2; exit 5");
     let failed = dm(&[&"run", &"--config", &config, &"--json"]);
-    assert_eq!(exit_code(&failed), 3, "{}", failed.stderr);
-    assert!(
-        failed
-            .stderr
-            .contains("post-sync hook failed (exit status 5): reload failed"),
-        "{}",
-        failed.stderr
+    assert_hook_failed(
+        &failed,
+        "post-sync hook failed (exit status 5): reload failed",
     );
     let r = js(failed.stdout_text().trim());
     assert_eq!(r["exit"].as_str(), Some("hook-failed"));
@@ -412,6 +404,12 @@ fn hooks_see_exactly_the_changed_paths_and_their_failures_count() {
         Compare::default(),
         "synced despite post-sync",
     );
+}
+
+/// A failed hook: exit status 3 and `message` (the hook, its status and its stderr tail).
+fn assert_hook_failed(run: &Run, message: &str) {
+    assert_eq!(exit_code(run), 3, "{}", run.stderr);
+    assert!(run.stderr.contains(message), "{}", run.stderr);
 }
 
 /// Each configuration error is one line naming the file, the line and the key; exit 2.
@@ -670,16 +668,9 @@ fn shipped_systemd_units_verify() {
     }
     assert_eq!(names.len(), 4);
     // The man page is checked by the package test, where it is installed.
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&names)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut verify = Command::new("systemd-analyze");
+    verify.args(["verify", "--man=no"]).args(&names);
+    run_command(verify).assert_quiet("systemd-analyze verify");
 }
 
 /// Man pages render without groff warnings; the completion scripts parse in their shells.
@@ -698,17 +689,9 @@ fn man_pages_and_completions_are_well_formed() {
     }
     if have_tool("groff", "groff") {
         for page in &pages {
-            let out = Command::new("groff")
-                .args(["-ww", "-z", "-man"])
-                .arg(page)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success() && out.stderr.is_empty(),
-                "{}: {}",
-                page.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let mut groff = Command::new("groff");
+            groff.args(["-ww", "-z", "-man"]).arg(page);
+            run_command(groff).assert_quiet(&page.display().to_string());
         }
     }
     for (shell, check) in [("bash", "bash"), ("zsh", "zsh"), ("fish", "fish")] {
@@ -734,18 +717,14 @@ fn the_deb_builds_installs_and_runs() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
+    let mut package = Command::new("bash");
+    package
         .arg(manifest_dir().join("scripts/package.sh"))
         .arg(dupmirror_bin())
-        .env("DUPMIRROR_DIST", d.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "package.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deb = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        .env("DUPMIRROR_DIST", d.path());
+    let packaged = run_command(package);
+    packaged.assert_ok("package.sh");
+    let deb = PathBuf::from(packaged.stdout_text().trim());
     let contents = Command::new("dpkg-deb")
         .arg("-c")
         .arg(&deb)
@@ -782,12 +761,7 @@ fn the_deb_builds_installs_and_runs() {
         eprintln!("skipped: installing the .deb needs root");
         return;
     }
-    let installed = Command::new("dpkg").arg("-i").arg(&deb).output().unwrap();
-    assert!(
-        installed.status.success(),
-        "dpkg -i: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
+    run_tool("dpkg", [OsStr::new("-i"), deb.as_os_str()]);
     let version = Command::new("/usr/bin/dupmirror")
         .arg("--version")
         .output()
@@ -798,59 +772,35 @@ fn the_deb_builds_installs_and_runs() {
             format!("dupmirror {}", env!("CARGO_PKG_VERSION"))
         );
         if have_tool("man", "man-db") {
-            let man = Command::new("man")
-                .args(["-l", "-Tutf8", "/usr/share/man/man1/dupmirror.1.gz"])
-                .env("MANWIDTH", "80")
-                .output()
-                .unwrap();
-            assert!(
-                man.status.success() && man.stderr.is_empty(),
-                "man -l: {}",
-                String::from_utf8_lossy(&man.stderr)
-            );
+            let mut man = Command::new("man");
+            man.args(["-l", "-Tutf8", "/usr/share/man/man1/dupmirror.1.gz"])
+                .env("MANWIDTH", "80");
+            run_command(man).assert_quiet("man -l");
         }
-        let example = Command::new("/usr/bin/dupmirror")
-            .args([
+        // The example config passes `run --check`.
+        run_tool(
+            "/usr/bin/dupmirror",
+            [
                 "run",
                 "--check",
                 "--config",
                 "/usr/share/doc/dupmirror/dupmirror.toml.example",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            example.status.success(),
-            "the example config: {}",
-            String::from_utf8_lossy(&example.stderr)
+            ],
         );
         if have_tool("systemd-analyze", "systemd") {
-            let v = Command::new("systemd-analyze")
-                .args([
-                    "verify",
-                    "/lib/systemd/system/dupmirror.service",
-                    "/lib/systemd/system/dupmirror@.service",
-                    "/lib/systemd/system/dupmirror.timer",
-                    "/lib/systemd/system/dupmirror@.timer",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                v.status.success() && v.stderr.is_empty(),
-                "installed units: {}",
-                String::from_utf8_lossy(&v.stderr)
-            );
+            let mut verify = Command::new("systemd-analyze");
+            verify.args([
+                "verify",
+                "/lib/systemd/system/dupmirror.service",
+                "/lib/systemd/system/dupmirror@.service",
+                "/lib/systemd/system/dupmirror.timer",
+                "/lib/systemd/system/dupmirror@.timer",
+            ]);
+            run_command(verify).assert_quiet("installed units");
         }
     };
     let result = std::panic::catch_unwind(checks);
-    let removed = Command::new("dpkg")
-        .args(["--purge", "dupmirror"])
-        .output()
-        .unwrap();
-    assert!(
-        removed.status.success(),
-        "dpkg --purge: {}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
+    run_tool("dpkg", ["--purge", "dupmirror"]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }

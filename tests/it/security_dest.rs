@@ -11,7 +11,7 @@
 use crate::support::bed::{full_case, inc_case, Bed};
 use crate::support::fixture::{literal_delta, Entry};
 use crate::support::lab::{copy_tree, restore_host};
-use crate::support::process::dupmirror_bin;
+use crate::support::process::{dupmirror_bin, run_command};
 use crate::support::strace;
 use crate::support::tmpfs::Tmpfs;
 use crate::support::*;
@@ -95,19 +95,14 @@ fn traced_sync(strace: &Path, bed: &Bed, calls: &str, no_fsync: bool) -> String 
         .sync_args()
         .into_iter()
         .filter(|a| no_fsync || a != "--no-fsync");
-    let out = Command::new(strace)
+    let mut traced = Command::new(strace);
+    traced
         .args(["-f", "-qq", "-y", "-o"])
         .arg(&log)
         .arg(format!("-etrace={calls}"))
         .arg(dupmirror_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(args);
+    run_command(traced).assert_ok("traced sync");
     let text = fs::read_to_string(&log).unwrap();
     fs::remove_file(&log).unwrap();
     text
@@ -177,16 +172,17 @@ fn a_directory_swapped_for_a_symlink_mid_operation_leads_nowhere() {
     bed.forge
         .inc(t(0), t(1), vec![Entry::dir("u/a/sub").mode(0o777)]);
     let outside = bed.outside_tree();
-    let child = Command::new(&strace)
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=chmod,fchmodat"])
-        .arg("-einject=chmod,fchmodat:delay_enter=4000000")
-        .arg(dupmirror_bin())
-        .args(bed.sync_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
+    let child = strace::injected(
+        &strace,
+        &bed.sync_args(),
+        "chmod,fchmodat",
+        "delay_enter=4000000",
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("strace");
     // The set is committed, and its journal is being carried out: the chmod is held.
     let started = Instant::now();
     while !bed.host.state.join("journal").exists() {

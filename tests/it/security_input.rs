@@ -433,8 +433,9 @@ fn an_old_signed_set_renamed_as_new_is_refused() {
 /// goes far past it.
 const LISTING_RSS_BOUND: u64 = 180 * MIB;
 
+/// HTTP and FTP servers whose listing never ends: both syncs are refused at the bound.
 #[test]
-fn an_endless_http_listing_is_cut_at_its_bound() {
+fn an_endless_listing_is_cut_at_its_bound() {
     let bed = Bed::new();
     bed.forge
         .full(t(0), vec![Entry::dir("."), Entry::file("f", b"x\n")]);
@@ -445,23 +446,6 @@ fn an_endless_http_listing_is_cut_at_its_bound() {
             ..HttpOptions::default()
         },
     );
-    let mut peak = 0;
-    bed.refused("endless HTTP listing", &["larger than 64 MiB"], 7, || {
-        let Some(m) = run_measured(bed.args(http.url.clone(), &[])) else {
-            return bed.sync_from(http.url.clone(), &[]);
-        };
-        peak = m.peak_rss_bytes;
-        eprintln!("endless HTTP listing: peak RSS {} MiB", peak / MIB);
-        m.run
-    });
-    assert!(peak < LISTING_RSS_BOUND, "peak RSS {} MiB", peak / MIB);
-}
-
-#[test]
-fn an_endless_ftp_listing_is_cut_at_its_bound() {
-    let bed = Bed::new();
-    bed.forge
-        .full(t(0), vec![Entry::dir("."), Entry::file("f", b"x\n")]);
     let ftp = FakeFtp::start(
         &bed.forge.repo,
         FtpOptions {
@@ -469,16 +453,27 @@ fn an_endless_ftp_listing_is_cut_at_its_bound() {
             ..FtpOptions::default()
         },
     );
+    assert_endless_listing_is_cut(&bed, "endless HTTP listing", &http.url);
+    assert_endless_listing_is_cut(&bed, "endless FTP listing", &ftp.url);
+}
+
+/// A sync from `url` (a server whose listing never ends) is refused at the listing bound,
+/// and its peak RSS (where it can be measured) stays under `LISTING_RSS_BOUND`.
+fn assert_endless_listing_is_cut(bed: &Bed, what: &str, url: &str) {
     let mut peak = 0;
-    bed.refused("endless FTP listing", &["larger than 64 MiB"], 7, || {
-        let Some(m) = run_measured(bed.args(ftp.url.clone(), &[])) else {
-            return bed.sync_from(ftp.url.clone(), &[]);
+    bed.refused(what, &["larger than 64 MiB"], 7, || {
+        let Some(m) = run_measured(bed.args(url.to_owned(), &[])) else {
+            return bed.sync_from(url.to_owned(), &[]);
         };
         peak = m.peak_rss_bytes;
-        eprintln!("endless FTP listing: peak RSS {} MiB", peak / MIB);
+        eprintln!("{what}: peak RSS {} MiB", peak / MIB);
         m.run
     });
-    assert!(peak < LISTING_RSS_BOUND, "peak RSS {} MiB", peak / MIB);
+    assert!(
+        peak < LISTING_RSS_BOUND,
+        "{what}: peak RSS {} MiB",
+        peak / MIB
+    );
 }
 
 /// A server sends more of a file than its listing said: the download stops there (before,

@@ -44,6 +44,16 @@ impl Run {
         self
     }
 
+    /// Panic unless the program exited 0 and wrote nothing on stderr (a checker's warnings,
+    /// groff's or systemd-analyze's, count as failures).
+    pub fn assert_quiet(&self, context: &str) -> &Self {
+        self.assert_ok(context);
+        if !self.stderr.is_empty() {
+            panic!("{context}: expected an empty stderr\n{}", self.describe());
+        }
+        self
+    }
+
     /// Panic unless the program failed cleanly: non-zero exit (not a signal), no panic, and a
     /// last stderr line (the error line of the contract) that mentions one of `keywords`
     /// (case-insensitive).
@@ -158,6 +168,12 @@ fn show_cmd(cmd: &Command) -> String {
         }
     }
     s
+}
+
+/// Run `cmd` (a checker, an installer, a script under test) as `run_with_timeout` does,
+/// with the suite's timeout.
+pub fn run_command(cmd: Command) -> Run {
+    run_with_timeout(cmd, timeout())
 }
 
 /// Run `cmd` with no stdin, capturing output, killing it after `timeout`.

@@ -2,6 +2,9 @@
 //! `status --json`, and the state directory's `state.json`. The structs hold the fields the
 //! tests read (serde ignores the others); a document that is not JSON, or lacks one of those
 //! fields, fails the test with the text.
+//! They are declared here on purpose, not imported from the library (whose `Transfer` and
+//! reports look alike): the field names are the output's contract, so a renamed field in
+//! dupmirror must fail these tests rather than follow along.
 
 use super::process::Run;
 use serde::de::DeserializeOwned;
