@@ -157,7 +157,7 @@ impl HashJob {
         if !content_matches(&self.file, self.size, &self.signature)? {
             self.what.insert(Change::Content);
         }
-        Ok((!self.what.is_empty()).then(|| Difference {
+        Ok((!self.what.is_empty()).then_some(Difference {
             index: self.index,
             kind: DiffKind::Changed(self.what),
             expected: Some(self.expected),
