@@ -11,7 +11,7 @@
 #                 files, a 4 GiB file); the first run spends most of its time on backups.
 #   --reps N      timed runs per figure (default 3); tables show medians and min-max.
 #   --only LIST   comma-separated subset of: bootstrap,freshext4,incremental,scaling,catchup,
-#                 memory,newfull,atomic
+#                 memory,newfull,atomic,million
 #   --work DIR    disk scratch (default /var/tmp/dupmirror-bench): corpora and repositories
 #                 are cached there by parameters, so later runs skip generation and backups.
 #   --tmpfs DIR   tmpfs scratch for the tmpfs bootstrap (default /dev/shm/dupmirror-bench)
@@ -43,6 +43,8 @@
 #      backup (one set), on the base corpus and on the 10x-files corpus.
 #   8. bootstrap on a fresh ext4 (issue 15 item 3): dupmirror vs `tar -xzf`, each run on a
 #      file system made for it and each command ending in `sync -f` (see fresh_ext4_group).
+#   9. million: peak RSS of bootstrap, incremental and verify on a tree of 1,000,000 entries
+#      (issue 15 item 2: memory must not grow with the number of files), on tmpfs.
 # Between runs DEST is reset untimed, then `sync` flushes the previous run's dirty pages so no
 # run pays for another's writeback. Caches stay warm (repositories are read from the page
 # cache); every dupmirror result is checked against the source tree (rsync -c dry run) before
@@ -60,7 +62,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE="$ROOT/scripts/bench"
-QUICK=0 REPS=3 ONLY="bootstrap,freshext4,incremental,scaling,catchup,memory,newfull,atomic" INSTALL=1 OUT="" DM="" BASELINE=""
+QUICK=0 REPS=3 ONLY="bootstrap,freshext4,incremental,scaling,catchup,memory,newfull,atomic,million" INSTALL=1 OUT="" DM="" BASELINE=""
 WORK=/var/tmp/dupmirror-bench TMPFS=/dev/shm/dupmirror-bench WRITER=0.8
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -88,9 +90,11 @@ case "$WORK$TMPFS" in *[[:space:]]*) die "--work and --tmpfs must not contain wh
 if [ "$QUICK" = 1 ]; then
     BASE_FILES=1000 BASE_BYTES=10000000 VOLSIZE=1 CHANGES=10 INCS=10
     EXTRA_FILES=9000 EXTRA_BYTES=10000000 BIG_BYTES=$((256 << 20))
+    MILLION_EXTRA_FILES=49000 MILLION_EXTRA_BYTES=20000000
 else
     BASE_FILES=50000 BASE_BYTES=1070000000 VOLSIZE=50 CHANGES=500 INCS=10
     EXTRA_FILES=450000 EXTRA_BYTES=900000000 BIG_BYTES=$((4 << 30))
+    MILLION_EXTRA_FILES=950000 MILLION_EXTRA_BYTES=950000000
 fi
 SEED=7
 T0=1700000000
@@ -135,18 +139,19 @@ for old in "$TMPFS"/run.*; do
 done
 mkdir -p "$RUN" "$TRUN"
 RESULTS="$WORK/results-$(date -u +%Y%m%dT%H%M%SZ).tsv"
-TF="$WORK/time.out" CMDLOG="$WORK/cmd.log"
+TF="$WORK/time.out.$$" CMDLOG="$WORK/cmd.log.$$"
 FEXT_IMG="$RUN/fresh-ext4.img" FEXT_MNT="$RUN/fresh-ext4"
 # The fresh ext4 (its section) unmounted, its loop device detached and its image removed.
 FEXT_RELEASE="if mountpoint -q $FEXT_MNT; then umount $FEXT_MNT; fi; losetup -j $FEXT_IMG | cut -d: -f1 | xargs -r -n1 losetup -d; rm -f $FEXT_IMG"
 fresh_ext4_release() { [ ! -e "$FEXT_IMG" ] || bash -c "$FEXT_RELEASE"; }
-trap 'fresh_ext4_release; rm -rf "$TRUN" "$TRASH" "$RUN"' EXIT
+trap 'fresh_ext4_release; rm -rf "$TRUN" "$TRASH" "$RUN" "$TF" "$CMDLOG"' EXIT
 : >"$RESULTS"
 
 # --- corpora ---------------------------------------------------------------------------------
 # make_corpus NAME FILES BYTES EXTRA_FILES EXTRA_BYTES INCS: a tree, its history of INCS
 # mutation steps, and a duplicity repository with a full at T0 and one incremental per step.
-# Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state). Cached
+# Keeps tree0/ (the full's state), tree1/ (after step 1) and src/ (the last state); with
+# KEEP_TREES=0 only src/ (the million-entry corpus: each copy costs GBs of inodes). Cached
 # under a key of every parameter and of the generator's source.
 # corpus_lock: true when $CORPUS is complete; otherwise holds $CORPUS.lock (a second bench.sh
 # generating the same corpus waits for the first instead of removing its half-made copy).
@@ -170,11 +175,11 @@ make_corpus() {
     rm -rf "$CORPUS" && mkdir -p "$CORPUS"
     python3 "$HERE/corpus.py" init "$CORPUS/src" --files "$files" --bytes "$bytes" --seed "$SEED" \
         --volsize "$VOLSIZE" --extra-files "$xfiles" --extra-bytes "$xbytes"
-    cp -a "$CORPUS/src" "$CORPUS/tree0"
+    [ "${KEEP_TREES:-1}" = 0 ] || cp -a "$CORPUS/src" "$CORPUS/tree0"
     dup_backup full "$CORPUS/src" bench "$T0"
     for ((k = 1; k <= incs; k++)); do
         python3 "$HERE/corpus.py" mutate "$CORPUS/src" --step "$k" --changes "$CHANGES" --seed "$SEED"
-        [ "$k" = 1 ] && cp -a "$CORPUS/src" "$CORPUS/tree1"
+        [ "$k" != 1 ] || [ "${KEEP_TREES:-1}" = 0 ] || cp -a "$CORPUS/src" "$CORPUS/tree1"
         dup_backup incremental "$CORPUS/src" bench "$(tk "$k")"
     done
     touch "$CORPUS/complete" && corpus_unlock
@@ -192,10 +197,10 @@ make_big_corpus() {
     dup_backup incremental "$CORPUS/src" bench "$(tk 1)"
     touch "$CORPUS/complete" && corpus_unlock
 }
-describe_corpus() { # TITLE
-    local n v b i
-    n=$(find "$CORPUS/tree0/" | wc -l)
-    b=$(du -sb "$CORPUS/tree0/" | cut -f1)
+describe_corpus() { # TITLE [TREE]
+    local n v b i tree=${2:-$CORPUS/tree0}
+    n=$(find "$tree/" | wc -l)
+    b=$(du -sb "$tree/" | cut -f1)
     v=$(find "$CORPUS/repo" -name 'duplicity-full.*.vol*' | wc -l)
     i=$(find "$CORPUS/repo" -name "duplicity-inc.*.to.$(date -u -d @"$(tk 1)" +%Y%m%dT%H%M%SZ).*vol*" -printf '%s\n' | awk '{s += $1} END {print s + 0}')
     echo "$1: $n entries, $((b / 1000000)) MB in the full ($v volumes of --volsize $VOLSIZE), first incremental $((i / 1000)) kB ($CHANGES files changed)"
@@ -555,41 +560,101 @@ if wants memory; then
     rm -rf "$d" "$TRASH"
 fi
 
+# --- issue 15 item 2: memory on a million entries --------------------------------------------
+# The base corpus plus 950,000 small files under bulk/ (--quick: 49,000), one incremental.
+# Only the last tree is kept (KEEP_TREES=0), so the bootstrap is checked at the latest set
+# and the incremental starts from an untimed copy of a DEST at the full. On tmpfs, as in 5.
+if wants million; then
+    KEEP_TREES=0 make_corpus million "$BASE_FILES" "$BASE_BYTES" "$MILLION_EXTRA_FILES" "$MILLION_EXTRA_BYTES" 1
+    meta title million "7. Memory on a million entries: bootstrap, incremental and verify (on tmpfs)"
+    meta note million "$(describe_corpus Corpus "$CORPUS/src") (sizes after the incremental)"
+    d=$TRUN/million
+    bash -c "rm -rf $d" && mkdir -p "$d"
+    bash -c "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    verify "$CORPUS/src" "$d/dest"
+    rm -rf "$d/dest" "$d/state"
+    bash -c "$(sync_cmd "$d/dest.0" "$d/state.0" "$T0" --no-fsync)"
+    reset="rm -rf $d/dest $d/state && cp -a $d/dest.0 $d/dest && cp -a $d/state.0 $d/state"
+    add "dupmirror --no-fsync: bootstrap" "rm -rf $d/dest $d/state" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+    add "dupmirror --no-fsync: incremental" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    add "dupmirror verify" "true" "$DM verify --state-dir $d/state $CORPUS/repo $d/dest"
+    add "tar -xzf" "rm -rf $d/x" "mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
+    meta refs million "tar -xzf"
+    run_group million
+    rm -rf "$d"
+fi
+
 # --- issue 4: bytes fetched for a new full chain with 1% of the files changed -----------------
-# The master starts a new chain: a full of tree1 (tree0 plus step 1's 1% change) after the
-# base corpus's chain. A host at tree0 (the old chain's full) syncs to it; dupmirror compares
-# DEST with the new full's signatures and reads only the volumes holding changed files.
+# The master starts a new chain: a full of the tree after a 1% change, after the base
+# corpus's chain. A host at tree0 (the old chain's full) syncs to it; dupmirror compares DEST
+# with the new full's signatures and reads only the volumes holding changed files. Two
+# changes: step 1's (random files all over the tree: tree1) and a clustered one (files
+# consecutive in index order, newfull.py cluster). The optimum (every volume whose manifest
+# range holds a path that needs data, no other) comes from newfull.py, which reads the
+# manifest and compares the trees itself; dupmirror must read exactly that.
 NEWFULL_MD=""
+newfull_repo() { # DIR TREE: DIR/repo = the base repository plus a new full of TREE (cached)
+    [ -e "$1/complete" ] && return
+    log "new full chain: the base repository plus a new full of $(basename "$2") (once; cached)"
+    rm -rf "$1" && mkdir -p "$1" && cp -al "$BASE/repo" "$1/repo"
+    "$DUPW" full --no-encryption --volsize "$VOLSIZE" --archive-dir "$1/cache" --name bench \
+        --current-time "$(tk 1000)" -v error --no-print-statistics "$2" "file://$1/repo" >/dev/null
+    touch "$1/complete"
+}
 if wants newfull; then
-    nf="$WORK/newfull-$(basename "$BASE")"
-    if [ ! -e "$nf/complete" ]; then
-        log "new full chain: copying the base repository and backing tree1 up as a new full (once; cached)"
-        rm -rf "$nf" && mkdir -p "$nf" && cp -a "$BASE/repo" "$nf/repo"
-        "$DUPW" full --no-encryption --volsize "$VOLSIZE" --archive-dir "$nf/cache" --name bench \
-            --current-time "$(tk 1000)" -v error --no-print-statistics "$BASE/tree1" "file://$nf/repo" >/dev/null
-        touch "$nf/complete"
-    fi
-    d=$RUN/newfull
-    bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
-    "$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --time "$T0" --no-fsync --quiet
-    report_json=$("$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --no-fsync --json)
-    verify "$BASE/tree1" "$d/dest"
+    CORPUS=$BASE
     stamp=$(date -u -d "@$(tk 1000)" +%Y%m%dT%H%M%SZ)
-    NEWFULL_MD=$(python3 - "$nf/repo" "$stamp" "$report_json" <<'PY'
+    clustered="$WORK/newfull-clustered-$(basename "$BASE")-$(cat "$HERE/newfull.py" | sha1sum | cut -c1-8)"
+    if [ ! -e "$clustered/tree.complete" ]; then
+        rm -rf "$clustered" && mkdir -p "$clustered"
+        cp -a "$BASE/tree0" "$clustered/tree"
+        python3 "$HERE/newfull.py" cluster "$clustered/tree" --changes "$CHANGES" --seed "$SEED"
+        touch "$clustered/tree.complete"
+    fi
+    rows=""
+    for variant in random clustered; do
+        if [ "$variant" = random ]; then
+            nf="$WORK/newfull-$(basename "$BASE")" tree="$BASE/tree1"
+        else
+            nf="$clustered/full" tree="$clustered/tree"
+        fi
+        newfull_repo "$nf" "$tree"
+        d=$RUN/newfull
+        bash -c "$(discard_cmd "$d")" && mkdir -p "$d"
+        "$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --time "$T0" --no-fsync --quiet
+        /usr/bin/time -f '%M' -o "$TF" "$DM" sync "$nf/repo" "$d/dest" --state-dir "$d/state" --no-fsync --json >"$d/report.json"
+        verify "$tree" "$d/dest"
+        python3 "$HERE/newfull.py" optimum "$nf/repo/duplicity-full.$stamp.manifest" "$BASE/tree0" "$tree" >"$d/optimum.json"
+        rows+=$(python3 - "$variant" "$nf/repo" "$stamp" "$d/report.json" "$d/optimum.json" "$(tail -1 "$TF")" <<'PY'
 import json, os, sys
-repo, stamp, report = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+variant, repo, stamp, report, optimum, rss_kb = sys.argv[1:7]
+report, optimum = json.load(open(report)), json.load(open(optimum))
+def size(n):
+    return os.path.getsize(os.path.join(repo, f"duplicity-full.{stamp}.vol{n}.difftar.gz"))
 vols = [f for f in os.listdir(repo) if f.startswith(f"duplicity-full.{stamp}.vol")]
 full = sum(os.path.getsize(os.path.join(repo, f)) for f in vols)
-step = report["sets"][0]
-read = report["bytes_read"]
-print("### 6. New full chain with 1% of the files changed (issue 4)\n")
-print("A host holding the old chain's full syncs to a new full of the tree after a 1% change.\n")
-print("| volumes read | of | bytes read | full's size | fraction | differing paths |")
-print("|---|---|---|---|---|---|")
-print(f"| {step['volumes']} | {step['volumes_in_set']} | {read} | {full} | {read / full:.3f} | {len(step['differences'])} |")
+step, read = report["sets"][0], report["bytes_read"]
+best = sum(size(n) for n in optimum["volumes"])
+at = "yes" if (step["volumes"], read) == (len(optimum["volumes"]), best) else "**no**"
+if at != "yes":
+    print(f"bench: {variant}: dupmirror read {step['volumes']} volumes ({read} B), the optimum is {optimum['volumes']} ({best} B)", file=sys.stderr)
+print(f"| {variant} | {optimum['paths']} | {step['volumes']} of {step['volumes_in_set']} | {len(optimum['volumes'])} | "
+      f"{read / 1e6:.1f} | {full / 1e6:.1f} | {read / full:.3f} | {best / full:.3f} | {at} | {int(rss_kb) / 1000:.1f} |")
 PY
-)
-    bash -c "$(discard_cmd "$d")"
+)$'\n'
+        bash -c "$(discard_cmd "$d")"
+    done
+    NEWFULL_MD="### 6. New full chain with 1% of the files changed (issue 4)
+
+A host holding the old chain's full ($(describe_corpus corpus)) syncs to a new full of the tree after a
+1% change: random files all over the tree (step 1 of the history), or files that follow
+each other in index order (clustered). The optimum is every volume whose manifest range
+holds a path that needs data (new, or another content or type), no other, computed by
+\`scripts/bench/newfull.py\` from the manifest and the two trees.
+
+| change | paths needing data | volumes read | optimum volumes | MB read | full MB | fraction read | optimum fraction | at optimum | peak RSS MB |
+|---|---|---|---|---|---|---|---|---|---|
+${rows%$'\n'}"
     empty_trash
 fi
 

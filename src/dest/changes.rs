@@ -13,10 +13,17 @@
 //!     MoveTree          -> DEST's root and every path of the staged tree
 //! ```
 //!
-//! Paths are relative to DEST, DEST itself is `.`; the set is sorted and has no repeats.
+//! Paths are relative to DEST, DEST itself is `.`; the list is sorted and has no repeats.
+//!
+//! A first sync changes every path of the tree, so the list is not kept in memory: paths
+//! gather in a run of at most [`RUN_BYTES`]; a full run is sorted and appended to an unnamed
+//! scratch file in the temporary directory (`$TMPDIR`), and [`ChangedPaths::finish`] merges
+//! the runs into one sorted list without repeats, reading each run through a small buffer.
 //! Limits: a run that applies several sets lists the union of their changes, so a path that
 //! one set changes and a later one changes back is listed although it ends as it was. The
-//! set is held in memory (only when a list was asked for).
+//! scratch file takes about twice the list's size on disk; the merge holds one buffer of
+//! [`MERGE_BUF`] per run (a run per MiB of paths: some 100 runs, 1.6 MiB, for a million
+//! paths).
 
 use super::dir::{Dir, Kind, Lookup};
 use super::journal::{Journal, Op, TREE};
@@ -24,16 +31,48 @@ use super::tree::{Parent, Tree};
 use super::walk::DestWalker;
 use crate::index::PathIndex;
 use anyhow::{Context, Result};
-use std::collections::BTreeSet;
-use std::io::Write;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-#[derive(Debug, Default)]
+/// The most bytes of paths gathered in memory before they go to the scratch file.
+pub const RUN_BYTES: usize = 1 << 20;
+
+/// The buffer through which the merge reads each spilled run.
+pub const MERGE_BUF: usize = 16 << 10;
+
+/// Bookkeeping counted per path held in memory, beside its bytes.
+const PATH_OVERHEAD: usize = 32;
+
+/// The changed paths of a sync, gathered while its journals are carried out.
+#[derive(Debug)]
 pub struct ChangedPaths {
-    paths: BTreeSet<Vec<u8>>,
+    run: Vec<Vec<u8>>,
+    run_bytes: usize,
+    run_limit: usize,
+    /// The sorted runs already written out: the scratch file and each run's byte range.
+    spilled: Option<(File, Vec<(u64, u64)>)>,
+}
+
+impl Default for ChangedPaths {
+    fn default() -> Self {
+        ChangedPaths::with_run_limit(RUN_BYTES)
+    }
 }
 
 impl ChangedPaths {
+    fn with_run_limit(run_limit: usize) -> Self {
+        ChangedPaths {
+            run: Vec::new(),
+            run_bytes: 0,
+            run_limit,
+            spilled: None,
+        }
+    }
+
     /// Adds what the committed `journal` is about to do to `dest` (missing before a first
     /// sync moves its staged tree in), with the staged objects in `staging`.
     pub fn add_journal(
@@ -44,16 +83,16 @@ impl ChangedPaths {
     ) -> Result<()> {
         for op in journal.ops() {
             match op {
-                Op::Dir { index } | Op::Attrs { index, .. } => self.add(index),
+                Op::Dir { index } | Op::Attrs { index, .. } => self.add(index)?,
                 Op::Place { index, .. } | Op::Remove { index } => {
                     if let Some(dest) = dest {
                         self.add_dest_subtree(dest, index)?;
                     }
-                    self.add(index);
+                    self.add(index)?;
                 }
                 Op::Mtime { .. } => {}
                 Op::MoveTree => {
-                    self.add(&PathIndex::root());
+                    self.add(&PathIndex::root())?;
                     if let Some(Lookup::Found(tree)) = staging.map(|s| s.child(TREE)).transpose()? {
                         self.add_tree(&Tree::new(tree)?, &PathIndex::root())?;
                     }
@@ -63,8 +102,26 @@ impl ChangedPaths {
         Ok(())
     }
 
-    fn add(&mut self, index: &PathIndex) {
-        self.paths.insert(index.to_bytes());
+    fn add(&mut self, index: &PathIndex) -> Result<()> {
+        let path = index.to_bytes();
+        self.run_bytes += path.len() + PATH_OVERHEAD;
+        self.run.push(path);
+        if self.run_bytes >= self.run_limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the run in memory and appends it to the scratch file.
+    fn spill(&mut self) -> Result<()> {
+        let run = sorted_unique(std::mem::take(&mut self.run));
+        self.run_bytes = 0;
+        let spilled = match self.spilled.take() {
+            Some(s) => s,
+            None => (scratch_file()?, Vec::new()),
+        };
+        let (file, runs) = self.spilled.insert(spilled);
+        append_run(file, runs, &run)
     }
 
     /// Every path below `index` in DEST, when DEST holds a directory there.
@@ -91,35 +148,182 @@ impl ChangedPaths {
             for c in found.index.components() {
                 index = index.join(c);
             }
-            self.add(&index);
+            self.add(&index)?;
             walk.advance(true)?;
         }
         Ok(())
     }
 
+    /// The sorted list without repeats: in memory when it fits one run, else merged from
+    /// the spilled runs into a new scratch file.
+    pub fn finish(self) -> Result<ChangedList> {
+        let tail = sorted_unique(self.run);
+        let Some((spill, mut runs)) = self.spilled else {
+            let mut data = Vec::new();
+            for p in &tail {
+                data.extend_from_slice(p);
+                data.push(0);
+            }
+            return Ok(ChangedList {
+                len: tail.len(),
+                list: Listed::Memory(data),
+            });
+        };
+        append_run(&spill, &mut runs, &tail)?;
+        let mut readers: Vec<_> = runs
+            .iter()
+            .map(|&(start, end)| {
+                BufReader::with_capacity(
+                    MERGE_BUF,
+                    RunReader {
+                        file: &spill,
+                        pos: start,
+                        end,
+                    },
+                )
+            })
+            .collect();
+        let mut heads = BinaryHeap::new();
+        for (i, r) in readers.iter_mut().enumerate() {
+            if let Some(p) = next_path(r)? {
+                heads.push(Reverse((p, i)));
+            }
+        }
+        let mut merged = scratch_file()?;
+        let mut out = BufWriter::new(&mut merged);
+        let mut last: Option<Vec<u8>> = None;
+        let mut len = 0;
+        while let Some(Reverse((path, i))) = heads.pop() {
+            if let Some(next) = next_path(&mut readers[i])? {
+                heads.push(Reverse((next, i)));
+            }
+            if last.as_ref() != Some(&path) {
+                out.write_all(&path)?;
+                out.write_all(&[0])?;
+                len += 1;
+                last = Some(path);
+            }
+        }
+        out.flush()
+            .context("cannot write the list of changed paths")?;
+        drop(out);
+        Ok(ChangedList {
+            len,
+            list: Listed::Scratch(merged),
+        })
+    }
+}
+
+/// Appends one sorted run to the scratch file, NUL after each path.
+fn append_run(mut file: &File, runs: &mut Vec<(u64, u64)>, run: &[Vec<u8>]) -> Result<()> {
+    let start = runs.last().map_or(0, |&(_, end)| end);
+    let mut out = BufWriter::new(&mut file);
+    let mut end = start;
+    for p in run {
+        out.write_all(p)?;
+        out.write_all(&[0])?;
+        end += p.len() as u64 + 1;
+    }
+    out.flush()
+        .context("cannot write the list of changed paths")?;
+    runs.push((start, end));
+    Ok(())
+}
+
+fn sorted_unique(mut paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+/// The next NUL-terminated path of a run.
+fn next_path(run: &mut impl BufRead) -> Result<Option<Vec<u8>>> {
+    let mut path = Vec::new();
+    if run.read_until(0, &mut path)? == 0 {
+        return Ok(None);
+    }
+    path.pop();
+    Ok(Some(path))
+}
+
+/// An unnamed file in the temporary directory, gone when closed.
+fn scratch_file() -> Result<File> {
+    let dir = std::env::temp_dir();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir)
+        .with_context(|| {
+            format!(
+                "cannot make a scratch file in {} for the list of changed paths",
+                dir.display()
+            )
+        })
+}
+
+/// One spilled run, read by position (the runs share one file).
+struct RunReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RunReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where a finished list is.
+#[derive(Debug)]
+enum Listed {
+    Memory(Vec<u8>),
+    Scratch(File),
+}
+
+/// The sorted changed paths of a sync, ready to be written out.
+#[derive(Debug)]
+pub struct ChangedList {
+    len: usize,
+    list: Listed,
+}
+
+impl ChangedList {
     pub fn len(&self) -> usize {
-        self.paths.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
+        self.len == 0
     }
 
     /// Writes the list, each path followed by a NUL byte (like `find -print0`), replacing
     /// `path` atomically.
     pub fn write_nul_separated(&self, path: &Path) -> Result<()> {
-        let mut data = Vec::new();
-        for p in &self.paths {
-            data.extend_from_slice(p);
-            data.push(0);
+        match &self.list {
+            Listed::Memory(data) => write_replacing(path, data),
+            Listed::Scratch(file) => write_replacing_with(path, |out| {
+                let mut from = file;
+                from.rewind()?;
+                io::copy(&mut from, out).map(drop)
+            }),
         }
-        write_replacing(path, &data)
     }
 }
 
 /// Writes `data` to a temporary file beside `path`, then renames it over `path`, so a reader
 /// sees the old file or the new one, never a part.
 pub fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing_with(path, |f| f.write_all(data))
+}
+
+/// [`write_replacing`] with the content written by `fill`.
+fn write_replacing_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;
@@ -127,8 +331,8 @@ pub fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(data))
+    let result = File::create(&tmp)
+        .and_then(|mut f| fill(&mut f))
         .and_then(|_| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -193,10 +397,39 @@ mod tests {
         let mut changed = ChangedPaths::default();
         changed.add_journal(&journal, Some(&dest), None).unwrap();
         let list = d.path().join("list");
-        changed.write_nul_separated(&list).unwrap();
+        changed
+            .finish()
+            .unwrap()
+            .write_nul_separated(&list)
+            .unwrap();
         assert_eq!(
             std::fs::read(&list).unwrap(),
             b"gone\0gone/sub\0gone/sub/f\0kept/a\0new\0was_dir\0was_dir/x\0"
         );
+    }
+
+    #[test]
+    fn spilled_runs_merge_into_one_sorted_list_without_repeats() {
+        let mut changed = ChangedPaths::with_run_limit(200);
+        let mut expected = std::collections::BTreeSet::new();
+        for i in 0..500u32 {
+            // Repeats within a run and across runs, in no order.
+            let p = format!("d{}/f{}", (i * 7919) % 13, (i * 31) % 97);
+            changed.add(&index(&p)).unwrap();
+            expected.insert(p.into_bytes());
+        }
+        assert!(changed
+            .spilled
+            .as_ref()
+            .is_some_and(|(_, runs)| runs.len() > 10));
+        let list = changed.finish().unwrap();
+        assert_eq!(list.len(), expected.len());
+        let d = tempfile::tempdir().unwrap();
+        list.write_nul_separated(&d.path().join("list")).unwrap();
+        let want: Vec<u8> = expected
+            .into_iter()
+            .flat_map(|p| p.into_iter().chain([0]))
+            .collect();
+        assert_eq!(std::fs::read(d.path().join("list")).unwrap(), want);
     }
 }

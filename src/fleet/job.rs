@@ -22,7 +22,7 @@ use super::hooks::{self, HookKind, HookOutcome};
 use super::record::RunRecord;
 use crate::commands::atomic::{held_state, sync_dest, LayoutOptions};
 use crate::commands::sync::{SyncOptions, SyncReport};
-use crate::dest::changes::write_replacing;
+use crate::dest::changes::{write_replacing, ChangedPaths};
 use crate::dest::state::DestPaths;
 use crate::exit::Exit;
 use crate::log::Logger;
@@ -147,7 +147,11 @@ fn attempt(job: &mut Job, log: &Logger, report: &mut JobReport) -> Result<()> {
     let result = sync_dest(&job.sync, &job.layout, &job.reporter);
     job.reporter.finish(); // the bars go before any line about the outcome
     let mut synced = result?;
-    let changed = synced.changed.take();
+    let changed = synced
+        .changed
+        .take()
+        .map(ChangedPaths::finish)
+        .transpose()?;
     report.changed = changed.as_ref().map(|c| c.len());
     if let (Some(list), Some(path)) = (&changed, &job.options.changed_list) {
         list.write_nul_separated(path)?;

@@ -16,6 +16,10 @@
 //! 8-byte strong sums: a deliberate collision is conceivable, an accidental one is not);
 //! symlinks' mode and mtime are not compared (duplicity does not restore them); owners are
 //! compared only when running as root, as only root can set them.
+//!
+//! Memory: one entry per signature stream, the sorted listings of the directories on the
+//! walk's current path, at most 64 files queued for hashing (each open until hashed), and
+//! the differences found: proportional to how much DEST differs, never to the tree.
 
 use crate::decode::delta::SigDigest;
 use crate::decode::records::RecordKind;
@@ -147,6 +151,20 @@ struct HashJob {
     what: BTreeSet<Change>,
 }
 
+impl HashJob {
+    /// Hashes the file and closes it; the difference it makes, if any.
+    fn finish(mut self) -> Result<Option<Difference>> {
+        if !content_matches(&self.file, self.size, &self.signature)? {
+            self.what.insert(Change::Content);
+        }
+        Ok((!self.what.is_empty()).then_some(Difference {
+            index: self.index,
+            kind: DiffKind::Changed(self.what),
+            expected: Some(self.expected),
+        }))
+    }
+}
+
 /// How closely to look at regular files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContentCheck {
@@ -171,7 +189,9 @@ pub fn compare(
     let mut owners = OwnerMap::new();
     let mut walker = DestWalker::new(dest)?;
     let (job_tx, job_rx) = mpsc::sync_channel::<HashJob>(64);
-    let (res_tx, res_rx) = mpsc::channel::<(Result<bool>, HashJob)>();
+    // Only differences and errors come back (they are read after the walk): a job's file
+    // is closed once it is hashed.
+    let (res_tx, res_rx) = mpsc::channel::<Result<Difference>>();
     let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
     let workers: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
         .map(|_| {
@@ -183,8 +203,11 @@ pub fn compare(
                     Err(_) => return,
                 };
                 let Ok(job) = job else { return };
-                let same = content_matches(&job.file, job.size, &job.signature);
-                if tx.send((same, job)).is_err() {
+                // A file that matches leaves nothing behind.
+                let Some(found) = job.finish().transpose() else {
+                    continue;
+                };
+                if tx.send(found).is_err() {
                     return;
                 }
             })
@@ -279,20 +302,9 @@ pub fn compare(
     });
     drop(job_tx);
     let mut errors = Vec::new();
-    for (same, mut job) in res_rx {
-        match same {
-            Ok(same) => {
-                if !same {
-                    job.what.insert(Change::Content);
-                }
-                if !job.what.is_empty() {
-                    diffs.push(Difference {
-                        index: job.index,
-                        kind: DiffKind::Changed(job.what),
-                        expected: Some(job.expected),
-                    });
-                }
-            }
+    for result in res_rx {
+        match result {
+            Ok(diff) => diffs.push(diff),
             Err(e) => errors.push(e),
         }
     }

@@ -61,18 +61,26 @@ impl PathFilter {
     pub fn covers(&self, index: &PathIndex) -> bool {
         match &self.roots {
             None => true,
-            Some(roots) => roots.iter().any(|r| index.starts_with(r)),
+            Some(roots) => {
+                let after = roots.partition_point(|r| r <= index);
+                after > 0 && index.starts_with(&roots[after - 1])
+            }
         }
     }
 
     /// True when `index` lies in a kept subtree or is an ancestor of one (the directories
     /// that lead to a subtree are part of the mirror too).
     pub fn wants(&self, index: &PathIndex) -> bool {
+        // Binary searches (a repair or a new full can keep thousands of subtrees, and every
+        // record asks): a path's kept ancestor is the last root not after it, its kept
+        // descendants come right after it.
         match &self.roots {
             None => true,
-            Some(roots) => roots
-                .iter()
-                .any(|r| index.starts_with(r) || r.starts_with(index)),
+            Some(roots) => {
+                let after = roots.partition_point(|r| r <= index);
+                (after > 0 && index.starts_with(&roots[after - 1]))
+                    || roots.get(after).is_some_and(|r| r.starts_with(index))
+            }
         }
     }
 
@@ -117,5 +125,25 @@ mod tests {
         assert!(!f.wants(&idx("c/x")));
         assert!(!f.covers(&idx("c")));
         assert!(f.covers(&idx("c/d")));
+    }
+
+    #[test]
+    fn searches_agree_with_a_scan_of_every_root() {
+        let paths = [
+            "a", "a/b", "a/b/c", "a-b", "a/x", "b", "b/y/z", "c", "c/d", "c/d/e", "ca",
+        ];
+        for picked in 0..(1u32 << paths.len()) {
+            let roots: Vec<PathIndex> = (0..paths.len())
+                .filter(|i| picked & (1 << i) != 0)
+                .map(|i| idx(paths[i]))
+                .collect();
+            let f = PathFilter::subtrees(roots.clone());
+            for p in paths.iter().map(|p| idx(p)).chain([PathIndex::root()]) {
+                let covered = roots.iter().any(|r| p.starts_with(r));
+                let wanted = covered || roots.iter().any(|r| r.starts_with(&p));
+                assert_eq!(f.covers(&p), covered, "{p} in {roots:?}");
+                assert_eq!(f.wants(&p), wanted, "{p} in {roots:?}");
+            }
+        }
     }
 }

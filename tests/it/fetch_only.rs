@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 both_versions!(
     new_full_fetches_changed_volumes,
+    new_full_with_scattered_change_reads_the_optimum,
     path_mirrors,
     verify_and_repair
 );
@@ -141,6 +142,75 @@ fn new_full_fetches_changed_volumes(dup: Duplicity) {
     late.sync(lab.url(), &[]).assert_ok("late host");
     lab.restore(t(3))
         .assert_same(&late.tree(), Compare::default(), "late host");
+}
+
+/// Issue 15 item 4: a change scattered over a multi-volume new full. The volumes read must
+/// be exactly the volume-granularity optimum: every volume whose manifest range holds a
+/// path that needs data (a new file or new content), no other; deletions and attribute
+/// changes need none. Checked by count and by bytes (the sum of those volumes' sizes).
+fn new_full_with_scattered_change_reads_the_optimum(dup: Duplicity) {
+    let mut lab = Lab::new(dup).backup_opts(&["--volsize", "1"]);
+    // 8 directories of 20 incompressible files: about 7 volumes.
+    for i in 0..160u64 {
+        let rel = format!("d{}/f{:03}", i / 20, i);
+        lab.fs
+            .write_at(&rel, &random_bytes(i, FILE_SIZE), T0 - 5000);
+    }
+    for d in 0..8 {
+        lab.fs.touch(format!("d{d}"), T0 - 5000);
+    }
+    lab.fs.touch(".", T0 - 5000);
+    lab.full(t(0));
+    let host = lab.host("h");
+    host.sync(lab.url(), &[]).assert_ok("first sync");
+
+    // Every 53rd file rewritten, one file new, one removed, one chmod: spread over the tree.
+    let mut need = Vec::new();
+    for i in (5..160u64).step_by(53) {
+        let rel = format!("d{}/f{i:03}", i / 20);
+        lab.fs
+            .write_at(&rel, &random_bytes(1000 + i, FILE_SIZE), T0 + 10);
+        need.push(rel);
+    }
+    lab.fs
+        .write_at("d6/new", &random_bytes(7, FILE_SIZE), T0 + 10);
+    need.push("d6/new".to_string());
+    lab.fs.remove("d2/f050");
+    lab.fs.chmod("d4/f090", 0o600);
+    for d in 0..8 {
+        lab.fs.touch(format!("d{d}"), T0 + 10);
+    }
+    lab.full(t(1));
+
+    let r = sync_json(&host, &lab, &[]);
+    let stamp = compact_time(t(1));
+    let manifest = lab
+        .repo_files()
+        .into_iter()
+        .find(|f| f.contains("full.") && f.contains("manifest") && f.contains(&stamp))
+        .expect("new full manifest");
+    let need: Vec<&str> = need.iter().map(String::as_str).collect();
+    let optimum = volumes_holding(&lab, &[&manifest], &need);
+    let optimum_bytes: u64 = optimum
+        .iter()
+        .map(|n| {
+            let vol = format!("full.{stamp}.vol{n}.");
+            std::fs::metadata(lab.repo_file(&[&vol])).unwrap().len()
+        })
+        .sum();
+    let (read, total) = (r.sets[0].volumes, r.sets[0].volumes_in_set);
+    assert!(total >= 6, "the test needs many volumes, got {total}");
+    assert!(
+        (optimum.len() as u64) < total,
+        "the change must leave some volume out: {optimum:?} of {total}"
+    );
+    assert_eq!(
+        (read, r.bytes_read),
+        (optimum.len() as u64, optimum_bytes),
+        "volumes read (count, bytes) against the optimum {optimum:?}: {r:?}"
+    );
+    lab.restore(t(1))
+        .assert_same(&host.tree(), Compare::default(), "after the new full");
 }
 
 fn path_mirrors(dup: Duplicity) {

@@ -24,6 +24,7 @@ mod gpg_oracle;
 mod gpg_refusals;
 mod gpg_testdata;
 mod harness;
+mod memory;
 mod multi_source;
 mod oracle_local;
 mod refusals;
