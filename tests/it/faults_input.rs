@@ -12,10 +12,9 @@ use crate::support::bed::{abs_outside, full_case, inc_case, Bed};
 use crate::support::fixture::{
     self, delta, gunzip, gzip, gzipped_zeros, literal_delta, tar, Entry, ForgedSet, SetName,
 };
-use crate::support::process::{dupmirror_command, limit_resource};
+use crate::support::process::{dupmirror_command, dupmirror_command_as, limit_resource};
 use crate::support::*;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -296,8 +295,7 @@ fn device_nodes_as_non_root_are_refused() {
         fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
     }
     let outside = bed.outside_tree();
-    let mut cmd = dupmirror_command(bed.sync_args(), &[]);
-    cmd.uid(65534).gid(65534);
+    let (cmd, _bin) = dupmirror_command_as(65534, bed.sync_args(), &[]);
     let r = run_with_timeout(cmd, Duration::from_secs(60));
     bed.check_refused(
         &r,

@@ -5,7 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -302,7 +302,39 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut cmd = Command::new(dupmirror_bin());
+    command_for(&dupmirror_bin(), args, env)
+}
+
+/// [`dupmirror_command`] run as another user, with the folder holding the copy of the binary
+/// it runs (keep it until the command ends). The checkout's `target/` may lie below a folder
+/// only its owner can enter (a clone into `mktemp -d`, as a clean CI run makes), so the
+/// binary is copied into a folder anyone can enter.
+pub fn dupmirror_command_as<I, S>(
+    uid: u32,
+    args: I,
+    env: &[(OsString, OsString)],
+) -> (Command, tempfile::TempDir)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use std::os::unix::fs::PermissionsExt;
+    let reachable = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(reachable.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("open the binary's folder to every user");
+    let bin = reachable.path().join("dupmirror");
+    std::fs::copy(dupmirror_bin(), &bin).expect("copy the binary where the other user can run it");
+    let mut cmd = command_for(&bin, args, env);
+    cmd.uid(uid).gid(uid);
+    (cmd, reachable)
+}
+
+fn command_for<I, S>(bin: &Path, args: I, env: &[(OsString, OsString)]) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .env_remove("PASSPHRASE")
         .env_remove("GNUPGHOME")
