@@ -398,7 +398,17 @@ fn stage_step(
     if step.mode == ApplyMode::Update {
         applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(step.set, &step.manifest, &step.volumes, applier)?;
+    let decoders = Repository::decoders()?;
+    match applier.volumes_apart() {
+        Some(sinks) if decoders > 1 && step.volumes.len() > 1 => repo.read_set_apart(
+            step.set,
+            &step.manifest,
+            &step.volumes,
+            decoders,
+            &sinks,
+        )?,
+        _ => repo.read_set(step.set, &step.manifest, &step.volumes, applier)?,
+    }
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
         return Ok(None);

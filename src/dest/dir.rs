@@ -35,7 +35,7 @@
 //! in it is content the backup puts in that user's directory anyway. Nothing a user cannot
 //! write themselves is ever reached through them.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -436,6 +436,29 @@ impl Dir {
         Ok(Dir { fd, path })
     }
 
+    /// Directory `name`, made (`mode`, less the umask) unless it exists, opened for reading
+    /// like [`Dir::create_dir`]: for a tree whose folders several threads may make. A
+    /// symlink or anything else there is refused.
+    pub fn create_or_open_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {
+        let c = self::name(name)?;
+        let made = retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) });
+        match made {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(self.creation_error(e, "", name))
+            }
+            _ => {}
+        }
+        let path = self.show(name);
+        let fd = openat(
+            self.fd.as_raw_fd(),
+            &c,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .with_context(|| format!("cannot open {} as a folder", path.display()))?;
+        Ok(Dir { fd, path })
+    }
+
     /// Makes directory `name`.
     pub fn mkdir(&self, name: &[u8], mode: u32) -> Result<()> {
         let c = self::name(name)?;
@@ -481,6 +504,38 @@ impl Dir {
     /// Creates a new regular file, private (0600) until its final mode is set.
     pub fn create_file(&self, name: &[u8]) -> Result<File> {
         self.open_private(name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+    }
+
+    /// Regular file `name` for writing, made private (0600) unless it exists, never
+    /// truncated: for a file whose parts several threads write. Anything but a regular
+    /// file there is refused before it is opened for writing (never a fifo or a device).
+    pub fn create_or_join_file(&self, name: &[u8]) -> Result<File> {
+        let c = self::name(name)?;
+        let shown = || self.show(name).display().to_string();
+        loop {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            match openat(self.fd.as_raw_fd(), &c, flags, 0o600) {
+                Ok(fd) => return Ok(File::from(fd)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(self.creation_error(e, "", name)),
+            }
+            // Made by another thread: reopen that very inode, once it is known regular.
+            let held = match openat(self.fd.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", shown())),
+            };
+            let st = fstat(held.as_raw_fd()).with_context(|| format!("cannot inspect {}", shown()))?;
+            if st.kind != Kind::Regular {
+                bail!("cannot write {}: {} is there", shown(), st.kind.described());
+            }
+            let proc_path = CString::new(format!("/proc/self/fd/{}", held.as_raw_fd()))
+                .map_err(|_| anyhow!("NUL in a path"))?;
+            let fd = openat(libc::AT_FDCWD, &proc_path, libc::O_WRONLY, 0)
+                .with_context(|| format!("cannot open {}", shown()))?;
+            return Ok(File::from(fd));
+        }
     }
 
     /// Creates (or truncates) a private scratch file for reading and writing.

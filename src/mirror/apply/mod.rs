@@ -162,6 +162,15 @@ impl SetApplier {
         }
     }
 
+    /// The sinks for the set's volumes read apart (several at once), when this applier
+    /// takes them: a first sync's fresh build.
+    pub fn volumes_apart(&self) -> Option<fresh::FreshVolumes> {
+        match self {
+            SetApplier::Fresh(f) => Some(f.volumes()),
+            SetApplier::Update(_) => None,
+        }
+    }
+
     /// Treats DEST as possibly drifted: see `drift.rs`. Only for an update.
     pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
         if let SetApplier::Update(u) = self {

@@ -63,6 +63,17 @@ impl Folder {
         })
     }
 
+    /// Whether it has attributes of its own to get (it was made from its record).
+    pub fn has_attrs(&self) -> bool {
+        self.attrs.is_some()
+    }
+
+    /// The apply thread is done with it and no job in it is queued (no pool): its
+    /// attributes now.
+    pub fn close(&self) -> Result<()> {
+        self.release(true)
+    }
+
     /// One job (or the apply thread) is done with it: the last one sets its attributes.
     fn release(&self, apply: bool) -> Result<()> {
         if self.pending.fetch_sub(1, Ordering::AcqRel) != 1 || !apply {
