@@ -520,13 +520,13 @@ impl Dir {
                 Err(e) => return Err(self.creation_error(e, "", name)),
             }
             // Made by another thread: reopen that very inode, once it is known regular.
-            let held = match openat(self.fd.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            {
+            let held = match openat(self.fd.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
                 Ok(fd) => fd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", shown())),
             };
-            let st = fstat(held.as_raw_fd()).with_context(|| format!("cannot inspect {}", shown()))?;
+            let st =
+                fstat(held.as_raw_fd()).with_context(|| format!("cannot inspect {}", shown()))?;
             if st.kind != Kind::Regular {
                 bail!("cannot write {}: {} is there", shown(), st.kind.described());
             }

@@ -333,7 +333,9 @@ impl Repository {
         match std::env::var("DUPMIRROR_DECODERS") {
             Ok(v) => match v.trim().parse() {
                 Ok(n) if n > 0 => Ok(n),
-                _ => bail!("DUPMIRROR_DECODERS must be a number of decoders (1 or more), not {v:?}"),
+                _ => {
+                    bail!("DUPMIRROR_DECODERS must be a number of decoders (1 or more), not {v:?}")
+                }
             },
             Err(_) => Ok(std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
