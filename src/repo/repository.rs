@@ -6,6 +6,22 @@
 //! download cache, checked on arrival (see `source::cache`). Either way a compressed or
 //! encrypted volume is checked against its manifest SHA1 before any of it is decoded, so a
 //! forged one (a gzip bomb) writes nothing to staging.
+//!
+//! A set's volumes are read in order into one record sink ([`Repository::read_set`]), or,
+//! for a first sync, apart ([`Repository::read_set_apart`]):
+//!
+//! ```text
+//! N decoder threads, each: take the next volume (at most 2N ahead of the first one not
+//!     done; from the download cache in order); check its SHA1; decode it (its own helper
+//!     thread inflates) into a sink of its own, through a record stream of its own
+//! the calling thread, in volume order as they come in: join the volume's edges to the
+//!     previous ones (order, chunk offsets: decode::records), then the sink is done
+//! the first failure in volume order (a hash, a parse, a join) stops handing out volumes
+//!     and fails the set once every decoder has stopped
+//! ```
+//!
+//! Limits: a decoder waits for the download cache like the ordered reader; a failure is
+//! reported only once the volumes before it are read.
 
 use crate::decode::crypto::Decryptor;
 use crate::decode::records::{RecordSink, RecordStream, VolumeEdges, VolumeSink, VolumeSinks};

@@ -1,6 +1,8 @@
-//! The writer pool of a fresh build: a few threads that make the staged files and special
-//! objects, so that creating them (what a bootstrap on a real disk waits for) overlaps
-//! with decoding and with each other.
+//! The writer pool of a fresh build read in order: a few threads that make the staged
+//! files and special objects, so that creating them (what a bootstrap on a real disk waits
+//! for) overlaps with decoding and with each other. (A first sync that decodes volumes
+//! apart makes its files on its decoders' threads instead: an empty pool, jobs run inline;
+//! see fresh.rs.)
 //!
 //! ```text
 //! apply thread (fresh.rs), records in index order:
