@@ -423,27 +423,20 @@ impl Dir {
     /// Makes directory `name` (`mode`, less the umask) and opens it for reading, so that
     /// its own attributes can be set through the handle ([`Dir::set_own_attrs`]).
     pub fn create_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {
-        self.mkdir(name, mode)?;
-        let c = self::name(name)?;
-        let path = self.show(name);
-        let fd = openat(
-            self.fd.as_raw_fd(),
-            &c,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            0,
-        )
-        .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Dir { fd, path })
+        self.make_dir(name, mode, false)
     }
 
     /// Directory `name`, made (`mode`, less the umask) unless it exists, opened for reading
     /// like [`Dir::create_dir`]: for a tree whose folders several threads may make. A
     /// symlink or anything else there is refused.
     pub fn create_or_open_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {
+        self.make_dir(name, mode, true)
+    }
+
+    fn make_dir(&self, name: &[u8], mode: u32, may_exist: bool) -> Result<Dir> {
         let c = self::name(name)?;
-        let made = retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) });
-        match made {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+        match retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) }) {
+            Err(e) if !(may_exist && e.raw_os_error() == Some(libc::EEXIST)) => {
                 return Err(self.creation_error(e, "", name))
             }
             _ => {}
@@ -455,7 +448,7 @@ impl Dir {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )
-        .with_context(|| format!("cannot open {} as a folder", path.display()))?;
+        .with_context(|| format!("cannot open {}", path.display()))?;
         Ok(Dir { fd, path })
     }
 
@@ -943,6 +936,7 @@ pub fn set_file_mtime(file: &File, mtime: i64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Seek, Write};
     use std::os::unix::fs::symlink;
 
     fn idx(s: &str) -> Vec<Vec<u8>> {
@@ -991,6 +985,35 @@ mod tests {
         for bad in ["..", "a/../..", "."] {
             assert!(d.lookup(&idx(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// What several threads share: a folder or a regular file is joined, anything else is
+    /// refused without being opened for writing (a fifo would block, a device be written).
+    #[test]
+    fn shared_entries_are_joined_only_when_they_are_what_they_should_be() {
+        let (t, d) = bed();
+        let mut made = d.create_or_join_file(b"shared").unwrap();
+        made.write_all(b"head").unwrap();
+        let mut joined = d.create_or_join_file(b"shared").unwrap();
+        joined.seek(std::io::SeekFrom::Start(8)).unwrap();
+        joined.write_all(b"tail").unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("in/shared")).unwrap(),
+            b"head\0\0\0\0tail"
+        );
+        let fifo = CString::new(t.path().join("in/fifo").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for refused in [&b"fifo"[..], b"link", b"a"] {
+            assert!(d.create_or_join_file(refused).is_err(), "{refused:?}");
+        }
+        d.create_or_open_dir(b"a", 0o700).unwrap();
+        d.create_or_open_dir(b"new", 0o700).unwrap();
+        assert!(d.create_or_open_dir(b"link", 0o700).is_err());
+        assert!(d.create_or_open_dir(b"shared", 0o700).is_err());
+        assert!(
+            d.create_dir(b"a", 0o700).is_err(),
+            "create_dir stays exclusive"
+        );
     }
 
     #[test]
