@@ -505,6 +505,9 @@ impl VolumeSink for VolumeBuild {
         let staged = Arc::clone(&self.staged);
         let mut joined = lock(&staged.joined);
         add_stats(&mut joined.stats, &self.stats);
+        let Some(last) = last else {
+            return Ok(()); // an empty volume: what was open stays open
+        };
         // A split file is complete unless this volume's end continues it further.
         if !matches!(self.current, Some(Current::Continued { .. })) {
             if let Some(open) = joined.file.take() {
@@ -520,7 +523,7 @@ impl VolumeSink for VolumeBuild {
         // Folders made only as parents have nothing to give.
         folders.extend(self.open_dirs.drain(1..).filter(|(_, f)| f.has_attrs()));
         for (index, folder) in folders {
-            if last.is_none_or(|l| l.starts_with(&index)) {
+            if last.starts_with(&index) {
                 joined.folders.push((index, folder));
             } else {
                 folder.close()?;
