@@ -425,6 +425,40 @@ mod tests {
         assert!(read(&tar).is_err(), "two PAX headers for one entry");
     }
 
+    /// The edges of a volume read apart, into a sink that takes every record.
+    fn edges(tar: &[u8]) -> VolumeEdges {
+        let mut stream = RecordStream::new();
+        stream
+            .read_volume(&mut &tar[..], &mut Collect::default())
+            .unwrap();
+        stream.into_edges()
+    }
+
+    #[test]
+    fn volumes_read_apart_join_only_in_order_and_at_whole_chunks() {
+        let chunk = vec![7u8; CHUNK_SIZE as usize];
+        let mut one = entry(b"snapshot/a", b'0', b"a");
+        one.extend(entry(b"multivol_snapshot/big/1", b'0', &chunk));
+        let two = entry(b"multivol_snapshot/big/2", b'0', b"tail");
+        let mut joined = edges(&one);
+        joined.join(edges(&two)).unwrap();
+        assert_eq!(joined.last(), Some(&PathIndex::from_bytes(b"big")));
+        // A first chunk of 1000 bytes: chunk 2 does not start at 64 KiB.
+        let short = entry(b"multivol_snapshot/big/1", b'0', &[1u8; 1000]);
+        let err = edges(&short).join(edges(&two)).unwrap_err();
+        assert!(err.is::<UnevenChunks>(), "{err:#}");
+        // Later chunks of another file, a volume going back, a path below a file.
+        let other = entry(b"multivol_snapshot/other/2", b'0', b"x");
+        assert!(edges(&one).join(edges(&other)).is_err());
+        let back = entry(b"snapshot/0", b'0', b"x");
+        let err = edges(&one).join(edges(&back)).unwrap_err();
+        assert!(format!("{err:#}").contains("out of order"), "{err:#}");
+        let below = entry(b"snapshot/big/x", b'0', b"x");
+        let err = edges(&two).join(edges(&below)).unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+        assert!(edges(&one).join(edges(&below)).is_err());
+    }
+
     #[test]
     fn entry_names() {
         let n = parse_entry_name(b"snapshot/./").unwrap();
