@@ -11,6 +11,7 @@
 use super::atomic::AtomicOutcome;
 use super::resolve_time;
 use crate::decode::crypto::GpgSignatureTally;
+use crate::decode::records::UnevenChunks;
 use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::Recovery;
 use crate::dest::session::Session;
@@ -359,15 +360,15 @@ fn stage_commit(
     state_dir: &StateDir,
     target: &MirrorState,
 ) -> Result<(SetApplier, Vec<Option<RepairStats>>)> {
-    let mut applier: Option<SetApplier> = None;
+    let mut slot: Option<SetApplier> = None;
     let mut repairs = Vec::new();
     for step in steps {
-        let applier = match &mut applier {
+        let applier = match &mut slot {
             Some(a) => {
                 a.next_set(step.filter.clone())?;
                 a
             }
-            None => applier.insert(SetApplier::new(
+            None => slot.insert(SetApplier::new(
                 step.mode,
                 dest,
                 state_dir,
@@ -375,22 +376,38 @@ fn stage_commit(
                 step.filter.clone(),
             )?),
         };
-        let repaired = stage_step(repo, plan, step, state_dir, applier)
-            .with_context(|| format!("set {}", step.set.label()))?;
+        let mut staged = stage_step(repo, plan, step, state_dir, applier, true);
+        if staged
+            .as_ref()
+            .is_err_and(|e| e.chain().any(|c| c.is::<UnevenChunks>()))
+        {
+            // Written before duplicity 0.6.21: build it again, reading volumes in order.
+            slot = None;
+            let applier = slot.insert(SetApplier::new(
+                step.mode,
+                dest,
+                state_dir,
+                target,
+                step.filter.clone(),
+            )?);
+            staged = stage_step(repo, plan, step, state_dir, applier, false);
+        }
+        let repaired = staged.with_context(|| format!("set {}", step.set.label()))?;
         repairs.push(repaired);
     }
-    let applier = applier.context("a commit without a set")?;
+    let applier = slot.context("a commit without a set")?;
     Ok((applier, repairs))
 }
 
 /// Stages one set into `applier`: its fixes, its records, and the repair of any path found
-/// drifted.
+/// drifted. A first sync's volumes are read apart (several at once) when `apart` allows.
 fn stage_step(
     repo: &Repository,
     plan: &Plan,
     step: &Step,
     state_dir: &StateDir,
     applier: &mut SetApplier,
+    apart: bool,
 ) -> Result<Option<RepairStats>> {
     for diff in step.differences.iter().filter(|d| !d.needs_data()) {
         applier.add_fix(diff)?;
@@ -398,7 +415,13 @@ fn stage_step(
     if step.mode == ApplyMode::Update {
         applier.detect_drift(set_signatures(repo, step.set)?);
     }
-    repo.read_set(step.set, &step.manifest, &step.volumes, applier)?;
+    let decoders = Repository::decoders()?;
+    match applier.volumes_apart() {
+        Some(sinks) if apart && decoders > 1 && step.volumes.len() > 1 => {
+            repo.read_set_apart(step.set, &step.manifest, &step.volumes, decoders, &sinks)?
+        }
+        _ => repo.read_set(step.set, &step.manifest, &step.volumes, applier)?,
+    }
     let drifted = applier.take_drifted();
     if drifted.is_empty() {
         return Ok(None);

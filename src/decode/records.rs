@@ -10,6 +10,15 @@
 //!
 //! Records must come in strictly increasing index order (the order every merge and every
 //! safety check downstream relies on); names are checked by `tar`.
+//!
+//! Volumes may also be read apart (a first sync decodes several at once): each volume gets
+//! its own [`RecordStream`], whose [`VolumeEdges`] (its first and last record, and how far
+//! the bytes of a chunk run open at its end reach) are then joined in volume order, which
+//! makes the same checks as one stream across the boundary. A volume that starts inside a
+//! chunk run hands it to [`RecordSink::begin_chunks`] with the run's offset in the file: every
+//! chunk but a file's last holds exactly [`CHUNK_SIZE`] bytes (duplicity 0.6.21 and later);
+//! a join that finds otherwise fails with [`UnevenChunks`], so the caller can read the set
+//! in order instead.
 
 pub use super::tar::RecordKind;
 use super::tar::{entry_metadata, next_entry, parse_entry_name, EntryName, Extensions};
@@ -30,12 +39,36 @@ pub struct Record {
     pub headless: bool,
 }
 
+/// The size of every chunk of a split file but its last (duplicity 0.6.21 and later).
+pub const CHUNK_SIZE: u64 = 64 * 1024;
+
 /// Receives the records of one set in order.
 pub trait RecordSink {
     fn begin(&mut self, record: &Record) -> Result<()>;
+    /// Like `begin`, for a file split into chunks whose first chunk here belongs at
+    /// `offset` in the file: 0 for its head, more when a volume read apart starts inside
+    /// the run (`record.headless`, which a sink reading in order refuses, see the gate).
+    fn begin_chunks(&mut self, record: &Record, offset: u64) -> Result<()> {
+        let _ = offset;
+        self.begin(record)
+    }
     /// Called once per tar entry of the record (several times for a split file).
     fn data(&mut self, bytes: &mut dyn Read) -> Result<()>;
     fn end(&mut self) -> Result<()>;
+}
+
+/// Receives the volumes of one set read apart, several at once (see the top).
+pub trait VolumeSinks: Sync {
+    /// A sink for one volume; `follows`: the volume before it in the set is read too, so a
+    /// chunk run may continue from there into this one.
+    fn volume(&self, follows: bool) -> Result<Box<dyn VolumeSink>>;
+}
+
+/// The records of one volume read apart.
+pub trait VolumeSink: RecordSink + Send {
+    /// Called in volume order, once this volume and every one before it were read whole,
+    /// hashed right and joined up; `last` is the index of its last record.
+    fn done(self: Box<Self>, last: Option<&PathIndex>) -> Result<()>;
 }
 
 /// Counts the bytes a sink reads from an entry, so that an entry the volume cuts short is
@@ -73,12 +106,108 @@ fn pass_data<R: Read>(
     Ok(())
 }
 
+/// One end of a volume's records.
+#[derive(Clone, Debug)]
+struct End {
+    index: PathIndex,
+    kind: RecordKind,
+    is_dir: bool,
+    /// The entry is a chunk of a split file.
+    chunk: bool,
+}
+
+/// A volume's first and last record, to check that volumes read apart join up.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeEdges {
+    first: Option<End>,
+    last: Option<End>,
+    /// For a chunk run open at the end: where its bytes reach in the file.
+    run_end: u64,
+    /// The volume starts inside a chunk run: the first chunk's number and offset.
+    resumed: Option<(u64, u64)>,
+}
+
+/// A volume continues a split file at chunk k, but the chunks before it do not hold
+/// (k-1) × [`CHUNK_SIZE`] bytes: a repository written before duplicity 0.6.21.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: its chunks are not all {CHUNK_SIZE} bytes ({at} bytes precede chunk {chunk}), \
+     as duplicity before 0.6.21 wrote them; the set must be read in volume order"
+)]
+pub struct UnevenChunks {
+    path: String,
+    chunk: u64,
+    at: u64,
+}
+
+impl VolumeEdges {
+    /// The index of the volume's last record.
+    pub fn last(&self) -> Option<&PathIndex> {
+        self.last.as_ref().map(|e| &e.index)
+    }
+
+    /// Takes the next volume read (an empty one changes nothing): its first record must
+    /// come after this one's last, or continue its chunk run where it left off, and lie
+    /// below no file.
+    pub fn join(&mut self, next: VolumeEdges) -> Result<()> {
+        let Some(first) = &next.first else {
+            return Ok(());
+        };
+        if let Some(prev) = &self.last {
+            if let Some((chunk, at)) = next.resumed {
+                let same = prev.chunk && prev.index == first.index && prev.kind == first.kind;
+                if !same {
+                    return Err(Error::corrupt(format!(
+                        "{}: the set holds later chunks of this file but not its first one",
+                        first.index
+                    ))
+                    .into());
+                }
+                if self.run_end != at {
+                    return Err(UnevenChunks {
+                        path: first.index.to_string(),
+                        chunk,
+                        at: self.run_end,
+                    }
+                    .into());
+                }
+            } else {
+                check_order(&first.index, &prev.index)?;
+                if first.index.starts_with(&prev.index) && !prev.is_dir {
+                    return Err(Error::corrupt(format!(
+                        "{}: below {}, which is not a directory",
+                        first.index, prev.index
+                    ))
+                    .into());
+                }
+            }
+        }
+        if self.first.is_none() {
+            self.first = next.first.clone();
+        }
+        self.last = next.last;
+        self.run_end = next.run_end;
+        Ok(())
+    }
+}
+
+fn check_order(index: &PathIndex, last: &PathIndex) -> Result<()> {
+    if index <= last {
+        return Err(Error::corrupt(format!(
+            "entry {index:?} comes after {last:?}: entries are out of order"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Turns the tar entries of a set's volumes, in order, into records.
 #[derive(Default)]
 pub struct RecordStream {
     /// The record whose chunks may continue (index and kind of a multivol run).
-    open: Option<(PathIndex, RecordKind, bool)>,
+    open: Option<(PathIndex, RecordKind)>,
     last: Option<PathIndex>,
+    edges: VolumeEdges,
 }
 
 impl RecordStream {
@@ -113,8 +242,9 @@ impl RecordStream {
         ext: &Extensions,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
-        if let (Some(_), Some((index, kind, _))) = (name.chunk, &self.open) {
+        if let (Some(_), Some((index, kind))) = (name.chunk, &self.open) {
             if *index == name.index && *kind == name.kind {
+                self.edges.run_end = self.edges.run_end.saturating_add(entry.size());
                 return pass_data(entry, &name.index, sink);
             }
         }
@@ -124,13 +254,7 @@ impl RecordStream {
             return Ok(());
         }
         if let Some(last) = &self.last {
-            if name.index <= *last {
-                return Err(Error::corrupt(format!(
-                    "entry {:?} comes after {:?}: entries are out of order",
-                    name.index, last
-                ))
-                .into());
-            }
+            check_order(&name.index, last)?;
         }
         self.last = Some(name.index.clone());
         let meta = entry_metadata(entry, ext, name.kind)?;
@@ -140,18 +264,46 @@ impl RecordStream {
             meta,
             headless: name.chunk.is_some_and(|k| k > 1),
         };
-        sink.begin(&record)?;
+        let end = End {
+            index: name.index.clone(),
+            kind: name.kind,
+            is_dir: record.meta.is_dir(),
+            chunk: name.chunk.is_some(),
+        };
+        self.edges.run_end = 0;
+        match name.chunk {
+            Some(k) if !record.headless || self.edges.first.is_none() => {
+                let at = (k - 1).saturating_mul(CHUNK_SIZE);
+                if record.headless {
+                    self.edges.resumed = Some((k, at));
+                }
+                self.edges.run_end = at;
+                sink.begin_chunks(&record, at)?;
+            }
+            _ => sink.begin(&record)?,
+        }
+        if self.edges.first.is_none() {
+            self.edges.first = Some(end.clone());
+        }
+        self.edges.last = Some(end);
         let has_data = matches!(name.kind, RecordKind::Diff | RecordKind::Signature)
             || (name.kind == RecordKind::Snapshot && record.meta.is_regular());
         if has_data {
+            self.edges.run_end = self.edges.run_end.saturating_add(entry.size());
             pass_data(entry, &name.index, sink)?;
         }
         if name.chunk.is_some() {
-            self.open = Some((name.index, name.kind, true));
+            self.open = Some((name.index, name.kind));
             Ok(())
         } else {
             sink.end()
         }
+    }
+
+    /// What a volume read apart looks like at its ends (its chunk run, if one is open at
+    /// the end, stays with the sink: the next volume may continue it).
+    pub fn into_edges(self) -> VolumeEdges {
+        self.edges
     }
 
     /// Ends the set: closes a split file whose last chunk was the last entry.
@@ -271,6 +423,40 @@ mod tests {
         tar.extend(entry(b"././@PaxHeader", b'x', b"19 path=snapshot/y\n"));
         tar.extend(entry(b"snapshot/z", b'0', b""));
         assert!(read(&tar).is_err(), "two PAX headers for one entry");
+    }
+
+    /// The edges of a volume read apart, into a sink that takes every record.
+    fn edges(tar: &[u8]) -> VolumeEdges {
+        let mut stream = RecordStream::new();
+        stream
+            .read_volume(&mut &tar[..], &mut Collect::default())
+            .unwrap();
+        stream.into_edges()
+    }
+
+    #[test]
+    fn volumes_read_apart_join_only_in_order_and_at_whole_chunks() {
+        let chunk = vec![7u8; CHUNK_SIZE as usize];
+        let mut one = entry(b"snapshot/a", b'0', b"a");
+        one.extend(entry(b"multivol_snapshot/big/1", b'0', &chunk));
+        let two = entry(b"multivol_snapshot/big/2", b'0', b"tail");
+        let mut joined = edges(&one);
+        joined.join(edges(&two)).unwrap();
+        assert_eq!(joined.last(), Some(&PathIndex::from_bytes(b"big")));
+        // A first chunk of 1000 bytes: chunk 2 does not start at 64 KiB.
+        let short = entry(b"multivol_snapshot/big/1", b'0', &[1u8; 1000]);
+        let err = edges(&short).join(edges(&two)).unwrap_err();
+        assert!(err.is::<UnevenChunks>(), "{err:#}");
+        // Later chunks of another file, a volume going back, a path below a file.
+        let other = entry(b"multivol_snapshot/other/2", b'0', b"x");
+        assert!(edges(&one).join(edges(&other)).is_err());
+        let back = entry(b"snapshot/0", b'0', b"x");
+        let err = edges(&one).join(edges(&back)).unwrap_err();
+        assert!(format!("{err:#}").contains("out of order"), "{err:#}");
+        let below = entry(b"snapshot/big/x", b'0', b"x");
+        let err = edges(&two).join(edges(&below)).unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+        assert!(edges(&one).join(edges(&below)).is_err());
     }
 
     #[test]

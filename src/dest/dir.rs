@@ -35,7 +35,7 @@
 //! in it is content the backup puts in that user's directory anyway. Nothing a user cannot
 //! write themselves is ever reached through them.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -423,8 +423,24 @@ impl Dir {
     /// Makes directory `name` (`mode`, less the umask) and opens it for reading, so that
     /// its own attributes can be set through the handle ([`Dir::set_own_attrs`]).
     pub fn create_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {
-        self.mkdir(name, mode)?;
+        self.make_dir(name, mode, false)
+    }
+
+    /// Directory `name`, made (`mode`, less the umask) unless it exists, opened for reading
+    /// like [`Dir::create_dir`]: for a tree whose folders several threads may make. A
+    /// symlink or anything else there is refused.
+    pub fn create_or_open_dir(&self, name: &[u8], mode: u32) -> Result<Dir> {
+        self.make_dir(name, mode, true)
+    }
+
+    fn make_dir(&self, name: &[u8], mode: u32, may_exist: bool) -> Result<Dir> {
         let c = self::name(name)?;
+        match retry(|| unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), mode) }) {
+            Err(e) if !(may_exist && e.raw_os_error() == Some(libc::EEXIST)) => {
+                return Err(self.creation_error(e, "", name))
+            }
+            _ => {}
+        }
         let path = self.show(name);
         let fd = openat(
             self.fd.as_raw_fd(),
@@ -481,6 +497,38 @@ impl Dir {
     /// Creates a new regular file, private (0600) until its final mode is set.
     pub fn create_file(&self, name: &[u8]) -> Result<File> {
         self.open_private(name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+    }
+
+    /// Regular file `name` for writing, made private (0600) unless it exists, never
+    /// truncated: for a file whose parts several threads write. Anything but a regular
+    /// file there is refused before it is opened for writing (never a fifo or a device).
+    pub fn create_or_join_file(&self, name: &[u8]) -> Result<File> {
+        let c = self::name(name)?;
+        let shown = || self.show(name).display().to_string();
+        loop {
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            match openat(self.fd.as_raw_fd(), &c, flags, 0o600) {
+                Ok(fd) => return Ok(File::from(fd)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(self.creation_error(e, "", name)),
+            }
+            // Made by another thread: reopen that very inode, once it is known regular.
+            let held = match openat(self.fd.as_raw_fd(), &c, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", shown())),
+            };
+            let st =
+                fstat(held.as_raw_fd()).with_context(|| format!("cannot inspect {}", shown()))?;
+            if st.kind != Kind::Regular {
+                bail!("cannot write {}: {} is there", shown(), st.kind.described());
+            }
+            let proc_path = CString::new(format!("/proc/self/fd/{}", held.as_raw_fd()))
+                .map_err(|_| anyhow!("NUL in a path"))?;
+            let fd = openat(libc::AT_FDCWD, &proc_path, libc::O_WRONLY, 0)
+                .with_context(|| format!("cannot open {}", shown()))?;
+            return Ok(File::from(fd));
+        }
     }
 
     /// Creates (or truncates) a private scratch file for reading and writing.
@@ -888,6 +936,7 @@ pub fn set_file_mtime(file: &File, mtime: i64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Seek, Write};
     use std::os::unix::fs::symlink;
 
     fn idx(s: &str) -> Vec<Vec<u8>> {
@@ -936,6 +985,35 @@ mod tests {
         for bad in ["..", "a/../..", "."] {
             assert!(d.lookup(&idx(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// What several threads share: a folder or a regular file is joined, anything else is
+    /// refused without being opened for writing (a fifo would block, a device be written).
+    #[test]
+    fn shared_entries_are_joined_only_when_they_are_what_they_should_be() {
+        let (t, d) = bed();
+        let mut made = d.create_or_join_file(b"shared").unwrap();
+        made.write_all(b"head").unwrap();
+        let mut joined = d.create_or_join_file(b"shared").unwrap();
+        joined.seek(std::io::SeekFrom::Start(8)).unwrap();
+        joined.write_all(b"tail").unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("in/shared")).unwrap(),
+            b"head\0\0\0\0tail"
+        );
+        let fifo = CString::new(t.path().join("in/fifo").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for refused in [&b"fifo"[..], b"link", b"a"] {
+            assert!(d.create_or_join_file(refused).is_err(), "{refused:?}");
+        }
+        d.create_or_open_dir(b"a", 0o700).unwrap();
+        d.create_or_open_dir(b"new", 0o700).unwrap();
+        assert!(d.create_or_open_dir(b"link", 0o700).is_err());
+        assert!(d.create_or_open_dir(b"shared", 0o700).is_err());
+        assert!(
+            d.create_dir(b"a", 0o700).is_err(),
+            "create_dir stays exclusive"
+        );
     }
 
     #[test]

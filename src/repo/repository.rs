@@ -6,9 +6,25 @@
 //! download cache, checked on arrival (see `source::cache`). Either way a compressed or
 //! encrypted volume is checked against its manifest SHA1 before any of it is decoded, so a
 //! forged one (a gzip bomb) writes nothing to staging.
+//!
+//! A set's volumes are read in order into one record sink ([`Repository::read_set`]), or,
+//! for a first sync, apart ([`Repository::read_set_apart`]):
+//!
+//! ```text
+//! N decoder threads, each: take the next volume (at most 2N ahead of the first one not
+//!     done; from the download cache in order); check its SHA1; decode it (its own helper
+//!     thread inflates) into a sink of its own, through a record stream of its own
+//! the calling thread, in volume order as they come in: join the volume's edges to the
+//!     previous ones (order, chunk offsets: decode::records), then the sink is done
+//! the first failure in volume order (a hash, a parse, a join) stops handing out volumes
+//!     and fails the set once every decoder has stopped
+//! ```
+//!
+//! Limits: a decoder waits for the download cache like the ordered reader; a failure is
+//! reported only once the volumes before it are read.
 
 use crate::decode::crypto::Decryptor;
-use crate::decode::records::{RecordSink, RecordStream};
+use crate::decode::records::{RecordSink, RecordStream, VolumeEdges, VolumeSink, VolumeSinks};
 use crate::decode::volume::{DecodedFile, VolumeSource};
 use crate::error::Error;
 use crate::progress::Reporter;
@@ -19,9 +35,14 @@ use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
 use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+
+/// Decoders of a first sync when `DUPMIRROR_DECODERS` does not say.
+const MAX_DEFAULT_DECODERS: usize = 4;
 
 /// How to read names and encrypted files.
 #[derive(Clone, Default)]
@@ -214,7 +235,18 @@ impl Repository {
     /// A volume, decoded and hashed: from the download cache when it was prefetched
     /// (hashed on arrival), else straight from the source (hashed before and as it is read).
     fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<DecodedFile> {
-        let (raw, sha1) = match self.fetcher.get().and_then(|f| f.take(&file.name)) {
+        let cached = self.fetcher.get().and_then(|f| f.take(&file.name));
+        self.volume_reader_from(file, sha1, cached)
+    }
+
+    /// The same, `cached` being what the download cache held for it (taken in order).
+    fn volume_reader_from(
+        &self,
+        file: &RemoteFile,
+        sha1: String,
+        cached: Option<Result<Box<dyn Read + Send>>>,
+    ) -> Result<DecodedFile> {
+        let (raw, sha1) = match cached {
             Some(cached) => (cached?, None),
             None => {
                 // A compressed or encrypted volume can inflate to a thousand times its
@@ -291,6 +323,150 @@ impl Repository {
             parsed.with_context(|| format!("volume {}", file.name))?;
         }
         stream.close(sink)
+    }
+}
+
+/// The volumes of a set read apart: what the decoders share.
+struct Apart {
+    /// The next volume to hand out, how many are done in order, and whether to stop.
+    queue: Mutex<(usize, usize, bool)>,
+    moved: Condvar,
+}
+
+impl Apart {
+    fn lock(&self) -> MutexGuard<'_, (usize, usize, bool)> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One volume read apart: its sink and its edges, or why not.
+type ReadApart = Result<(Box<dyn VolumeSink>, VolumeEdges)>;
+
+impl Repository {
+    /// The number of volumes a first sync decodes at once: `DUPMIRROR_DECODERS` when set,
+    /// else the number of cores (at most 4).
+    pub fn decoders() -> Result<usize> {
+        match std::env::var("DUPMIRROR_DECODERS") {
+            Ok(v) => match v.trim().parse() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => {
+                    bail!("DUPMIRROR_DECODERS must be a number of decoders (1 or more), not {v:?}")
+                }
+            },
+            Err(_) => Ok(std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_DEFAULT_DECODERS)),
+        }
+    }
+
+    /// Like [`Repository::read_set`], with up to `decoders` volumes read at once, each
+    /// into its own sink from `sinks`; the sinks are done, and the volumes' edges joined, in
+    /// volume order. At most `2 × decoders` volumes are read ahead of the first one not
+    /// done. The first failure in volume order fails the set, after every decoder stopped.
+    pub fn read_set_apart(
+        &self,
+        set: &BackupSet,
+        manifest: &Manifest,
+        volumes: &[u32],
+        decoders: usize,
+        sinks: &dyn VolumeSinks,
+    ) -> Result<()> {
+        let files = volumes
+            .iter()
+            .map(|&n| self.volume(set, manifest, n))
+            .collect::<Result<Vec<_>>>()?;
+        let window = 2 * decoders.max(1);
+        let apart = Apart {
+            queue: Mutex::new((0, 0, false)),
+            moved: Condvar::new(),
+        };
+        let (tx, rx) = channel::<(usize, ReadApart)>();
+        std::thread::scope(|scope| {
+            for n in 0..decoders.clamp(1, files.len().max(1)) {
+                let (tx, apart, files) = (tx.clone(), &apart, &files);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("decoder-{n}"))
+                    .spawn_scoped(scope, move || loop {
+                        let (i, cached) = {
+                            let mut q = apart.lock();
+                            while !q.2 && q.0 < files.len() && q.0 >= q.1 + window {
+                                q = apart.moved.wait(q).unwrap_or_else(PoisonError::into_inner);
+                            }
+                            if q.2 || q.0 == files.len() {
+                                return;
+                            }
+                            let i = q.0;
+                            q.0 += 1;
+                            // The download cache hands volumes out in order.
+                            (i, self.fetcher.get().and_then(|f| f.take(&files[i].0.name)))
+                        };
+                        let follows = i > 0 && volumes[i - 1] + 1 == volumes[i];
+                        let (file, sha1) = &files[i];
+                        let read = self.read_apart(file, sha1.clone(), cached, follows, sinks);
+                        if tx.send((i, read)).is_err() {
+                            return;
+                        }
+                    });
+                if let Err(e) = spawned {
+                    apart.lock().2 = true;
+                    return Err(anyhow!("cannot start a decoder thread: {e}"));
+                }
+            }
+            drop(tx);
+            let mut waiting = BTreeMap::new();
+            let mut edges = VolumeEdges::default();
+            let mut failed = None;
+            for (i, read) in rx {
+                if read.is_err() {
+                    apart.lock().2 = true;
+                    apart.moved.notify_all();
+                }
+                waiting.insert(i, read);
+                while failed.is_none() {
+                    let next = apart.lock().1;
+                    let Some(read) = waiting.remove(&next) else {
+                        break;
+                    };
+                    let joined = read.and_then(|(sink, next_edges)| {
+                        let last = next_edges.last().cloned();
+                        edges
+                            .join(next_edges)
+                            .with_context(|| format!("volume {}", files[next].0.name))?;
+                        sink.done(last.as_ref())
+                    });
+                    match joined {
+                        Ok(()) => apart.lock().1 += 1,
+                        Err(e) => {
+                            apart.lock().2 = true;
+                            failed = Some(e);
+                        }
+                    }
+                    apart.moved.notify_all();
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        })
+    }
+
+    /// Reads one volume into a sink of its own.
+    fn read_apart(
+        &self,
+        file: &RemoteFile,
+        sha1: String,
+        cached: Option<Result<Box<dyn Read + Send>>>,
+        follows: bool,
+        sinks: &dyn VolumeSinks,
+    ) -> ReadApart {
+        let mut sink = sinks.volume(follows)?;
+        let mut stream = RecordStream::new();
+        let mut reader = self.volume_reader_from(file, sha1, cached)?;
+        let parsed = stream.read_volume(&mut reader, &mut *sink);
+        match parsed {
+            Ok(()) => reader.finish()?,
+            Err(_) => reader.abandon()?,
+        }
+        parsed.with_context(|| format!("volume {}", file.name))?;
+        Ok((sink, stream.into_edges()))
     }
 }
 

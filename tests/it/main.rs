@@ -37,3 +37,4 @@ mod security_dest;
 mod security_input;
 mod testdata_gen;
 mod testdata_repos;
+mod volumes_apart;

@@ -14,7 +14,9 @@
 //! fresh build (fresh.rs) -- a full set into a missing or empty DEST:
 //!     build the tree in staging/tree through a stack of open directory handles:
 //!     directories 0700 and files 0600 while being filled, then their own attributes;
-//!     files and special objects made by a small pool of writer threads (writers.rs)
+//!     volumes read in order: files and special objects made by a small pool of writer
+//!     threads (writers.rs); read apart (a first sync): each volume's by its decoder, what
+//!     crosses a volume boundary finished in volume order (fresh.rs)
 //!     a deletion or a delta in a full set is refused
 //!     journal: MoveTree (one rename when DEST is missing), then DEST's own attributes
 //! journaled update (update.rs, overlay.rs) -- incrementals, a full over an existing DEST
@@ -159,6 +161,15 @@ impl SetApplier {
         match self {
             SetApplier::Fresh(_) => bail!("a first sync's tree takes no further set"),
             SetApplier::Update(u) => u.next_set(filter),
+        }
+    }
+
+    /// The sinks for the set's volumes read apart (several at once), when this applier
+    /// takes them: a first sync's fresh build.
+    pub fn volumes_apart(&self) -> Option<fresh::FreshVolumes> {
+        match self {
+            SetApplier::Fresh(f) => Some(f.volumes()),
+            SetApplier::Update(_) => None,
         }
     }
 

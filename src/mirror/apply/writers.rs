@@ -1,6 +1,8 @@
-//! The writer pool of a fresh build: a few threads that make the staged files and special
-//! objects, so that creating them (what a bootstrap on a real disk waits for) overlaps
-//! with decoding and with each other.
+//! The writer pool of a fresh build read in order: a few threads that make the staged
+//! files and special objects, so that creating them (what a bootstrap on a real disk waits
+//! for) overlaps with decoding and with each other. (A first sync that decodes volumes
+//! apart makes its files on its decoders' threads instead: an empty pool, jobs run inline;
+//! see fresh.rs.)
 //!
 //! ```text
 //! apply thread (fresh.rs), records in index order:
@@ -61,6 +63,17 @@ impl Folder {
             attrs,
             pending: AtomicUsize::new(1),
         })
+    }
+
+    /// Whether it has attributes of its own to get (it was made from its record).
+    pub fn has_attrs(&self) -> bool {
+        self.attrs.is_some()
+    }
+
+    /// The apply thread is done with it and no job in it is queued (no pool): its
+    /// attributes now.
+    pub fn close(&self) -> Result<()> {
+        self.release(true)
     }
 
     /// One job (or the apply thread) is done with it: the last one sets its attributes.
