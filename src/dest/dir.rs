@@ -709,6 +709,17 @@ impl Dir {
 
     /// The names in this directory (without `.` and `..`), unsorted.
     pub fn list(&self) -> Result<Vec<Vec<u8>>> {
+        let mut names = Vec::new();
+        self.each_name(|n| {
+            names.push(n.to_vec());
+            Ok(())
+        })?;
+        Ok(names)
+    }
+
+    /// Calls `f` with each name in this directory (without `.` and `..`), unsorted, as the
+    /// listing is read: nothing is gathered here.
+    pub fn each_name(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let ctx = || format!("cannot list {}", self.path.display());
         let fd = self.open_readable().with_context(ctx)?;
         let mut d = nix::dir::Dir::from_fd(fd.as_raw_fd())
@@ -716,15 +727,14 @@ impl Dir {
             .with_context(ctx)?;
         // `nix::dir::Dir` closes the descriptor it was given.
         std::mem::forget(fd);
-        let mut names = Vec::new();
         for e in d.iter() {
             let e = e.map_err(io::Error::from).with_context(ctx)?;
             let n = e.file_name().to_bytes();
             if n != b"." && n != b".." {
-                names.push(n.to_vec());
+                f(n)?;
             }
         }
-        Ok(names)
+        Ok(())
     }
 
     /// Sets the owner of entry `name` (a symlink itself, not its target).
