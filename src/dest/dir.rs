@@ -709,32 +709,26 @@ impl Dir {
 
     /// The names in this directory (without `.` and `..`), unsorted.
     pub fn list(&self) -> Result<Vec<Vec<u8>>> {
-        let mut names = Vec::new();
-        self.each_name(|n| {
-            names.push(n.to_vec());
-            Ok(())
-        })?;
-        Ok(names)
+        self.names()?.collect()
     }
 
-    /// Calls `f` with each name in this directory (without `.` and `..`), unsorted, as the
-    /// listing is read: nothing is gathered here.
-    pub fn each_name(&self, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    /// The names in this directory (without `.` and `..`), unsorted, each read as it is
+    /// asked for: nothing is gathered here.
+    pub fn names(&self) -> Result<impl Iterator<Item = Result<Vec<u8>>> + '_> {
         let ctx = || format!("cannot list {}", self.path.display());
         let fd = self.open_readable().with_context(ctx)?;
-        let mut d = nix::dir::Dir::from_fd(fd.as_raw_fd())
+        let d = nix::dir::Dir::from_fd(fd.as_raw_fd())
             .map_err(io::Error::from)
             .with_context(ctx)?;
         // `nix::dir::Dir` closes the descriptor it was given.
         std::mem::forget(fd);
-        for e in d.iter() {
-            let e = e.map_err(io::Error::from).with_context(ctx)?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                f(n)?;
+        Ok(d.into_iter().filter_map(move |e| match e {
+            Err(e) => Some(Err(io::Error::from(e)).with_context(ctx)),
+            Ok(e) => {
+                let n = e.file_name().to_bytes();
+                (n != b"." && n != b"..").then(|| Ok(n.to_vec()))
             }
-        }
-        Ok(())
+        }))
     }
 
     /// Sets the owner of entry `name` (a symlink itself, not its target).

@@ -104,7 +104,9 @@ impl DestWalker {
                 };
                 if let Some(dir) = dir {
                     let mut names = ExternalSort::new(LISTING_BYTES, "a directory's listing");
-                    dir.each_name(|n| names.push(n.to_vec()))?;
+                    for name in dir.names()? {
+                        names.push(name?)?;
+                    }
                     self.stack.push((cur.index, dir, names.finish()?));
                 }
             }
