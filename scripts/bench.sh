@@ -34,8 +34,8 @@
 #      each, vs one set, on three histories: random 1% changes, the same 1% rewritten by every
 #      set (target: one run <= 2x one set), disjoint 1% slices (target: one run <= 1.2x one
 #      set holding all ten slices);
-#   5. memory: peak RSS on the largest corpus (its bootstrap, on tmpfs) and on one sparse
-#      file of several GB (bootstrap and an incremental that patches it);
+#   5. memory: peak RSS on the largest corpus (bootstrap, incremental and verify, on tmpfs)
+#      and on one sparse file of several GB (bootstrap and an incremental that patches it);
 #   6. new full chain (issue 4): bytes read by a host moving to a new full after a 1% change,
 #      as a fraction of the full's size;
 #   7. atomic (issue 14): the 1% incremental with `sync --atomic` vs in place: the standby one
@@ -388,6 +388,32 @@ atomic_group() {
     empty_trash
 }
 
+# tree_memory_group SECTION DIR: the runs that meet every path of a large tree, in DIR (on
+# tmpfs: the point is memory, and 500,000 files per run on this disk would take minutes to
+# create and many more to delete, see the top): a bootstrap, the incremental, a verify of
+# its result (for dupmirror and the --baseline binary), and `tar -xzf` of the full. Only one
+# copy of the tree exists at a time (a million entries take some 5 GB of tmpfs): the
+# incremental's DEST is reset by an untimed bootstrap, not copied from a kept one. The
+# bootstrap is checked at the latest set only (KEEP_TREES=0 keeps no tree of the full).
+tree_memory_group() {
+    local section=$1 d=$2 clean bin lab
+    clean="rm -rf $d/dest $d/state $d/x"
+    bash -c "$clean" && mkdir -p "$d"
+    bash -c "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+    verify "$CORPUS/src" "$d/dest"
+    for bin in "$DM" ${BASELINE:+"$BASELINE"}; do
+        lab=$([ "$bin" = "$DM" ] && echo dupmirror || echo baseline)
+        add "$lab --no-fsync: bootstrap" "$clean" "$(BIN=$bin sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
+        add "$lab --no-fsync: incremental" "$clean && $(BIN=$bin sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)" \
+            "$(BIN=$bin sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
+        add "$lab verify" "true" "$bin verify --state-dir $d/state $CORPUS/repo $d/dest"
+    done
+    add "tar -xzf" "$clean" "mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
+    meta refs "$section" "tar -xzf"
+    run_group "$section"
+    bash -c "$clean"
+}
+
 HOST_NOTE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/^Mem/ {print $2}') GiB RAM, kernel $(uname -r); disk: $(df -hT "$WORK" | awk 'NR==2 {print $1" "$2", "$3}'); tmpfs: $(df -hT "$TMPFS" | awk 'NR==2 {print $2" "$3}')"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date +%s)
@@ -536,19 +562,10 @@ if wants catchup; then
 fi
 
 if wants memory; then
-    # On tmpfs: the point is memory, and 500,000 files per run on this disk would take
-    # minutes to create and many more to delete (see the top).
     CORPUS=$SCALE
-    meta title memory "5. Memory: bootstrap of the largest corpus (on tmpfs)"
-    meta note memory "$(describe_corpus "Largest corpus")"
-    d=$TRUN/boot
-    mkdir -p "$d"
-    clean=$(discard_cmd "$d/dest" "$d/state" "$d/x")
-    add "dupmirror --no-fsync" "$clean" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
-    add "tar -xzf" "$clean" "mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
-    meta refs memory "tar -xzf"
-    run_group memory
-    bash -c "$clean"
+    meta title memory "5. Memory: bootstrap, incremental and verify of the largest corpus (on tmpfs)"
+    meta note memory "$(describe_corpus "Largest corpus" "$CORPUS/src") (sizes after the incremental)"
+    tree_memory_group memory "$TRUN/boot"
     make_big_corpus
     d=$RUN/big
     mkdir -p "$d"
@@ -562,26 +579,13 @@ fi
 
 # --- issue 15 item 2: memory on a million entries --------------------------------------------
 # The base corpus plus 950,000 small files under bulk/ (--quick: 49,000), one incremental.
-# Only the last tree is kept (KEEP_TREES=0), so the bootstrap is checked at the latest set
-# and the incremental starts from an untimed copy of a DEST at the full. On tmpfs, as in 5.
+# Only the last tree is kept (KEEP_TREES=0: the corpus takes some 9 GB of disk as it is).
+# The runs of section 5, on tmpfs.
 if wants million; then
     KEEP_TREES=0 make_corpus million "$BASE_FILES" "$BASE_BYTES" "$MILLION_EXTRA_FILES" "$MILLION_EXTRA_BYTES" 1
-    meta title million "7. Memory on a million entries: bootstrap, incremental and verify (on tmpfs)"
+    meta title million "9. Memory on a million entries: bootstrap, incremental and verify (on tmpfs)"
     meta note million "$(describe_corpus Corpus "$CORPUS/src") (sizes after the incremental)"
-    d=$TRUN/million
-    bash -c "rm -rf $d" && mkdir -p "$d"
-    bash -c "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
-    verify "$CORPUS/src" "$d/dest"
-    rm -rf "$d/dest" "$d/state"
-    bash -c "$(sync_cmd "$d/dest.0" "$d/state.0" "$T0" --no-fsync)"
-    reset="rm -rf $d/dest $d/state && cp -a $d/dest.0 $d/dest && cp -a $d/state.0 $d/state"
-    add "dupmirror --no-fsync: bootstrap" "rm -rf $d/dest $d/state" "$(sync_cmd "$d/dest" "$d/state" "$T0" --no-fsync)"
-    add "dupmirror --no-fsync: incremental" "$reset" "$(sync_cmd "$d/dest" "$d/state" "$(tk 1)" --no-fsync)"
-    add "dupmirror verify" "true" "$DM verify --state-dir $d/state $CORPUS/repo $d/dest"
-    add "tar -xzf" "rm -rf $d/x" "mkdir $d/x && for v in $(full_volumes); do tar -xzf \$v -C $d/x; done"
-    meta refs million "tar -xzf"
-    run_group million
-    rm -rf "$d"
+    tree_memory_group million "$TRUN/million"
 fi
 
 # --- issue 4: bytes fetched for a new full chain with 1% of the files changed -----------------
@@ -677,6 +681,7 @@ targets() {
     meta target "Atomic 1% on 10x files ÷ on 1x (standby at T0), syncfs" "atomic-scaling:atomic, standby at T0: T0->T1" "atomic:atomic, standby at T0: T0->T1" 1.3
     meta target "Atomic 1% on 10x files ÷ on 1x (standby at T0), --no-fsync" "atomic-scaling:atomic, standby at T0: T0->T1 --no-fsync" "atomic:atomic, standby at T0: T0->T1 --no-fsync" 1.3
     meta rss "Peak RSS of every dupmirror run" 100 dupmirror
+    meta rss "Peak RSS of bootstrap, incremental and verify on the largest and the million-entry tree (issue 15)" 32 dupmirror memory,million
 }
 targets
 

@@ -16,45 +16,34 @@
 //! Paths are relative to DEST, DEST itself is `.`; the list is sorted and has no repeats.
 //!
 //! A first sync changes every path of the tree, so the list is not kept in memory: paths
-//! gather in a run of at most [`RUN_BYTES`]; a full run is sorted and appended to an unnamed
-//! scratch file in the temporary directory (`$TMPDIR`), and [`ChangedPaths::finish`] merges
-//! the runs into one sorted list without repeats, reading each run through a small buffer.
-//! Limits: a run that applies several sets lists the union of their changes, so a path that
-//! one set changes and a later one changes back is listed although it ends as it was. The
-//! scratch file takes about twice the list's size on disk; the merge holds one buffer of
-//! [`MERGE_BUF`] per run (a run per MiB of paths: some 100 runs, 1.6 MiB, for a million
-//! paths).
+//! are sorted through a scratch file in the temporary directory (`$TMPDIR`) once they
+//! outgrow [`RUN_BYTES`] (`dest::sorted`, whose merges keep memory bounded however long the
+//! list), and [`ChangedPaths::finish`] writes the sorted list without repeats to another
+//! scratch file. Limits: a run that applies several sets lists the union of their changes,
+//! so a path that one set changes and a later one changes back is listed although it ends
+//! as it was. The scratch files take about twice the list's size on disk.
 
 use super::dir::{Dir, Kind, Lookup};
 use super::journal::{Journal, Op, TREE};
+use super::sorted::{scratch_file, ExternalSort, Sorted};
 use super::tree::{Parent, Tree};
 use super::walk::DestWalker;
 use crate::index::PathIndex;
 use anyhow::{Context, Result};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::Path;
 
 /// The most bytes of paths gathered in memory before they go to the scratch file.
 pub const RUN_BYTES: usize = 1 << 20;
 
-/// The buffer through which the merge reads each spilled run.
-pub const MERGE_BUF: usize = 16 << 10;
-
-/// Bookkeeping counted per path held in memory, beside its bytes.
-const PATH_OVERHEAD: usize = 32;
+/// What the scratch files hold, for their error messages.
+const WHAT: &str = "the list of changed paths";
 
 /// The changed paths of a sync, gathered while its journals are carried out.
 #[derive(Debug)]
 pub struct ChangedPaths {
-    run: Vec<Vec<u8>>,
-    run_bytes: usize,
-    run_limit: usize,
-    /// The sorted runs already written out: the scratch file and each run's byte range.
-    spilled: Option<(File, Vec<(u64, u64)>)>,
+    paths: ExternalSort,
 }
 
 impl Default for ChangedPaths {
@@ -66,10 +55,7 @@ impl Default for ChangedPaths {
 impl ChangedPaths {
     fn with_run_limit(run_limit: usize) -> Self {
         ChangedPaths {
-            run: Vec::new(),
-            run_bytes: 0,
-            run_limit,
-            spilled: None,
+            paths: ExternalSort::new(run_limit, WHAT),
         }
     }
 
@@ -103,25 +89,7 @@ impl ChangedPaths {
     }
 
     fn add(&mut self, index: &PathIndex) -> Result<()> {
-        let path = index.to_bytes();
-        self.run_bytes += path.len() + PATH_OVERHEAD;
-        self.run.push(path);
-        if self.run_bytes >= self.run_limit {
-            self.spill()?;
-        }
-        Ok(())
-    }
-
-    /// Sorts the run in memory and appends it to the scratch file.
-    fn spill(&mut self) -> Result<()> {
-        let run = sorted_unique(std::mem::take(&mut self.run));
-        self.run_bytes = 0;
-        let spilled = match self.spilled.take() {
-            Some(s) => s,
-            None => (scratch_file()?, Vec::new()),
-        };
-        let (file, runs) = self.spilled.insert(spilled);
-        append_run(file, runs, &run)
+        self.paths.push(index.to_bytes())
     }
 
     /// Every path below `index` in DEST, when DEST holds a directory there.
@@ -157,125 +125,32 @@ impl ChangedPaths {
     /// The sorted list without repeats: in memory when it fits one run, else merged from
     /// the spilled runs into a new scratch file.
     pub fn finish(self) -> Result<ChangedList> {
-        let tail = sorted_unique(self.run);
-        let Some((spill, mut runs)) = self.spilled else {
-            let mut data = Vec::new();
-            for p in &tail {
-                data.extend_from_slice(p);
-                data.push(0);
-            }
-            return Ok(ChangedList {
-                len: tail.len(),
-                list: Listed::Memory(data),
-            });
-        };
-        append_run(&spill, &mut runs, &tail)?;
-        let mut readers: Vec<_> = runs
-            .iter()
-            .map(|&(start, end)| {
-                BufReader::with_capacity(
-                    MERGE_BUF,
-                    RunReader {
-                        file: &spill,
-                        pos: start,
-                        end,
-                    },
-                )
-            })
-            .collect();
-        let mut heads = BinaryHeap::new();
-        for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(p) = next_path(r)? {
-                heads.push(Reverse((p, i)));
-            }
-        }
-        let mut merged = scratch_file()?;
-        let mut out = BufWriter::new(&mut merged);
-        let mut last: Option<Vec<u8>> = None;
         let mut len = 0;
-        while let Some(Reverse((path, i))) = heads.pop() {
-            if let Some(next) = next_path(&mut readers[i])? {
-                heads.push(Reverse((next, i)));
+        let list = match self.paths.finish()? {
+            Sorted::Memory(paths) => {
+                let mut data = Vec::new();
+                for p in paths {
+                    data.extend_from_slice(&p);
+                    data.push(0);
+                    len += 1;
+                }
+                Listed::Memory(data)
             }
-            if last.as_ref() != Some(&path) {
-                out.write_all(&path)?;
-                out.write_all(&[0])?;
-                len += 1;
-                last = Some(path);
+            merged => {
+                let mut file = scratch_file(WHAT)?;
+                let mut out = BufWriter::new(&mut file);
+                let cannot = || format!("cannot write {WHAT}");
+                for p in merged {
+                    out.write_all(&p?).with_context(cannot)?;
+                    out.write_all(&[0]).with_context(cannot)?;
+                    len += 1;
+                }
+                out.flush().with_context(cannot)?;
+                drop(out);
+                Listed::Scratch(file)
             }
-        }
-        out.flush()
-            .context("cannot write the list of changed paths")?;
-        drop(out);
-        Ok(ChangedList {
-            len,
-            list: Listed::Scratch(merged),
-        })
-    }
-}
-
-/// Appends one sorted run to the scratch file, NUL after each path.
-fn append_run(mut file: &File, runs: &mut Vec<(u64, u64)>, run: &[Vec<u8>]) -> Result<()> {
-    let start = runs.last().map_or(0, |&(_, end)| end);
-    let mut out = BufWriter::new(&mut file);
-    let mut end = start;
-    for p in run {
-        out.write_all(p)?;
-        out.write_all(&[0])?;
-        end += p.len() as u64 + 1;
-    }
-    out.flush()
-        .context("cannot write the list of changed paths")?;
-    runs.push((start, end));
-    Ok(())
-}
-
-fn sorted_unique(mut paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    paths.sort_unstable();
-    paths.dedup();
-    paths
-}
-
-/// The next NUL-terminated path of a run.
-fn next_path(run: &mut impl BufRead) -> Result<Option<Vec<u8>>> {
-    let mut path = Vec::new();
-    if run.read_until(0, &mut path)? == 0 {
-        return Ok(None);
-    }
-    path.pop();
-    Ok(Some(path))
-}
-
-/// An unnamed file in the temporary directory, gone when closed.
-fn scratch_file() -> Result<File> {
-    let dir = std::env::temp_dir();
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
-        .open(&dir)
-        .with_context(|| {
-            format!(
-                "cannot make a scratch file in {} for the list of changed paths",
-                dir.display()
-            )
-        })
-}
-
-/// One spilled run, read by position (the runs share one file).
-struct RunReader<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RunReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.end - self.pos) as usize);
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
+        };
+        Ok(ChangedList { len, list })
     }
 }
 
@@ -418,10 +293,6 @@ mod tests {
             changed.add(&index(&p)).unwrap();
             expected.insert(p.into_bytes());
         }
-        assert!(changed
-            .spilled
-            .as_ref()
-            .is_some_and(|(_, runs)| runs.len() > 10));
         let list = changed.finish().unwrap();
         assert_eq!(list.len(), expected.len());
         let d = tempfile::tempdir().unwrap();

@@ -757,22 +757,26 @@ impl Dir {
 
     /// The names in this directory (without `.` and `..`), unsorted.
     pub fn list(&self) -> Result<Vec<Vec<u8>>> {
+        self.names()?.collect()
+    }
+
+    /// The names in this directory (without `.` and `..`), unsorted, each read as it is
+    /// asked for: nothing is gathered here.
+    pub fn names(&self) -> Result<impl Iterator<Item = Result<Vec<u8>>> + '_> {
         let ctx = || format!("cannot list {}", self.path.display());
         let fd = self.open_readable().with_context(ctx)?;
-        let mut d = nix::dir::Dir::from_fd(fd.as_raw_fd())
+        let d = nix::dir::Dir::from_fd(fd.as_raw_fd())
             .map_err(io::Error::from)
             .with_context(ctx)?;
         // `nix::dir::Dir` closes the descriptor it was given.
         std::mem::forget(fd);
-        let mut names = Vec::new();
-        for e in d.iter() {
-            let e = e.map_err(io::Error::from).with_context(ctx)?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(n.to_vec());
+        Ok(d.into_iter().filter_map(move |e| match e {
+            Err(e) => Some(Err(io::Error::from(e)).with_context(ctx)),
+            Ok(e) => {
+                let n = e.file_name().to_bytes();
+                (n != b"." && n != b"..").then(|| Ok(n.to_vec()))
             }
-        }
-        Ok(names)
+        }))
     }
 
     /// Sets the owner of entry `name` (a symlink itself, not its target).

@@ -223,7 +223,7 @@ impl Dest {
     pub fn is_empty(&self) -> Result<bool> {
         match &self.tree {
             None => Ok(true),
-            Some(t) => Ok(t.root().list()?.is_empty()),
+            Some(t) => Ok(t.root().names()?.next().transpose()?.is_none()),
         }
     }
 

@@ -5,9 +5,12 @@
 //! stream advance together like a merge join, so neither side is ever held in memory whole.
 //! Only the sorted listings of the directories on the current path are kept, each with its
 //! directory handle: every look at an object is relative to the handle of the directory
-//! that holds it, and symlinks are reported, never followed.
+//! that holds it, and symlinks are reported, never followed. A listing of more than
+//! [`LISTING_BYTES`] is sorted through a scratch file (`dest::sorted`), so a directory of a
+//! million files costs no more memory than one of a few thousand.
 
 use super::dir::{Dir, Kind, Lookup, Stat};
+use super::sorted::{ExternalSort, Sorted};
 use super::tree::Tree;
 use crate::index::PathIndex;
 use anyhow::{anyhow, Result};
@@ -26,11 +29,14 @@ impl Found {
     }
 }
 
+/// The most bytes of one directory's names (with their bookkeeping) sorted in memory.
+pub const LISTING_BYTES: usize = 1 << 20;
+
 pub struct DestWalker {
     root: Option<Dir>,
-    /// For each open directory: its index, its handle, its remaining children, sorted,
-    /// reversed. The current object (when not the root) is a child of the last one.
-    stack: Vec<(PathIndex, Dir, Vec<Vec<u8>>)>,
+    /// For each open directory: its index, its handle, its remaining children in order.
+    /// The current object (when not the root) is a child of the last one.
+    stack: Vec<(PathIndex, Dir, Sorted)>,
     current: Option<Found>,
 }
 
@@ -97,14 +103,16 @@ impl DestWalker {
                     (Some(_), None) => None,
                 };
                 if let Some(dir) = dir {
-                    let mut names = dir.list()?;
-                    names.sort_unstable_by(|a, b| b.cmp(a));
-                    self.stack.push((cur.index, dir, names));
+                    let mut names = ExternalSort::new(LISTING_BYTES, "a directory's listing");
+                    for name in dir.names()? {
+                        names.push(name?)?;
+                    }
+                    self.stack.push((cur.index, dir, names.finish()?));
                 }
             }
         }
         while let Some((index, dir, names)) = self.stack.last_mut() {
-            let Some(name) = names.pop() else {
+            let Some(name) = names.next().transpose()? else {
                 self.stack.pop();
                 continue;
             };
