@@ -132,16 +132,21 @@ pub fn patch(
         }
         written += n as u64;
         if written > max_out {
-            // The delta's own fault whatever the basis: copies beyond the basis fail, so
-            // the output length does not depend on the basis content.
-            return Err(Error::corrupt(format!(
-                "the delta writes more than {max_out} bytes, the most the file's new \
-                 signature allows (without one: 16 times basis and delta, plus 1 MiB)"
-            ))
-            .into());
+            return Err(past_bound(max_out));
         }
         out.write_all(&buf[..n])?;
     }
+}
+
+/// The error of a delta that writes more than `max_out` bytes: the delta's own fault
+/// whatever the basis (copies beyond the basis fail, so the output length does not depend
+/// on the basis content).
+pub fn past_bound(max_out: u64) -> anyhow::Error {
+    Error::corrupt(format!(
+        "the delta writes more than {max_out} bytes, the most the file's new signature \
+         allows (without one: 16 times basis and delta, plus 1 MiB)"
+    ))
+    .into()
 }
 
 /// Makes the file a large delta spills into: private, read-write, and already unlinked

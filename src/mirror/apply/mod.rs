@@ -48,10 +48,12 @@
 //! into a read-only directory of the backup fails with a clear error. See overlay.rs for
 //! what merging does not save.
 
+mod compose;
 mod drift;
 mod fresh;
 mod gate;
 mod overlay;
+mod staged;
 mod update;
 mod writers;
 
