@@ -135,7 +135,9 @@ impl Version {
     /// Appends this version's bytes `pos..pos + len` to `next`.
     fn lend(&self, next: &mut Version, pos: u64, len: u64) -> Result<()> {
         // librsync refuses a copy of nothing as corrupt: so does this.
-        let end = pos.checked_add(len).filter(|&end| end <= self.len && len > 0);
+        let end = pos
+            .checked_add(len)
+            .filter(|&end| end <= self.len && len > 0);
         let end = end.ok_or_else(|| {
             anyhow!(
                 "the delta is invalid or does not fit its basis: a copy of {len} bytes at \
