@@ -309,7 +309,7 @@ fn a_chain_past_the_memory_budget_is_written_and_patched_further() {
         return;
     };
     let mut lab = Lab::new(dup);
-    let steps = vec![
+    let steps = [
         full(|fs| {
             fs.write("held.bin", &random_bytes(71, 20 * MB));
             fs.write("whole.bin", &random_bytes(72, 20 * MB));

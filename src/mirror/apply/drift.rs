@@ -5,7 +5,7 @@
 //! bytes. The set records the new file's librsync signature, so the result can be checked:
 //!
 //! ```text
-//! judge(path, patch outcome, staged result, basis):
+//! judge(path, patch outcome, result (a staged file, or a version composed in memory), basis):
 //!     not watching (a repair's scratch mirror, whose bases are exact), or the basis is the
 //!     object an earlier set of the same commit staged (exact too: a catch-up's delta chain;
 //!     a repair from the chain would apply the same delta to the same bytes):

@@ -11,7 +11,8 @@
 //!     ... is removed or replaced by an object      -> nothing (gone with it)
 //!     no changed ancestor                          -> DEST's object
 //! put(path, object or directory):
-//!     an object staged there before is superseded: its file is freed at once
+//!     an object staged there before is superseded: freed at once (its file removed, or,
+//!     for a version composed from deltas and not written yet, dropped: staged.rs)
 //!     an object (not a directory): every change below the path is dropped (freed), as
 //!         are attributes waiting below it
 //!     a directory keeps DEST's own (and what it holds) only when the path was DEST's
@@ -26,10 +27,21 @@
 //!     then attributes and kept mtimes of directories, deepest first, each path once
 //! ```
 //!
-//! Memory grows with the number of changed paths, never with the tree. Limits: a delta on
-//! a path patches its staged copy into a new one (one staged copy per path at a time, but
-//! every set's patch is written); a directory created anew does not reuse DEST's, so a
-//! directory removed and recreated within the catch-up costs what it costs set by set.
+//! A chain of deltas on one path is composed in memory (compose.rs): each set's delta maps
+//! onto the previous version's pieces of the root (DEST's copy, or an object a snapshot
+//! staged) and held literal bytes, and only the version the last set leaves is written,
+//! once, after the last set (staged.rs). A later snapshot or removal drops the held version
+//! unwritten. The first delta over DEST's copy is still checked against its set's signature
+//! (drift.rs, reading the composed version), and a delta that does not fit the version it
+//! applies to is refused as when patching files.
+//!
+//! Memory grows with the number of changed paths, never with the tree, and held versions
+//! stay within a budget (16 MiB of literal bytes and pieces, staged.rs). Limits: a delta
+//! that would pass the budget is patched into a file as set by set (writing the held
+//! version first), and the deltas after it compose over that file; a snapshot rewritten by
+//! a later snapshot is still written each time (its bytes arrive whole); a directory
+//! created anew does not reuse DEST's, so a directory removed and recreated within the
+//! catch-up costs what it costs set by set.
 
 use crate::dest::dir::{Kind, Stat};
 use crate::dest::fsops::Attrs;

@@ -13,14 +13,18 @@
 //!     snapshot other -> staging/obj/N made, given its attributes; put Object(path, N)
 //!     diff           -> the merged view must hold a regular file there (anything else, or
 //!                       nothing: the set contradicts the backup, refused); the delta is
-//!                       spooled, then patched onto it (DEST's file, or the object an
-//!                       earlier set staged, freed afterwards) into staging/obj/N;
-//!                       drift.rs judges a patch of DEST's file against this set's
+//!                       spooled, then composed onto it (DEST's file, an object an earlier
+//!                       set wrote, or the version an earlier set composed) into version N,
+//!                       held in memory (compose.rs, staged.rs); past the memory budget,
+//!                       patched into staging/obj/N instead (a held basis written first);
+//!                       drift.rs judges a delta on DEST's file against this set's
 //!                       signatures (a staged basis is exact: nothing to judge)
 //!     deleted        -> the merged view must hold something there (refused otherwise: a
 //!                       deletion of what the backup never had), unless the same set
 //!                       removed or replaced an ancestor; remove(path)
-//! finish: no path left drifted; the overlay becomes the journal (overlay.rs)
+//! finish: no path left drifted; the held versions are written to staging/obj (a DEST
+//!     root must still be the file the deltas were checked against); the overlay becomes
+//!     the journal (overlay.rs)
 //! ```
 //!
 //! DEST is read through handles (its objects' types, a delta's basis, parents' mtimes),
