@@ -17,7 +17,7 @@
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 
-use super::delta::DELTA_MAGIC;
+use super::delta::read_magic;
 
 /// One command of a delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,13 +42,7 @@ pub struct Commands<R> {
 impl<R: Read> Commands<R> {
     /// Checks the magic that opens the delta.
     pub fn open(mut delta: R) -> Result<Self> {
-        let mut magic = [0u8; 4];
-        delta
-            .read_exact(&mut magic)
-            .context("the delta is shorter than its header")?;
-        if magic != DELTA_MAGIC {
-            bail!("not a librsync delta (magic {})", hex::encode(magic));
-        }
+        read_magic(&mut delta)?;
         Ok(Commands { delta })
     }
 
@@ -90,6 +84,7 @@ impl<R: Read> Commands<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::delta::DELTA_MAGIC;
 
     fn commands(delta: &[u8]) -> Result<Vec<Command>> {
         let mut c = Commands::open(delta)?;

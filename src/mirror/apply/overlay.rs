@@ -106,7 +106,8 @@ pub struct MergeStats {
     /// Places, directories and removals the sets staged that the single journal does not
     /// carry out (superseded or undone by a later set).
     pub writes_saved: u64,
-    /// Bytes of staged objects freed before the commit instead of being moved into DEST.
+    /// Bytes of staged objects superseded before the commit instead of being moved into
+    /// DEST (files freed, or versions composed in memory and never written).
     pub bytes_saved: u64,
 }
 
