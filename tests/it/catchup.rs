@@ -300,7 +300,7 @@ fn composed_chains_equal_restore(dup: Duplicity) {
     }
 }
 
-/// Versions held in memory stay within a budget (16 MiB): a delta that would pass it is
+/// Versions held in memory stay within a budget (8 MiB): a delta that would pass it is
 /// patched into a file, over DEST's copy or over a held version written first; the deltas
 /// after it compose over that file.
 #[test]

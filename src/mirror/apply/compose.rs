@@ -70,7 +70,7 @@ impl Version {
 
     /// The memory the version holds: its literal bytes and its pieces.
     pub fn held_bytes(&self) -> u64 {
-        (self.held.len() + self.pieces.len() * std::mem::size_of::<Piece>()) as u64
+        (self.held.capacity() + self.pieces.capacity() * std::mem::size_of::<Piece>()) as u64
     }
 
     fn push(&mut self, source: Source, len: u64) {
@@ -105,7 +105,12 @@ impl Version {
         let mut next = Version::default();
         loop {
             match commands.next_command()? {
-                Command::End => return Ok(Some(next)),
+                Command::End => {
+                    // Held until the last set: no room to spare.
+                    next.held.shrink_to_fit();
+                    next.pieces.shrink_to_fit();
+                    return Ok(Some(next));
+                }
                 Command::Copy { pos, len } => self.lend(&mut next, pos, len)?,
                 Command::Literal { len } => {
                     // Checked before reading: a literal's length is the delta's word.
@@ -352,10 +357,10 @@ mod tests {
             .patched(&delta(&[Err((0, 6)), Err((0, 6))])[..], 11, u64::MAX)
             .unwrap_err();
         assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
-        let held = std::mem::size_of::<Piece>() as u64 + 100;
         let d = delta(&[Ok(&[7; 100])]);
-        assert!(v.patched(&d[..], 1000, held).unwrap().is_some());
-        assert!(v.patched(&d[..], 1000, held - 1).unwrap().is_none());
+        let held = v.patched(&d[..], 1000, 10_000).unwrap().unwrap().held_bytes();
+        assert!(held >= 100, "{held}");
+        assert!(v.patched(&d[..], 1000, 99).unwrap().is_none());
         let truncated = &d[..d.len() - 10];
         assert!(v.patched(truncated, 1000, 1000).is_err());
     }

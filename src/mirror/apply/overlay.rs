@@ -36,7 +36,7 @@
 //! applies to is refused as when patching files.
 //!
 //! Memory grows with the number of changed paths, never with the tree, and held versions
-//! stay within a budget (16 MiB of literal bytes and pieces, staged.rs). Limits: a delta
+//! stay within a budget (8 MiB of literal bytes and pieces, staged.rs). Limits: a delta
 //! that would pass the budget is patched into a file as set by set (writing the held
 //! version first), and the deltas after it compose over that file; a snapshot rewritten by
 //! a later snapshot is still written each time (its bytes arrive whole); a directory
