@@ -358,7 +358,11 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
         let d = delta(&[Ok(&[7; 100])]);
-        let held = v.patched(&d[..], 1000, 10_000).unwrap().unwrap().held_bytes();
+        let held = v
+            .patched(&d[..], 1000, 10_000)
+            .unwrap()
+            .unwrap()
+            .held_bytes();
         assert!(held >= 100, "{held}");
         assert!(v.patched(&d[..], 1000, 99).unwrap().is_none());
         let truncated = &d[..d.len() - 10];
