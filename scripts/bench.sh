@@ -535,6 +535,12 @@ catchup_group() {
         if [ -d "$CORPUS/union" ]; then
             add "$lab: one set holding all $INCS slices" "$ureset" "$(CORPUS=$CORPUS/union sync_cmd "$u/dest" "$u/state" "$(tk 1)" "$flags")"
         fi
+        # The --baseline binary beside it: one set and the merged run.
+        if [ -n "$BASELINE" ]; then
+            lab="baseline${flags:+ $flags}"
+            add "$lab: one set" "$reset" "$(BIN=$BASELINE sync_cmd "$d/dest" "$d/state" "$(tk 1)" "$flags")"
+            add "$lab: $INCS sets in one run" "$reset" "$(BIN=$BASELINE sync_cmd "$d/dest" "$d/state" "$(tk "$INCS")" "$flags")"
+        fi
     done
     meta refs "$section" "dupmirror: one set,dupmirror --no-fsync: one set"
     run_group "$section"

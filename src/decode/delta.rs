@@ -102,6 +102,18 @@ pub fn unsigned_output_bound(basis_len: u64, delta_len: u64) -> u64 {
         .saturating_add(1 << 20)
 }
 
+/// Reads the magic that opens a delta, and checks it.
+pub fn read_magic(delta: &mut dyn Read) -> Result<()> {
+    let mut magic = [0u8; 4];
+    delta
+        .read_exact(&mut magic)
+        .context("the delta is shorter than its header")?;
+    if magic != DELTA_MAGIC {
+        bail!("not a librsync delta (magic {})", hex::encode(magic));
+    }
+    Ok(())
+}
+
 /// Rebuilds a file: reads `basis`, applies `delta`, writes the result to `out` through
 /// `buf` (the caller's, reused from file to file), refusing to write more than `max_out`
 /// bytes. Returns the number of bytes written.
@@ -112,14 +124,8 @@ pub fn patch(
     buf: &mut [u8],
     max_out: u64,
 ) -> Result<u64> {
-    let mut magic = [0u8; 4];
-    delta
-        .read_exact(&mut magic)
-        .context("the delta is shorter than its header")?;
-    if magic != DELTA_MAGIC {
-        bail!("not a librsync delta (magic {})", hex::encode(magic));
-    }
-    let rest = io::Cursor::new(magic).chain(delta);
+    read_magic(delta)?;
+    let rest = io::Cursor::new(DELTA_MAGIC).chain(delta);
     let mut job =
         librsync::Patch::new(basis, rest).map_err(|e| anyhow::anyhow!("librsync: {e}"))?;
     let mut written = 0u64;
@@ -132,16 +138,21 @@ pub fn patch(
         }
         written += n as u64;
         if written > max_out {
-            // The delta's own fault whatever the basis: copies beyond the basis fail, so
-            // the output length does not depend on the basis content.
-            return Err(Error::corrupt(format!(
-                "the delta writes more than {max_out} bytes, the most the file's new \
-                 signature allows (without one: 16 times basis and delta, plus 1 MiB)"
-            ))
-            .into());
+            return Err(past_bound(max_out));
         }
         out.write_all(&buf[..n])?;
     }
+}
+
+/// The error of a delta that writes more than `max_out` bytes: the delta's own fault
+/// whatever the basis (copies beyond the basis fail, so the output length does not depend
+/// on the basis content).
+pub fn past_bound(max_out: u64) -> anyhow::Error {
+    Error::corrupt(format!(
+        "the delta writes more than {max_out} bytes, the most the file's new signature \
+         allows (without one: 16 times basis and delta, plus 1 MiB)"
+    ))
+    .into()
 }
 
 /// Makes the file a large delta spills into: private, read-write, and already unlinked

@@ -4,10 +4,12 @@
 //! `volume` checks the SHA1 of the stored bytes and undoes the encoding (`crypto` for gpg,
 //! gzip, or nothing); `tar` reads the tar entries with their checked names and metadata;
 //! `records` assembles them into one record per path, stitching split files across volumes;
-//! `delta` applies and checks librsync deltas and signatures.
+//! `delta` applies and checks librsync deltas and signatures; `delta_ops` reads a delta
+//! command by command.
 
 pub mod crypto;
 pub mod delta;
+pub mod delta_ops;
 pub mod records;
 pub mod tar;
 pub mod volume;

@@ -36,6 +36,7 @@ use crate::repo::Repository;
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::io::Read;
 use std::sync::mpsc;
 
 /// One way DEST differs from the backup.
@@ -376,7 +377,7 @@ fn metadata_differences(
 
 /// Whether the content of `file` (`size` bytes, read from its start) has the signature
 /// `expected` stands for.
-pub fn content_matches(file: &File, size: u64, expected: &SigDigest) -> Result<bool> {
+pub fn content_matches(file: impl Read, size: u64, expected: &SigDigest) -> Result<bool> {
     let kind = match expected.magic {
         0x7273_0136 => librsync::SignatureType::MD4,
         0x7273_0137 => librsync::SignatureType::Blake2,

@@ -8,12 +8,21 @@
 //! behind sync once; DEST must equal `duplicity restore` of the target, the state must record
 //! the target, and `--json` must report the sets merged into the one commit and the writes
 //! the merge saved.
+//!
+//! Deltas a path receives from several pending sets are composed in memory and only the
+//! last version is written (mirror/apply/compose.rs): chains of partial rewrites of files
+//! split over several volumes (growing, shrinking, shifting, rewritten where an earlier set
+//! wrote) must give what `duplicity restore` gives, and so must a chain that passes the
+//! memory budget and is written half-way.
 
 use crate::support::report::{self, SyncReport};
 use crate::support::scenario::{back_up, full, inc, Step};
 use crate::support::*;
 
-both_versions!(merged_catch_up_equals_restore);
+both_versions!(
+    merged_catch_up_equals_restore,
+    composed_chains_equal_restore
+);
 
 const BIG: usize = 300_000;
 const INCS: usize = 22;
@@ -199,4 +208,144 @@ fn drift_found_in_a_merged_catch_up_is_repaired_in_it() {
         text.contains("merged 2 sets into one commit: ") && text.contains(" write(s) saved"),
         "{text}"
     );
+}
+
+const MB: usize = 1 << 20;
+
+/// Overwrites `len` bytes at `at` with bytes from `seed`.
+fn rewrite(b: &mut [u8], at: usize, len: usize, seed: u64) {
+    b[at..at + len].copy_from_slice(&random_bytes(seed, len));
+}
+
+fn partial_rewrites<'a>() -> Vec<Step<'a>> {
+    vec![
+        full(|fs| {
+            fs.write("a.bin", &random_bytes(11, 3 * MB));
+            fs.write("b.bin", &random_bytes(12, 1_200_000));
+            fs.write("gone.bin", &random_bytes(13, 500_000));
+            fs.write("small.txt", b"small 0\n");
+        }),
+        inc(|fs| {
+            fs.modify("a.bin", |b| rewrite(b, 100_000, 65_536, 21));
+            fs.modify("b.bin", |b| rewrite(b, 0, 10, 22));
+            fs.modify("gone.bin", |b| rewrite(b, 250_000, 1000, 23));
+            fs.write("small.txt", b"small 1, longer\n");
+        }),
+        inc(|fs| {
+            // Split over volumes (--volsize 1): a delta of more than 1 MB.
+            fs.modify("a.bin", |b| rewrite(b, 500_000, 3 * MB / 2, 31));
+            fs.modify("b.bin", |b| b.extend(random_bytes(32, 300_000)));
+            fs.write("n.bin", &random_bytes(33, 400_000));
+            fs.modify("gone.bin", |b| rewrite(b, 0, 1000, 34));
+        }),
+        inc(|fs| {
+            fs.modify("a.bin", |b| b.truncate(2 * MB));
+            fs.modify("b.bin", |b| {
+                let end = b.len();
+                rewrite(b, end - 5000, 5000, 41)
+            });
+            fs.modify("n.bin", |b| rewrite(b, 200_000, 3000, 42));
+            fs.remove("gone.bin");
+        }),
+        inc(|fs| {
+            // Over what set 2 wrote and what the full left, across both.
+            fs.modify("a.bin", |b| rewrite(b, 400_000, 300_000, 51));
+            fs.modify("b.bin", |b| {
+                b.truncate(100_000);
+                rewrite(b, 50_000, 100, 52)
+            });
+            fs.modify("n.bin", |b| b.truncate(100));
+            fs.write("small.txt", b"small 4\n");
+            fs.write("gone.bin", &random_bytes(53, 200_000));
+        }),
+        inc(|fs| {
+            // Everything after shifts: copies from new places.
+            fs.modify("a.bin", |b| {
+                b.splice(0..0, random_bytes(61, 1000));
+            });
+            fs.modify("n.bin", |b| b.extend(b"tail".repeat(5000)));
+            fs.modify("gone.bin", |b| rewrite(b, 100_000, 100, 63));
+        }),
+    ]
+}
+
+fn composed_chains_equal_restore(dup: Duplicity) {
+    let label = dup.label();
+    let mut lab = Lab::new(dup).backup_opts(&["--volsize", "1"]);
+    let steps = partial_rewrites();
+    let times: Vec<i64> = steps
+        .iter()
+        .enumerate()
+        .map(|(k, step)| back_up(&mut lab, k, step))
+        .collect();
+    let end = *times.last().expect("a chain");
+    let oracle = lab.restore(end);
+    for from in [0, 2] {
+        let host = lab.host(&format!("from{from}"));
+        host.sync(&lab.repo, &["--time", &times[from].to_string()])
+            .assert_ok("behind");
+        let ctx = format!("[{label}] from set {from}");
+        let r = catch_up(&lab, &host, end, &oracle, &ctx);
+        let merged = r
+            .merged
+            .unwrap_or_else(|| panic!("{ctx}: no merged report"));
+        assert_eq!(merged.sets, (times.len() - 1 - from) as u64, "{ctx}");
+        // Set 1 only patches: composed, nothing written until the last set.
+        if from == 0 {
+            let applied = r.sets[0].applied.as_ref().expect("applied");
+            assert_eq!(applied["files_patched"], 4, "{ctx}: {applied}");
+            assert_eq!(applied["bytes_written"], 0, "{ctx}: {applied}");
+            assert!(merged.bytes_saved > 3 * MB as u64, "{ctx}: {merged:?}");
+        }
+    }
+}
+
+/// Versions held in memory stay within a budget (8 MiB): a delta that would pass it is
+/// patched into a file, over DEST's copy or over a held version written first; the deltas
+/// after it compose over that file.
+#[test]
+fn a_chain_past_the_memory_budget_is_written_and_patched_further() {
+    let Some(dup) = duplicity(Version::V08) else {
+        return;
+    };
+    let mut lab = Lab::new(dup);
+    let steps = [
+        full(|fs| {
+            fs.write("held.bin", &random_bytes(71, 20 * MB));
+            fs.write("whole.bin", &random_bytes(72, 20 * MB));
+        }),
+        inc(|fs| {
+            fs.modify("held.bin", |b| rewrite(b, 1000, 100, 81));
+            // Too much for the budget from the first delta: patched over DEST's copy.
+            fs.modify("whole.bin", |b| rewrite(b, 0, 17 * MB, 82));
+        }),
+        inc(|fs| {
+            // Held, then too much: written, and this delta patched onto it.
+            fs.modify("held.bin", |b| rewrite(b, 2 * MB, 17 * MB, 91));
+            fs.modify("whole.bin", |b| rewrite(b, 5, 10, 92));
+        }),
+        inc(|fs| {
+            fs.modify("held.bin", |b| rewrite(b, 10, 10, 101));
+            fs.modify("whole.bin", |b| rewrite(b, 20 * MB - 10, 10, 102));
+        }),
+    ];
+    let times: Vec<i64> = steps
+        .iter()
+        .enumerate()
+        .map(|(k, step)| back_up(&mut lab, k, step))
+        .collect();
+    let host = lab.host("h");
+    host.sync(&lab.repo, &["--time", &times[0].to_string()])
+        .assert_ok("at the full");
+    let end = times[3];
+    let ctx = "past the budget";
+    let r = catch_up(&lab, &host, end, &lab.restore(end), ctx);
+    let written = |k: usize| r.sets[k].applied.as_ref().expect("applied")["bytes_written"].clone();
+    assert_eq!(written(0), 20 * MB, "{ctx}: whole.bin patched into a file");
+    assert_eq!(
+        written(1),
+        2 * 20 * MB,
+        "{ctx}: held.bin written, then patched"
+    );
+    assert_eq!(r.merged.map(|m| m.sets), Some(3), "{ctx}");
 }

@@ -5,7 +5,7 @@
 //! bytes. The set records the new file's librsync signature, so the result can be checked:
 //!
 //! ```text
-//! judge(path, patch outcome, staged result, basis):
+//! judge(path, patch outcome, result (a staged file, or a version composed in memory), basis):
 //!     not watching (a repair's scratch mirror, whose bases are exact), or the basis is the
 //!     object an earlier set of the same commit staged (exact too: a catch-up's delta chain;
 //!     a repair from the chain would apply the same delta to the same bytes):
@@ -29,7 +29,7 @@ use crate::index::PathIndex;
 use crate::mirror::compare::content_matches;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::io::Read;
 
 #[derive(Default)]
 pub struct DriftCheck {
@@ -71,13 +71,13 @@ impl DriftCheck {
             .unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len))
     }
 
-    /// Judges the outcome of patching `index`; `result` opens the patched file; `basis`
+    /// Judges the outcome of patching `index`; `result` reads the patched file; `basis`
     /// says what the patch started from.
-    pub fn judge(
+    pub fn judge<R: Read>(
         &mut self,
         index: &PathIndex,
         patched: Result<u64>,
-        result: impl FnOnce() -> Result<File>,
+        result: impl FnOnce() -> Result<R>,
         basis: Basis,
     ) -> Result<Verdict> {
         let corrupt = patched
@@ -93,7 +93,7 @@ impl DriftCheck {
         };
         let fits = match (&patched, signatures.get(index)) {
             (Err(_), _) => false,
-            (Ok(n), Some(sig)) => content_matches(&result()?, *n, sig)?,
+            (Ok(n), Some(sig)) => content_matches(result()?, *n, sig)?,
             (Ok(_), None) => true,
         };
         match patched {

@@ -26,8 +26,10 @@
 //!     snapshot other -> staging/obj/N (content, owner, mode, mtime); Place(path, N),
 //!                       freeing an object staged there before
 //!     diff           -> the merged view must hold a regular file there, else the set
-//!                       contradicts the backup: refused; patch it (DEST's, or the staged
-//!                       object) into staging/obj/N; drift.rs judges the result:
+//!                       contradicts the backup: refused; compose the delta onto it
+//!                       (DEST's, a staged object, or a version held since an earlier set)
+//!                       into version N, written to staging/obj/N after the last set
+//!                       (compose.rs, staged.rs); drift.rs judges the result:
 //!                       Place(path, N), or leave the path drifted
 //!     deleted        -> the merged view must hold something there, else refused; Remove
 //!                       (journaled only if DEST holds the path)
@@ -48,10 +50,12 @@
 //! into a read-only directory of the backup fails with a clear error. See overlay.rs for
 //! what merging does not save.
 
+mod compose;
 mod drift;
 mod fresh;
 mod gate;
 mod overlay;
+mod staged;
 mod update;
 mod writers;
 

@@ -11,7 +11,8 @@
 //!     ... is removed or replaced by an object      -> nothing (gone with it)
 //!     no changed ancestor                          -> DEST's object
 //! put(path, object or directory):
-//!     an object staged there before is superseded: its file is freed at once
+//!     an object staged there before is superseded: freed at once (its file removed, or,
+//!     for a version composed from deltas and not written yet, dropped: staged.rs)
 //!     an object (not a directory): every change below the path is dropped (freed), as
 //!         are attributes waiting below it
 //!     a directory keeps DEST's own (and what it holds) only when the path was DEST's
@@ -26,19 +27,35 @@
 //!     then attributes and kept mtimes of directories, deepest first, each path once
 //! ```
 //!
-//! Memory grows with the number of changed paths, never with the tree. Limits: a delta on
-//! a path patches its staged copy into a new one (one staged copy per path at a time, but
-//! every set's patch is written); a directory created anew does not reuse DEST's, so a
-//! directory removed and recreated within the catch-up costs what it costs set by set.
+//! A chain of deltas on one path is composed in memory (compose.rs): each set's delta maps
+//! onto the previous version's pieces of the root (DEST's copy, or an object a snapshot
+//! staged) and held literal bytes, and only the version the last set leaves is written,
+//! once, after the last set (staged.rs). A later snapshot or removal drops the held version
+//! unwritten. The first delta over DEST's copy is still checked against its set's signature
+//! (drift.rs, reading the composed version), and a delta that does not fit the version it
+//! applies to is refused as when patching files.
+//!
+//! Memory grows with the number of changed paths, never with the tree, and held versions
+//! stay within a budget (8 MiB of literal bytes and pieces, staged.rs). Limits: a delta
+//! that would pass the budget is patched into a file as set by set (writing the held
+//! version first), and the deltas after it compose over that file; a snapshot rewritten by
+//! a later snapshot is still written each time (its bytes arrive whole); a directory
+//! created anew does not reuse DEST's, so a directory removed and recreated within the
+//! catch-up costs what it costs set by set.
 
-use crate::dest::dir::{Dir, Kind, Stat};
+use crate::dest::dir::{Kind, Stat};
 use crate::dest::fsops::Attrs;
 use crate::dest::guard::KindView;
-use crate::dest::journal::{object_name, JournalWriter, Op};
+use crate::dest::journal::{JournalWriter, Op};
 use crate::dest::tree::Tree;
 use crate::index::PathIndex;
 use anyhow::Result;
 use std::collections::BTreeMap;
+
+/// Where the staged objects are: freeing one deletes it (staged.rs).
+pub trait ObjectStore {
+    fn free(&mut self, n: u64) -> Result<()>;
+}
 
 /// What the staged sets leave at a changed path.
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +106,8 @@ pub struct MergeStats {
     /// Places, directories and removals the sets staged that the single journal does not
     /// carry out (superseded or undone by a later set).
     pub writes_saved: u64,
-    /// Bytes of staged objects freed before the commit instead of being moved into DEST.
+    /// Bytes of staged objects superseded before the commit instead of being moved into
+    /// DEST (files freed, or versions composed in memory and never written).
     pub bytes_saved: u64,
 }
 
@@ -149,7 +167,13 @@ impl Overlay {
     }
 
     /// The set being staged puts `now` (an object or a directory) at `index`.
-    pub fn put(&mut self, index: &PathIndex, now: Now, dest: &Tree, objects: &Dir) -> Result<()> {
+    pub fn put(
+        &mut self,
+        index: &PathIndex,
+        now: Now,
+        dest: &Tree,
+        objects: &mut impl ObjectStore,
+    ) -> Result<()> {
         let dest_kind = self.dest_kind(index, dest)?;
         let now = match now {
             Now::Dir { .. } => Now::Dir {
@@ -169,7 +193,12 @@ impl Overlay {
     }
 
     /// The set being staged removes `index`.
-    pub fn remove(&mut self, index: &PathIndex, dest: &Tree, objects: &Dir) -> Result<()> {
+    pub fn remove(
+        &mut self,
+        index: &PathIndex,
+        dest: &Tree,
+        objects: &mut impl ObjectStore,
+    ) -> Result<()> {
         let dest_kind = self.dest_kind(index, dest)?;
         self.drop_below(index, objects)?;
         self.kept_mtimes.remove(index);
@@ -211,7 +240,7 @@ impl Overlay {
         index: &PathIndex,
         now: Now,
         dest: Option<Kind>,
-        objects: &Dir,
+        objects: &mut impl ObjectStore,
     ) -> Result<()> {
         self.staged_ops += 1;
         let change = Change {
@@ -227,7 +256,7 @@ impl Overlay {
     }
 
     /// Drops every change, attribute and kept mtime strictly below `index`.
-    fn drop_below(&mut self, index: &PathIndex, objects: &Dir) -> Result<()> {
+    fn drop_below(&mut self, index: &PathIndex, objects: &mut impl ObjectStore) -> Result<()> {
         let below = |map_key: &PathIndex| map_key.len() > index.len() && map_key.starts_with(index);
         let doomed: Vec<PathIndex> = self
             .changes
@@ -248,9 +277,9 @@ impl Overlay {
     }
 
     /// Frees a superseded staged object.
-    fn free(&mut self, now: Now, objects: &Dir) -> Result<()> {
+    fn free(&mut self, now: Now, objects: &mut impl ObjectStore) -> Result<()> {
         if let Now::Object { n, bytes, .. } = now {
-            objects.remove(&object_name(n))?;
+            objects.free(n)?;
             self.bytes_saved += bytes;
         }
         Ok(())
@@ -316,8 +345,10 @@ impl KindView for MergedView<'_> {
 mod tests {
     use super::*;
     use crate::decode::records::{Record, RecordKind};
+    use crate::dest::dir::Dir;
     use crate::dest::guard::PathGuard;
     use crate::dest::journal;
+    use crate::dest::journal::object_name;
     use crate::dest::state::{MirrorState, StateDir};
     use crate::meta::{FileType, Metadata};
     use std::fs;
@@ -346,6 +377,12 @@ mod tests {
         }
     }
 
+    impl ObjectStore for &Dir {
+        fn free(&mut self, n: u64) -> Result<()> {
+            self.remove(&object_name(n))
+        }
+    }
+
     fn idx(s: &str) -> PathIndex {
         PathIndex::from_bytes(s.as_bytes())
     }
@@ -360,7 +397,8 @@ mod tests {
                 kind: Kind::Regular,
                 bytes,
             };
-            o.put(&idx(path), now, &self.dest, &self.objects).unwrap();
+            o.put(&idx(path), now, &self.dest, &mut &self.objects)
+                .unwrap();
         }
 
         fn exists(&self, n: u64) -> bool {
@@ -392,20 +430,20 @@ mod tests {
             &idx("tmp"),
             Now::Dir { keeps_dest: true },
             &b.dest,
-            &b.objects,
+            &mut &b.objects,
         )
         .unwrap();
         b.object(&mut o, "tmp/t", 3, 30);
         o.next_set();
         b.object(&mut o, "new", 4, 40);
         assert!(!b.exists(1), "a superseded object is freed at once");
-        o.remove(&idx("tmp"), &b.dest, &b.objects).unwrap();
+        o.remove(&idx("tmp"), &b.dest, &mut &b.objects).unwrap();
         assert!(!b.exists(3), "what lay below a removed path is freed");
         assert!(matches!(
             o.held(&idx("tmp/t"), &b.dest).unwrap(),
             Held::Gone { set: 1 }
         ));
-        o.remove(&idx("d/f"), &b.dest, &b.objects).unwrap();
+        o.remove(&idx("d/f"), &b.dest, &mut &b.objects).unwrap();
         assert!(!b.exists(2));
         let (ops, stats) = b.journal(o);
         assert_eq!(
@@ -429,13 +467,13 @@ mod tests {
     fn a_directory_removed_then_made_again_does_not_keep_what_dest_held() {
         let b = bed();
         let mut o = Overlay::default();
-        o.remove(&idx("d"), &b.dest, &b.objects).unwrap();
+        o.remove(&idx("d"), &b.dest, &mut &b.objects).unwrap();
         o.next_set();
         o.put(
             &idx("d"),
             Now::Dir { keeps_dest: true },
             &b.dest,
-            &b.objects,
+            &mut &b.objects,
         )
         .unwrap();
         assert!(matches!(
@@ -458,7 +496,7 @@ mod tests {
             kind: Kind::Symlink,
             bytes: 0,
         };
-        o.put(&idx("a"), link, &b.dest, &b.objects).unwrap();
+        o.put(&idx("a"), link, &b.dest, &mut &b.objects).unwrap();
         o.next_set();
         let record = Record {
             index: idx("a/x"),

@@ -13,35 +13,41 @@
 //!     snapshot other -> staging/obj/N made, given its attributes; put Object(path, N)
 //!     diff           -> the merged view must hold a regular file there (anything else, or
 //!                       nothing: the set contradicts the backup, refused); the delta is
-//!                       spooled, then patched onto it (DEST's file, or the object an
-//!                       earlier set staged, freed afterwards) into staging/obj/N;
-//!                       drift.rs judges a patch of DEST's file against this set's
+//!                       spooled, then composed onto it (DEST's file, an object an earlier
+//!                       set wrote, or the version an earlier set composed) into version N,
+//!                       held in memory (compose.rs, staged.rs); past the memory budget,
+//!                       patched into staging/obj/N instead (a held basis written first);
+//!                       drift.rs judges a delta on DEST's file against this set's
 //!                       signatures (a staged basis is exact: nothing to judge)
 //!     deleted        -> the merged view must hold something there (refused otherwise: a
 //!                       deletion of what the backup never had), unless the same set
 //!                       removed or replaced an ancestor; remove(path)
-//! finish: no path left drifted; the overlay becomes the journal (overlay.rs)
+//! finish: no path left drifted; the held versions are written to staging/obj (a DEST
+//!     root must still be the file the deltas were checked against); the overlay becomes
+//!     the journal (overlay.rs)
 //! ```
 //!
 //! DEST is read through handles (its objects' types, a delta's basis, parents' mtimes),
 //! never written: all changes are journal lines, carried out by `dest::journal`.
 
+use super::compose::Version;
 use super::drift::{Basis, DriftCheck, Verdict};
 use super::gate::Gate;
 use super::overlay::{Held, MergeStats, MergedView, Now, Overlay};
+use super::staged::{dest_file, Held as HeldVersion, Identity, Root, Staged};
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
 use crate::decode::delta::{self, SigDigest, Spool};
 use crate::decode::records::{Record, RecordKind};
 use crate::dest::dir::{Dir, Kind};
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
 use crate::dest::journal::{object_name, JournalWriter, OBJECTS};
-use crate::dest::tree::{Parent, Tree};
+use crate::dest::tree::Tree;
 use crate::error::Error;
 use crate::index::PathIndex;
 use crate::meta::FileType;
 use crate::mirror::compare::{DiffKind, Difference};
 use crate::mirror::filter::PathFilter;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
@@ -58,9 +64,21 @@ enum OpenRecord {
     },
     Delta {
         index: PathIndex,
-        basis: (File, Basis),
+        basis: Source,
         spool: Spool,
         attrs: Attrs,
+    },
+}
+
+/// What a delta applies to.
+enum Source {
+    /// A version an earlier set composed, held as object N.
+    Held(u64),
+    /// A file: DEST's, or object N an earlier set wrote.
+    File {
+        file: File,
+        kind: Basis,
+        object: Option<u64>,
     },
 }
 
@@ -70,7 +88,7 @@ pub struct JournaledUpdate {
     new_files: NewFiles,
     dest: Tree,
     staging: Dir,
-    objects: Dir,
+    staged: Staged,
     journal: JournalWriter,
     next_object: u64,
     overlay: Overlay,
@@ -118,7 +136,7 @@ impl JournaledUpdate {
             new_files: NewFiles::probe(&staging),
             dest,
             staging,
-            objects,
+            staged: Staged::new(objects),
             journal,
             next_object: 0,
             overlay: Overlay::default(),
@@ -154,7 +172,7 @@ impl JournaledUpdate {
             (DiffKind::Extra, _) => {
                 self.overlay.keep_parent_mtime(&diff.index, &self.dest);
                 self.overlay
-                    .remove(&diff.index, &self.dest, &self.objects)?;
+                    .remove(&diff.index, &self.dest, &mut self.staged)?;
                 self.stats.removed += 1;
             }
             (DiffKind::Changed(_), Some(meta)) if !diff.needs_data() => {
@@ -173,9 +191,9 @@ impl JournaledUpdate {
         (self.next_object, object_name(self.next_object))
     }
 
-    /// The regular file at `index` in the merged view, the basis of a delta: an object an
-    /// earlier set staged, else DEST's.
-    fn basis(&self, index: &PathIndex) -> Result<(File, Basis)> {
+    /// The regular file at `index` in the merged view, the basis of a delta: a version an
+    /// earlier set composed, an object an earlier set staged, else DEST's.
+    fn basis(&self, index: &PathIndex) -> Result<Source> {
         let refuse = |kind: Option<Kind>| {
             let what = kind.map_or("nothing", Kind::described);
             contradiction(index, "patches it as a regular file", what)
@@ -185,17 +203,23 @@ impl JournaledUpdate {
                 n,
                 kind: Kind::Regular,
                 ..
-            }) => return Ok((self.objects.read_file(&object_name(n))?, Basis::Staged)),
-            Held::Unchanged(Some(_)) => {}
-            other => return Err(refuse(other.kind())),
+            }) if self.staged.held(n).is_some() => Ok(Source::Held(n)),
+            Held::Staged(Now::Object {
+                n,
+                kind: Kind::Regular,
+                ..
+            }) => Ok(Source::File {
+                file: self.staged.dir().read_file(&object_name(n))?,
+                kind: Basis::Staged,
+                object: Some(n),
+            }),
+            Held::Unchanged(Some(_)) => Ok(Source::File {
+                file: dest_file(&self.dest, index)?.map_err(refuse)?,
+                kind: Basis::Dest,
+                object: None,
+            }),
+            other => Err(refuse(other.kind())),
         }
-        let found = match (self.dest.parent(index)?, index.components().last()) {
-            (Parent::Found(dir), Some(name)) => dir.open_file(name)?,
-            (Parent::Found(_), None) => Err(Some(Kind::Dir)),
-            (Parent::Missing, _) => Err(None),
-            (Parent::Blocked { kind, .. }, _) => Err(Some(kind)),
-        };
-        Ok((found.map_err(refuse)?, Basis::Dest))
     }
 
     pub fn begin(&mut self, record: &Record) -> Result<()> {
@@ -223,37 +247,38 @@ impl JournaledUpdate {
                     }
                     _ => {}
                 }
-                self.overlay.remove(index, &self.dest, &self.objects)?;
+                self.overlay.remove(index, &self.dest, &mut self.staged)?;
                 self.stats.removed += 1;
             }
             (RecordKind::Snapshot, FileType::Dir) => {
                 self.stats.dirs += 1;
                 let dir = Now::Dir { keeps_dest: true };
-                self.overlay.put(index, dir, &self.dest, &self.objects)?;
+                self.overlay.put(index, dir, &self.dest, &mut self.staged)?;
                 self.overlay.set_attrs(index.clone(), attrs);
             }
             (RecordKind::Snapshot, FileType::Regular) => {
                 let (n, name) = self.next_object();
-                let file = self.objects.create_file(&name)?;
+                let file = self.staged.dir().create_file(&name)?;
                 self.current = OpenRecord::File {
                     index: index.clone(),
                     n,
                     file,
-                    shown: self.objects.show(&name),
+                    shown: self.staged.dir().show(&name),
                     attrs,
                 };
             }
             (RecordKind::Snapshot, file_type) => {
                 let (n, name) = self.next_object();
-                fsops::create_special(&self.objects, &name, &record.meta)?;
-                attrs.apply(&self.objects, &name)?;
+                fsops::create_special(self.staged.dir(), &name, &record.meta)?;
+                attrs.apply(self.staged.dir(), &name)?;
                 self.stats.specials += 1;
                 let object = Now::Object {
                     n,
                     kind: kind_of(file_type),
                     bytes: 0,
                 };
-                self.overlay.put(index, object, &self.dest, &self.objects)?;
+                self.overlay
+                    .put(index, object, &self.dest, &mut self.staged)?;
             }
             (RecordKind::Diff, _) => {
                 let basis = self.basis(index)?;
@@ -307,7 +332,8 @@ impl JournaledUpdate {
                     kind: Kind::Regular,
                     bytes,
                 };
-                self.overlay.put(&index, object, &self.dest, &self.objects)
+                self.overlay
+                    .put(&index, object, &self.dest, &mut self.staged)
             }
             OpenRecord::Delta {
                 index,
@@ -318,9 +344,109 @@ impl JournaledUpdate {
         }
     }
 
-    /// Patches the merged view's copy of the file into a staged object, and stages it when
-    /// the drift check says it fits.
+    /// Applies a delta to the merged view's copy of the file: composed into a version
+    /// held in memory when it fits the budget (written after the last set), else patched
+    /// into a staged object; staged when the drift check says it fits.
     fn patch(
+        &mut self,
+        index: PathIndex,
+        basis: Source,
+        spool: &mut Spool,
+        attrs: Attrs,
+    ) -> Result<()> {
+        let (file, kind, object) = match basis {
+            Source::Held(n) => return self.patch_held(index, n, spool, attrs),
+            Source::File { file, kind, object } => (file, kind, object),
+        };
+        let len = file.metadata()?.len();
+        let max_out = self.drift.output_bound(&index, len, spool.spooled_bytes());
+        let composed = Version::root(len).patched(spool.reader()?, max_out, self.staged.room());
+        let (patched, version) = match composed {
+            Ok(Some(v)) => (Ok(v.len()), v),
+            Ok(None) => return self.patch_file(index, (file, kind), spool, attrs),
+            Err(e) => (Err(e), Version::default()),
+        };
+        let verdict = self
+            .drift
+            .judge(&index, patched, || Ok(version.reader(&file)), kind)?;
+        let Verdict::Fits(bytes) = verdict else {
+            self.stats.drifted += 1;
+            return Ok(());
+        };
+        let root = match object {
+            Some(m) => Root::Object(m),
+            None => Root::Dest(Identity::of(&file)?),
+        };
+        self.stats.files_patched += 1;
+        self.stage_held(index, version, root, attrs, bytes)
+    }
+
+    /// Composes a delta onto a version held since an earlier set (its basis is exact: no
+    /// drift to judge). Past the budget, the held version is written and the delta patched
+    /// onto it.
+    fn patch_held(
+        &mut self,
+        index: PathIndex,
+        n: u64,
+        spool: &mut Spool,
+        attrs: Attrs,
+    ) -> Result<()> {
+        let Some(held) = self.staged.held(n) else {
+            bail!("{index}: object {n} is not held");
+        };
+        let max_out = self
+            .drift
+            .output_bound(&index, held.version.len(), spool.spooled_bytes());
+        let room = self.staged.room() + held.version.held_bytes();
+        let composed = held
+            .version
+            .patched(spool.reader()?, max_out, room)
+            .with_context(|| format!("cannot apply the change to {index}"))?;
+        match composed {
+            Some(version) => {
+                self.stats.files_patched += 1;
+                let root = self.staged.take(n).map(|h| h.root);
+                let root = root.with_context(|| format!("{index}: object {n} is not held"))?;
+                let bytes = version.len();
+                self.stage_held(index, version, root, attrs, bytes)
+            }
+            None => {
+                self.stats.bytes_written += self.staged.write(n, &self.dest, &self.new_files)?;
+                let file = self.staged.dir().read_file(&object_name(n))?;
+                self.patch_file(index, (file, Basis::Staged), spool, attrs)
+            }
+        }
+    }
+
+    /// Stages a version held in memory, as a new object.
+    fn stage_held(
+        &mut self,
+        index: PathIndex,
+        version: Version,
+        root: Root,
+        attrs: Attrs,
+        bytes: u64,
+    ) -> Result<()> {
+        let (n, _) = self.next_object();
+        let object = Now::Object {
+            n,
+            kind: Kind::Regular,
+            bytes,
+        };
+        let held = HeldVersion {
+            index: index.clone(),
+            root,
+            version,
+            attrs,
+        };
+        self.staged.hold(n, held);
+        self.overlay
+            .put(&index, object, &self.dest, &mut self.staged)
+    }
+
+    /// Patches a file into a staged object, and stages it when the drift check says it
+    /// fits.
+    fn patch_file(
         &mut self,
         index: PathIndex,
         (basis, basis_kind): (File, Basis),
@@ -328,7 +454,8 @@ impl JournaledUpdate {
         attrs: Attrs,
     ) -> Result<()> {
         let (n, name) = self.next_object();
-        let mut out = self.objects.create_file(&name)?;
+        let objects = self.staged.dir();
+        let mut out = objects.create_file(&name)?;
         let max_out =
             self.drift
                 .output_bound(&index, basis.metadata()?.len(), spool.spooled_bytes());
@@ -339,20 +466,18 @@ impl JournaledUpdate {
             &mut self.copy_buf,
             max_out,
         );
-        match self.drift.judge(
-            &index,
-            patched,
-            || self.objects.read_file(&name),
-            basis_kind,
-        )? {
+        match self
+            .drift
+            .judge(&index, patched, || objects.read_file(&name), basis_kind)?
+        {
             Verdict::Drifted => {
                 drop(out);
-                self.objects.remove(&name)?;
+                objects.remove(&name)?;
                 self.stats.drifted += 1;
                 Ok(())
             }
             Verdict::Fits(bytes) => {
-                attrs.apply_to_new(&out, &self.objects.show(&name), &self.new_files)?;
+                attrs.apply_to_new(&out, &objects.show(&name), &self.new_files)?;
                 self.stats.files_patched += 1;
                 self.stats.bytes_written += bytes;
                 let object = Now::Object {
@@ -360,7 +485,8 @@ impl JournaledUpdate {
                     kind: Kind::Regular,
                     bytes,
                 };
-                self.overlay.put(&index, object, &self.dest, &self.objects)
+                self.overlay
+                    .put(&index, object, &self.dest, &mut self.staged)
             }
         }
     }
@@ -382,6 +508,7 @@ impl JournaledUpdate {
     /// and what staging them together saved.
     pub fn finish(mut self) -> Result<(Dir, JournalWriter, Vec<ApplyStats>, MergeStats)> {
         self.check_settled()?;
+        self.stats.bytes_written += self.staged.write_all(&self.dest, &self.new_files)?;
         let merged = self.overlay.journal(&mut self.journal)?;
         self.done.push(self.stats);
         Ok((self.staging, self.journal, self.done, merged))
