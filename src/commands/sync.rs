@@ -363,18 +363,14 @@ fn stage_commit(
     let mut slot: Option<SetApplier> = None;
     let mut repairs = Vec::new();
     for step in steps {
+        let new_applier =
+            || SetApplier::new(step.mode, dest, state_dir, target, step.filter.clone());
         let applier = match &mut slot {
             Some(a) => {
                 a.next_set(step.filter.clone())?;
                 a
             }
-            None => slot.insert(SetApplier::new(
-                step.mode,
-                dest,
-                state_dir,
-                target,
-                step.filter.clone(),
-            )?),
+            None => slot.insert(new_applier()?),
         };
         let mut staged = stage_step(repo, plan, step, state_dir, applier, true);
         if staged
@@ -383,13 +379,7 @@ fn stage_commit(
         {
             // Written before duplicity 0.6.21: build it again, reading volumes in order.
             slot = None;
-            let applier = slot.insert(SetApplier::new(
-                step.mode,
-                dest,
-                state_dir,
-                target,
-                step.filter.clone(),
-            )?);
+            let applier = slot.insert(new_applier()?);
             staged = stage_step(repo, plan, step, state_dir, applier, false);
         }
         let repaired = staged.with_context(|| format!("set {}", step.set.label()))?;
