@@ -15,8 +15,9 @@
 //! vocabulary every stage shares; `progress` holds the [`progress::Reporter`] that the
 //! commands hand to the stages with something to report (bars, notices, transfer counts);
 //! `commands` compose the stages; `fleet` runs many mirrors from a configuration file, with
-//! hooks and metrics around each sync; `exit` gives every failure its documented exit
-//! status and `log` its line on stderr; `main.rs` and its `cli` module parse and print.
+//! hooks and metrics around each sync; `threads` reads the pools' sizes; `exit` gives every
+//! failure its documented exit status and `log` its line on stderr; `main.rs` and its `cli`
+//! module parse and print.
 
 pub mod commands;
 pub mod decode;
@@ -31,6 +32,7 @@ pub mod mirror;
 pub mod progress;
 pub mod repo;
 pub mod source;
+pub mod threads;
 
 pub use error::Error;
 

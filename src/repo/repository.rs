@@ -346,17 +346,7 @@ impl Repository {
     /// The number of volumes a first sync decodes at once: `DUPMIRROR_DECODERS` when set,
     /// else the number of cores (at most 4).
     pub fn decoders() -> Result<usize> {
-        match std::env::var("DUPMIRROR_DECODERS") {
-            Ok(v) => match v.trim().parse() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => {
-                    bail!("DUPMIRROR_DECODERS must be a number of decoders (1 or more), not {v:?}")
-                }
-            },
-            Err(_) => Ok(std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_DEFAULT_DECODERS)),
-        }
+        crate::threads::count_from_env("DUPMIRROR_DECODERS", 1, MAX_DEFAULT_DECODERS)
     }
 
     /// Like [`Repository::read_set`], with up to `decoders` volumes read at once, each

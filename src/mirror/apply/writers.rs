@@ -177,14 +177,7 @@ pub struct Writers {
 impl Writers {
     /// The pool size: `DUPMIRROR_WRITERS`, else the number of cores (at most 4).
     pub fn default_size() -> Result<usize> {
-        match std::env::var("DUPMIRROR_WRITERS") {
-            Ok(v) => v.trim().parse().map_err(|_| {
-                anyhow!("DUPMIRROR_WRITERS must be a number of writer threads, not {v:?}")
-            }),
-            Err(_) => Ok(std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_DEFAULT_WRITERS)),
-        }
+        crate::threads::count_from_env("DUPMIRROR_WRITERS", 0, MAX_DEFAULT_WRITERS)
     }
 
     pub fn start(size: usize, new_files: NewFiles) -> Result<Writers> {
