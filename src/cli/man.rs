@@ -73,6 +73,9 @@ fn man_extra_sections() -> String {
             ("GNUPGHOME", "the gpg keyring"),
             ("DUPMIRROR_PASSWORD", "the password of a remote source whose URL names the user"),
             ("JOURNAL_STREAM", "set by systemd: log lines carry syslog priority prefixes"),
+            ("DUPMIRROR_DECODERS", "volumes a first sync decodes at once (default: the cores, at most 4; 1: in volume order)"),
+            ("DUPMIRROR_WRITERS", "writer threads that create files when volumes are read in order (default: the cores, at most 4; 0: none)"),
+            ("TMPDIR", "where lists too big for memory (a large directory's names, the changed paths) are sorted, in unnamed files"),
         ],
     ));
     out.push_str(&tagged(
