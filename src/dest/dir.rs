@@ -248,6 +248,9 @@ fn openat2_beneath(fd: RawFd, rel: &CStr, flags: libc::c_int) -> Option<io::Resu
 
 const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
+/// Names read ahead at most by [`Dir::for_each_name`].
+const NAME_BATCH: usize = 4096;
+
 /// An open, real directory. Its path is kept for messages only; no call ever uses it.
 #[derive(Debug)]
 pub struct Dir {
@@ -729,10 +732,7 @@ impl Dir {
 
     /// Removes everything inside this directory.
     pub fn clear(&self) -> Result<()> {
-        for n in self.list()? {
-            self.remove(&n)?;
-        }
-        Ok(())
+        self.for_each_name(|n| self.remove(n))
     }
 
     /// Removes the empty directory `name`, leaving anything else alone; `Ok(false)` when
@@ -755,9 +755,28 @@ impl Dir {
         }
     }
 
-    /// The names in this directory (without `.` and `..`), unsorted.
-    pub fn list(&self) -> Result<Vec<Vec<u8>>> {
-        self.names()?.collect()
+    /// Calls `f` with every name in this directory (without `.` and `..`), unsorted, read
+    /// [`NAME_BATCH`] at a time: memory is one batch however many entries the directory
+    /// holds. `f` may remove or rename away the name it is given (reading on after an entry
+    /// already read is gone is well defined, as `rm -r` relies on), not add entries. A
+    /// directory that fits in one batch is closed before `f` runs, so removing a deep tree
+    /// holds one descriptor per level, as before.
+    pub fn for_each_name(&self, f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.for_each_name_in(NAME_BATCH, f)
+    }
+
+    fn for_each_name_in(&self, size: usize, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut names = Some(self.names()?);
+        while let Some(reading) = names.as_mut() {
+            let batch = reading.by_ref().take(size).collect::<Result<Vec<_>>>()?;
+            if batch.len() < size {
+                names = None;
+            }
+            for name in &batch {
+                f(name)?;
+            }
+        }
+        Ok(())
     }
 
     /// The names in this directory (without `.` and `..`), unsorted, each read as it is
@@ -1075,5 +1094,41 @@ mod tests {
             Dir::open_path(&t.path().join("in/link")),
             Err(OpenError::NotDir(Kind::Symlink))
         ));
+    }
+
+    #[test]
+    fn a_folder_wider_than_a_batch_is_read_and_removed_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let wide = t.path().join("wide");
+        // Files past several batches of 10, and a folder among them wider than one too.
+        for n in 0..37 {
+            std::fs::create_dir_all(wide.join(format!("d{n}"))).unwrap();
+            std::fs::write(wide.join(format!("f{n}")), b"x").unwrap();
+            std::fs::write(wide.join(format!("d0/g{n}")), b"y").unwrap();
+        }
+        symlink(t.path(), wide.join("up")).unwrap();
+        let root = Dir::open_path(t.path()).unwrap();
+        let Lookup::Found(w) = root.child(b"wide").unwrap() else {
+            panic!("wide is a folder")
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        w.for_each_name_in(10, |n| {
+            assert!(seen.insert(n.to_vec()), "{n:?} read twice");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2 * 37 + 1, "every name");
+        // Removing what was read, batch by batch, while reading on.
+        let mut removed = 0;
+        w.for_each_name_in(10, |n| {
+            removed += 1;
+            w.remove(n)
+        })
+        .unwrap();
+        assert_eq!(removed, 2 * 37 + 1);
+        drop(w);
+        root.remove(b"wide").unwrap();
+        assert!(!wide.exists());
+        assert!(t.path().is_dir(), "the symlink's target stays");
     }
 }

@@ -502,10 +502,10 @@ fn move_tree(staging: Option<&Dir>, dest: &mut Dest) -> Result<()> {
         );
     }
     let root = dest.require()?.root();
-    for name in tree.list()? {
-        root.remove(&name)?;
-        tree.rename(&name, root, &name)?;
-    }
+    tree.for_each_name(|name| {
+        root.remove(name)?;
+        tree.rename(name, root, name)
+    })?;
     staging.remove(TREE)
 }
 
