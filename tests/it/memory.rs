@@ -1,18 +1,21 @@
 //! Memory does not grow with the number of files in the backup (issue 15 item 2).
 //!
 //! A forged full of many small files, with its signature file, goes through every command
-//! that meets the whole tree: a bootstrap that lists its changed paths, a `verify` (the
-//! compare walk, hashing every file), and a sync to a new full chain of the same tree (a
-//! Replace: the same walk, then no volume read). Each run's peak RSS comes from GNU `time`
-//! (`support::hostile::run_measured`). The same runs on a tree a tenth the size give each
-//! command's own baseline (code, libraries, fixed buffers): with ten times the files the
-//! peak may grow by at most [`GROWTH_MIB`]. Before the fixes the verify of 100,000 files
-//! held every hashed file's result (and descriptor) until the walk ended and the changed
-//! list held every path: tens of MiB more. The same holds for one directory of many files
-//! with long names (as a mirror's package pool has): the walk that lists DEST (verify, the
-//! changed list, a new full) held each directory's sorted listing whole: 13 MiB more for
-//! 100,000 such names. DEST lives on /dev/shm when there is one, so that the test spends
-//! its time in dupmirror rather than in the disk. Nothing is timed.
+//! that meets the whole tree: a bootstrap that lists its changed paths, an incremental on
+//! top of it (1% of the files changed, half as snapshots and half as deltas, spread over
+//! every other folder; some files removed, some added) that lists its own, a `verify` after
+//! it (the compare walk, hashing every file against the merged signatures of both sets), and
+//! a sync to a new full chain of the same tree (a Replace: the same walk, then no volume
+//! read). Each run's peak RSS comes from GNU `time` (`support::hostile::run_measured`). The
+//! same runs on a tree a tenth the size give each command's own baseline (code, libraries,
+//! fixed buffers): with ten times the files the peak may grow by at most [`GROWTH_MIB`].
+//! Before the fixes the verify of 100,000 files held every hashed file's result (and
+//! descriptor) until the walk ended and the changed list held every path: tens of MiB more.
+//! The same holds for one directory of many files with long names (as a mirror's package
+//! pool has): the walk that lists DEST (verify, the changed list, a new full) held each
+//! directory's sorted listing whole: 13 MiB more for 100,000 such names. DEST lives on
+//! /dev/shm when there is one, so that the test spends its time in dupmirror rather than in
+//! the disk. Nothing is timed.
 
 use crate::support::fixture::tar::tar;
 use crate::support::fixture::{delta, Entry, Forge, SetName};
@@ -95,15 +98,18 @@ fn old_data(i: usize) -> Vec<u8> {
     format!("file {i}\n").into_bytes()
 }
 
-/// File `i`'s content after the incremental (when it is still there), and the content of
-/// the file added beside it.
+/// File `i`'s content after the incremental (when it is still there).
 fn new_data(i: usize) -> Vec<u8> {
     match change(i) {
         Change::Snapshot => format!("file {i} snapshot\n").into_bytes(),
         Change::Delta => format!("file {i} delta\n").into_bytes(),
-        Change::NewBeside => format!("new {i}\n").into_bytes(),
-        Change::Kept | Change::Removed => old_data(i),
+        Change::Kept | Change::Removed | Change::NewBeside => old_data(i),
     }
+}
+
+/// The content of the file the incremental adds beside file `i`.
+fn added_data(i: usize) -> Vec<u8> {
+    format!("new {i}\n").into_bytes()
 }
 
 /// The delta from file `i`'s old content to its new one: COPY of the old line without its
@@ -199,7 +205,7 @@ fn forge_full(repo: &Path, time: i64, files: usize, layout: Layout, after_increm
             Change::Removed => {}
             Change::NewBeside => {
                 set.snapshot(&path, &old_data(i));
-                set.snapshot(&new_path(i, layout), &new_data(i));
+                set.snapshot(&new_path(i, layout), &added_data(i));
             }
             _ => set.snapshot(&path, &new_data(i)),
         }
@@ -218,7 +224,7 @@ fn forge_incremental(repo: &Path, from: i64, to: i64, files: usize, layout: Layo
             Change::Snapshot => set.snapshot(&path, &new_data(i)),
             Change::Delta => set.file(&path, Entry::diff(&path, &delta_of(i)), &new_data(i)),
             Change::Removed => set.push(Entry::deleted(&path), Entry::deleted(&path)),
-            Change::NewBeside => set.snapshot(&new_path(i, layout), &new_data(i)),
+            Change::NewBeside => set.snapshot(&new_path(i, layout), &added_data(i)),
         }
     });
     set.write(repo, SetName::Inc(from, to));
@@ -255,32 +261,25 @@ fn check_bootstrap(list: &Path, files: usize, layout: Layout) {
 fn check_incremental(dest: &Path, list: &Path, files: usize, layout: Layout) {
     let changed: Vec<usize> = (0..files).filter(|&i| change(i) != Change::Kept).collect();
     let paths: std::collections::HashSet<Vec<u8>> = listed(list).into_iter().collect();
-    let names = |i| match change(i) {
-        Change::NewBeside => new_path(i, layout),
-        _ => file_path(i, layout),
-    };
     assert_eq!(
         paths.len(),
         changed.len(),
         "the changed list names each change"
     );
     for &i in &changed {
-        assert!(
-            paths.contains(names(i).as_bytes()),
-            "{} not listed",
-            names(i)
-        );
+        let path = match change(i) {
+            Change::NewBeside => new_path(i, layout),
+            _ => file_path(i, layout),
+        };
+        assert!(paths.contains(path.as_bytes()), "{path} not listed");
     }
+    let on_disk = |path: String| fs::read(dest.join(path)).ok();
     let sample = changed.iter().take(8).chain(changed.iter().rev().take(8));
     for &i in sample.chain(&[0]) {
-        let on_disk = |path: String| fs::read(dest.join(&path)).ok();
-        let expected = (change(i) != Change::Removed).then(|| match change(i) {
-            Change::NewBeside => old_data(i),
-            _ => new_data(i),
-        });
+        let expected = (change(i) != Change::Removed).then(|| new_data(i));
         assert_eq!(on_disk(file_path(i, layout)), expected, "file {i}");
         if change(i) == Change::NewBeside {
-            assert_eq!(on_disk(new_path(i, layout)), Some(new_data(i)), "new {i}");
+            assert_eq!(on_disk(new_path(i, layout)), Some(added_data(i)), "new {i}");
         }
     }
 }
@@ -366,8 +365,8 @@ fn peak_memory_does_not_grow_with_one_directory() {
 const CEILING_MIB: u64 = 30;
 
 /// The ceiling on a million entries (10,000 folders of 100 files, forged: upstream
-/// duplicity takes hours to write as many): bootstrap, verify and a new full each peak under
-/// 32 MB. Minutes even with a release build, and some 8 GB of /dev/shm, hence ignored:
+/// duplicity takes hours to write as many): each of [`RUNS`] peaks under 32 MB. Minutes
+/// even with a release build, and some 8 GB of /dev/shm, hence ignored:
 /// `DUPMIRROR_TEST_BIN=target/release/dupmirror DUPMIRROR_TEST_TIMEOUT=3600 \
 /// cargo test --test it memory::a_million -- --ignored --nocapture`.
 #[test]
