@@ -400,7 +400,7 @@ impl JournaledUpdate {
         let max_out = self
             .drift
             .output_bound(&index, held.version.len(), spool.spooled_bytes())?;
-        let room = self.staged.room() + held.version.held_bytes();
+        let room = self.staged.room() + held.footprint();
         let composed = held
             .version
             .patched(spool.reader()?, max_out, room)
