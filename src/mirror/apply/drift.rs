@@ -2,7 +2,8 @@
 //!
 //! An incremental's delta rebuilds a file from the copy the previous backup left in DEST.
 //! When someone edited that copy, the delta either does not apply or yields the wrong
-//! bytes. The set records the new file's librsync signature, so the result can be checked:
+//! bytes. The set records the new file's librsync signature, so the result can be checked
+//! (the set's signature file is read forward as its records come: `SetSignatures`):
 //!
 //! ```text
 //! judge(path, patch outcome, result (a staged file, or a version composed in memory), basis):

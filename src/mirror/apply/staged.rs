@@ -32,8 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-/// What held versions may hold together (literal bytes and pieces): 8 MiB keeps a
-/// catch-up's peak RSS near 25 MB.
+/// What held versions may hold together (literal bytes, pieces and bookkeeping): 8 MiB
+/// keeps a catch-up's peak RSS near 25 MB.
 pub const HELD_BUDGET: u64 = 8 << 20;
 
 /// A file as it was when a version's first delta was checked against it.
