@@ -27,7 +27,7 @@ use crate::mirror::rollback;
 use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
 use crate::repo::select::{open_sources, SourceStatus};
-use crate::repo::sigtar::set_signatures;
+use crate::repo::sigtar::SetSignatures;
 use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
 use crate::source::cache::FetchTimes;
@@ -403,7 +403,7 @@ fn stage_step(
         applier.add_fix(diff)?;
     }
     if step.mode == ApplyMode::Update {
-        applier.detect_drift(set_signatures(repo, step.set)?);
+        applier.detect_drift(SetSignatures::open(repo, step.set)?);
     }
     let decoders = Repository::decoders()?;
     match applier.volumes_apart() {
@@ -412,7 +412,7 @@ fn stage_step(
         }
         _ => repo.read_set(step.set, &step.manifest, &step.volumes, applier)?,
     }
-    let drifted = applier.take_drifted();
+    let drifted = applier.take_drifted()?;
     if drifted.is_empty() {
         return Ok(None);
     }

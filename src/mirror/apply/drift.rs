@@ -2,7 +2,8 @@
 //!
 //! An incremental's delta rebuilds a file from the copy the previous backup left in DEST.
 //! When someone edited that copy, the delta either does not apply or yields the wrong
-//! bytes. The set records the new file's librsync signature, so the result can be checked:
+//! bytes. The set records the new file's librsync signature, so the result can be checked
+//! (the set's signature file is read forward as its records come: `SetSignatures`):
 //!
 //! ```text
 //! judge(path, patch outcome, result (a staged file, or a version composed in memory), basis):
@@ -27,14 +28,15 @@ use crate::decode::delta::{self, SigDigest};
 use crate::error::Error;
 use crate::index::PathIndex;
 use crate::mirror::compare::content_matches;
+use crate::repo::sigtar::SetSignatures;
 use anyhow::{Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read;
 
 #[derive(Default)]
 pub struct DriftCheck {
-    /// The set's new signatures, when watching.
-    signatures: Option<BTreeMap<PathIndex, SigDigest>>,
+    /// The set's new signatures, when watching (read as the records come).
+    signatures: Option<SetSignatures>,
     drifted: BTreeSet<PathIndex>,
 }
 
@@ -56,19 +58,24 @@ pub enum Verdict {
 }
 
 impl DriftCheck {
-    pub fn watch(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
+    pub fn watch(&mut self, signatures: SetSignatures) {
         self.signatures = Some(signatures);
     }
 
     /// The most a delta may write for `index`: what the set's new signature of the file
     /// allows, else [`delta::unsigned_output_bound`] of its basis and delta lengths. A
     /// delta of endless copies must not fill the disk.
-    pub fn output_bound(&self, index: &PathIndex, basis_len: u64, delta_len: u64) -> u64 {
-        self.signatures
-            .as_ref()
-            .and_then(|s| s.get(index))
-            .and_then(SigDigest::max_size)
-            .unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len))
+    pub fn output_bound(
+        &mut self,
+        index: &PathIndex,
+        basis_len: u64,
+        delta_len: u64,
+    ) -> Result<u64> {
+        let signed = match &mut self.signatures {
+            Some(s) => s.get(index)?.and_then(SigDigest::max_size),
+            None => None,
+        };
+        Ok(signed.unwrap_or_else(|| delta::unsigned_output_bound(basis_len, delta_len)))
     }
 
     /// Judges the outcome of patching `index`; `result` reads the patched file; `basis`
@@ -83,18 +90,19 @@ impl DriftCheck {
         let corrupt = patched
             .as_ref()
             .is_err_and(|e| matches!(e.downcast_ref::<Error>(), Some(Error::Corrupt(_))));
-        let watched = self
-            .signatures
-            .as_ref()
-            .filter(|_| !corrupt && basis == Basis::Dest);
-        let Some(signatures) = watched else {
-            let n = patched.with_context(|| format!("cannot apply the change to {index}"))?;
-            return Ok(Verdict::Fits(n));
+        let watched = match &mut self.signatures {
+            Some(s) if !corrupt && basis == Basis::Dest => s,
+            _ => {
+                let n = patched.with_context(|| format!("cannot apply the change to {index}"))?;
+                return Ok(Verdict::Fits(n));
+            }
         };
-        let fits = match (&patched, signatures.get(index)) {
-            (Err(_), _) => false,
-            (Ok(n), Some(sig)) => content_matches(result()?, *n, sig)?,
-            (Ok(_), None) => true,
+        let fits = match &patched {
+            Err(_) => false,
+            Ok(n) => match watched.get(index)? {
+                Some(sig) => content_matches(result()?, *n, sig)?,
+                None => true,
+            },
         };
         match patched {
             Ok(n) if fits => Ok(Verdict::Fits(n)),
@@ -110,7 +118,12 @@ impl DriftCheck {
         self.drifted.iter().next()
     }
 
-    pub fn take(&mut self) -> BTreeSet<PathIndex> {
-        std::mem::take(&mut self.drifted)
+    /// Ends watching the set (its signature file read to the end: see
+    /// [`SetSignatures::finish`]) and takes the paths found drifted.
+    pub fn take(&mut self) -> Result<BTreeSet<PathIndex>> {
+        if let Some(s) = self.signatures.take() {
+            s.finish()?;
+        }
+        Ok(std::mem::take(&mut self.drifted))
     }
 }

@@ -59,7 +59,6 @@ mod staged;
 mod update;
 mod writers;
 
-use crate::decode::delta::SigDigest;
 use crate::decode::records::{Record, RecordSink};
 use crate::dest::changes::ChangedPaths;
 use crate::dest::journal::{self, JournalWriter, Recovery, TREE};
@@ -68,10 +67,11 @@ use crate::dest::tree::Dest;
 use crate::index::PathIndex;
 use crate::mirror::compare::Difference;
 use crate::mirror::filter::PathFilter;
+use crate::repo::sigtar::SetSignatures;
 use anyhow::{bail, Context, Result};
 use fresh::FreshBuild;
 pub use overlay::MergeStats;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use update::JournaledUpdate;
@@ -178,7 +178,7 @@ impl SetApplier {
     }
 
     /// Treats DEST as possibly drifted: see `drift.rs`. Only for an update.
-    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
+    pub fn detect_drift(&mut self, signatures: SetSignatures) {
         if let SetApplier::Update(u) = self {
             u.detect_drift(signatures);
         }
@@ -186,9 +186,9 @@ impl SetApplier {
 
     /// Takes the paths that need a repair before this set can be committed; the caller
     /// restores them (see `repair`) and feeds the results back in as records.
-    pub fn take_drifted(&mut self) -> BTreeSet<PathIndex> {
+    pub fn take_drifted(&mut self) -> Result<BTreeSet<PathIndex>> {
         match self {
-            SetApplier::Fresh(_) => BTreeSet::new(),
+            SetApplier::Fresh(_) => Ok(BTreeSet::new()),
             SetApplier::Update(u) => u.take_drifted(),
         }
     }

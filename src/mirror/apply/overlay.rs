@@ -36,12 +36,12 @@
 //! applies to is refused as when patching files.
 //!
 //! Memory grows with the number of changed paths, never with the tree, and held versions
-//! stay within a budget (8 MiB of literal bytes and pieces, staged.rs). Limits: a delta
-//! that would pass the budget is patched into a file as set by set (writing the held
-//! version first), and the deltas after it compose over that file; a snapshot rewritten by
-//! a later snapshot is still written each time (its bytes arrive whole); a directory
-//! created anew does not reuse DEST's, so a directory removed and recreated within the
-//! catch-up costs what it costs set by set.
+//! stay within a budget (8 MiB of literal bytes, pieces and bookkeeping, staged.rs).
+//! Limits: a delta that would pass the budget is patched into a file as set by set (writing
+//! the held version first), and the deltas after it compose over that file; a snapshot
+//! rewritten by a later snapshot is still written each time (its bytes arrive whole); a
+//! directory created anew does not reuse DEST's, so a directory removed and recreated
+//! within the catch-up costs what it costs set by set.
 
 use crate::dest::dir::{Kind, Stat};
 use crate::dest::fsops::Attrs;

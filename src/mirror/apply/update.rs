@@ -36,7 +36,7 @@ use super::gate::Gate;
 use super::overlay::{Held, MergeStats, MergedView, Now, Overlay};
 use super::staged::{dest_file, Held as HeldVersion, Identity, Root, Staged};
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
-use crate::decode::delta::{self, SigDigest, Spool};
+use crate::decode::delta::{self, Spool};
 use crate::decode::records::{Record, RecordKind};
 use crate::dest::dir::{Dir, Kind};
 use crate::dest::fsops::{self, Attrs, NewFiles, OwnerMap};
@@ -47,8 +47,9 @@ use crate::index::PathIndex;
 use crate::meta::FileType;
 use crate::mirror::compare::{DiffKind, Difference};
 use crate::mirror::filter::PathFilter;
+use crate::repo::sigtar::SetSignatures;
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -159,11 +160,11 @@ impl JournaledUpdate {
         Ok(())
     }
 
-    pub fn detect_drift(&mut self, signatures: BTreeMap<PathIndex, SigDigest>) {
+    pub fn detect_drift(&mut self, signatures: SetSignatures) {
         self.drift.watch(signatures);
     }
 
-    pub fn take_drifted(&mut self) -> BTreeSet<PathIndex> {
+    pub fn take_drifted(&mut self) -> Result<BTreeSet<PathIndex>> {
         self.drift.take()
     }
 
@@ -359,7 +360,9 @@ impl JournaledUpdate {
             Source::File { file, kind, object } => (file, kind, object),
         };
         let len = file.metadata()?.len();
-        let max_out = self.drift.output_bound(&index, len, spool.spooled_bytes());
+        let max_out = self
+            .drift
+            .output_bound(&index, len, spool.spooled_bytes())?;
         let composed = Version::root(len).patched(spool.reader()?, max_out, self.staged.room());
         let (patched, version) = match composed {
             Ok(Some(v)) => (Ok(v.len()), v),
@@ -396,8 +399,8 @@ impl JournaledUpdate {
         };
         let max_out = self
             .drift
-            .output_bound(&index, held.version.len(), spool.spooled_bytes());
-        let room = self.staged.room() + held.version.held_bytes();
+            .output_bound(&index, held.version.len(), spool.spooled_bytes())?;
+        let room = self.staged.room() + held.footprint();
         let composed = held
             .version
             .patched(spool.reader()?, max_out, room)
@@ -458,7 +461,7 @@ impl JournaledUpdate {
         let mut out = objects.create_file(&name)?;
         let max_out =
             self.drift
-                .output_bound(&index, basis.metadata()?.len(), spool.spooled_bytes());
+                .output_bound(&index, basis.metadata()?.len(), spool.spooled_bytes())?;
         let patched = delta::patch(
             basis,
             &mut spool.reader()?,
