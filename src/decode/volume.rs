@@ -64,26 +64,41 @@ pub struct VolumeSource {
     pub raw: Box<dyn Read + Send>,
 }
 
-/// Hashes the stored bytes as they are read. When dropped it reads the rest of the file
-/// (the tar inside may end before the file does) and reports the digest, so the hash always
-/// covers the whole stored file whatever the decoder above it did.
+/// Reads the stored bytes for the decoder, hashing them when a hash is expected, and
+/// remembers the first read error (a broken read explains a decode error best). When
+/// dropped it reports the digest, after reading the rest of the file when hashing (the tar
+/// inside may end before the file does), so the hash always covers the whole stored file
+/// whatever the decoder above it did. A file already checked (from the download cache, or
+/// pinned by a read lease) is not hashed again.
 struct HashingReader {
     inner: Box<dyn Read + Send>,
-    hasher: Sha1,
+    hasher: Option<Sha1>,
     bytes: u64,
+    read_error: Option<io::Error>,
     report: Sender<HashReport>,
 }
 
 struct HashReport {
-    sha1: String,
+    /// None when not hashed.
+    sha1: Option<String>,
     bytes: u64,
     read_error: Option<io::Error>,
 }
 
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted && self.read_error.is_none() {
+                    self.read_error = Some(io::Error::new(e.kind(), e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -91,20 +106,21 @@ impl Read for HashingReader {
 
 impl Drop for HashingReader {
     fn drop(&mut self) {
-        let mut buf = vec![0u8; BUF_SIZE];
-        let read_error = loop {
-            match self.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
+        if self.hasher.is_some() {
+            let mut buf = vec![0u8; BUF_SIZE];
+            loop {
+                match self.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-        };
-        let sha1 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        }
         let _ = self.report.send(HashReport {
-            sha1,
+            sha1: self.hasher.take().map(|h| hex::encode(h.finalize())),
             bytes: self.bytes,
-            read_error,
+            read_error: self.read_error.take(),
         });
     }
 }
@@ -196,8 +212,9 @@ fn decode(
     let (report_tx, report_rx) = channel();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
         inner: src.raw,
-        hasher: Sha1::new(),
+        hasher: src.expected_sha1.as_ref().map(|_| Sha1::new()),
         bytes: 0,
+        read_error: None,
         report: report_tx,
     });
     let name = &src.name;
@@ -239,12 +256,12 @@ fn decode(
     let report = report_rx
         .recv()
         .map_err(|_| anyhow!("{name}: hashing stopped unexpectedly"))?;
-    if let Some(expected) = &src.expected_sha1 {
-        if *expected != report.sha1 {
+    if let (Some(expected), Some(actual)) = (src.expected_sha1, report.sha1) {
+        if expected != actual {
             return Err(Error::HashMismatch {
                 name: name.clone(),
-                expected: expected.clone(),
-                actual: report.sha1,
+                expected,
+                actual,
             }
             .into());
         }
