@@ -305,3 +305,69 @@ fn pump(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::lease;
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Whether the kernel lists a lease on inode `ino` as being broken.
+    fn lease_breaking(ino: u64) -> bool {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().any(|l| {
+            l.contains("LEASE") && l.contains("BREAKING") && l.contains(&format!(":{ino} "))
+        })
+    }
+
+    /// A volume pinned by a lease and decoded without a second hash: a writer that opens
+    /// it mid-decode stops the decode at the next read, with the reason.
+    #[test]
+    fn a_writer_opening_a_leased_volume_mid_decode_stops_it() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("volume.gz");
+        // Incompressible, and far more than the buffers in flight: the decoder is still
+        // reading when the writer comes.
+        let mut rng = fastrand::Rng::with_seed(15);
+        let data: Vec<u8> = (0..8 * BUF_SIZE).map(|_| rng.u8(..)).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+
+        let leased = lease::pin(File::open(&path).unwrap())
+            .map_err(|_| ())
+            .unwrap();
+        let mut decoded = DecodedFile::spawn(
+            VolumeSource {
+                name: "volume.gz".into(),
+                encoding: Encoding::Gzip,
+                expected_sha1: None,
+                named_time: None,
+                raw: Box::new(leased),
+            },
+            None,
+        );
+        let mut first = [0u8; 1];
+        decoded.read_exact(&mut first).unwrap();
+        let writing = {
+            let path = path.clone();
+            std::thread::spawn(move || OpenOptions::new().write(true).open(path))
+        };
+        while !lease_breaking(ino) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut rest = Vec::new();
+        let err = decoded.read_to_end(&mut rest).unwrap_err();
+        assert!(err.to_string().contains("opened for writing"), "{err}");
+        assert!(rest.len() < data.len() - 1, "the whole volume was decoded");
+        let verdict = decoded.finish().unwrap_err();
+        assert!(
+            format!("{verdict:#}").contains("lease broke"),
+            "{verdict:#}"
+        );
+        writing.join().unwrap().unwrap();
+    }
+}

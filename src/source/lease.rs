@@ -121,3 +121,90 @@ impl Read for LeasedFile {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// A file on tmpfs (a file system leases are taken on), owned by this process's user.
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("volume");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    /// Opens `path` for writing on another thread: the open waits while a lease holds.
+    fn writer(path: &Path) -> std::thread::JoinHandle<std::io::Result<File>> {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || OpenOptions::new().write(true).open(path))
+    }
+
+    /// Waits (without a deadline that could fail a slow run) until `held` turns false.
+    fn until_broken(leased: &LeasedFile) {
+        for _ in 0..6000 {
+            if !leased.held() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the lease was never broken");
+    }
+
+    #[test]
+    fn a_writer_opening_the_file_fails_the_next_read_and_waits_for_the_reader() {
+        let (_dir, path) = file_with(&[7u8; 4096]);
+        let mut leased = pin(File::open(&path).unwrap()).map_err(|_| ()).unwrap();
+        let mut buf = [0u8; 1024];
+        assert_eq!(leased.read(&mut buf).unwrap(), 1024);
+        let opening = writer(&path);
+        until_broken(&leased);
+        let err = leased.read(&mut buf).unwrap_err();
+        assert!(err.to_string().contains("opened for writing"), "{err}");
+        // The writer could not write while the lease held: it gets the file once the
+        // reader lets go.
+        assert!(!opening.is_finished());
+        drop(leased);
+        opening.join().unwrap().unwrap().write_all(b"x").unwrap();
+    }
+
+    #[test]
+    fn a_truncate_breaks_the_lease_too() {
+        let (_dir, path) = file_with(&[7u8; 4096]);
+        let leased = pin(File::open(&path).unwrap()).map_err(|_| ()).unwrap();
+        let truncating = {
+            let path = path.clone();
+            std::thread::spawn(move || nix::unistd::truncate(&path, 0))
+        };
+        until_broken(&leased);
+        drop(leased);
+        truncating.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_file_open_for_writing_cannot_be_pinned() {
+        let (_dir, path) = file_with(b"data");
+        let _writing = OpenOptions::new().append(true).open(&path).unwrap();
+        assert!(pin(File::open(&path).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_pinned_file_reads_whole_twice() {
+        let (_dir, path) = file_with(b"the same bytes");
+        let mut leased = pin(File::open(&path).unwrap()).map_err(|_| ()).unwrap();
+        let mut first = Vec::new();
+        leased.read_to_end(&mut first).unwrap();
+        leased.rewind().unwrap();
+        let mut second = Vec::new();
+        leased.read_to_end(&mut second).unwrap();
+        assert_eq!(
+            (first.as_slice(), second.as_slice()),
+            (&b"the same bytes"[..], &b"the same bytes"[..])
+        );
+        assert!(leased.held());
+    }
+}
