@@ -1,9 +1,10 @@
 //! Reading one repository file: hash check, then decryption or decompression.
 //!
-//! A [`DecodedFile`] runs the raw bytes through SHA1 and the decoder on a helper thread
-//! and hands decoded buffers to the caller over a small bounded channel, so inflating one
-//! volume overlaps with writing the previous buffers to disk while memory stays fixed
-//! (a few buffers, whatever the volume size). The hash covers the file exactly as stored
+//! A [`DecodedFile`] runs the raw bytes through SHA1 (when a hash is expected: a file
+//! checked before, from the download cache or pinned by a read lease, is not hashed again)
+//! and the decoder on a helper thread and hands decoded buffers to the caller over a small
+//! bounded channel, so inflating one volume overlaps with writing the previous buffers to
+//! disk while memory stays fixed (a few buffers, whatever the volume size). The hash covers the file exactly as stored
 //! (docs/format.md §4.1): the thread reads to the end of the raw file even when the tar
 //! stream inside stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply
 //! nothing from a set before every volume of it has finished cleanly.

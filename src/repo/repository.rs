@@ -5,7 +5,9 @@
 //! [`Repository::prefetch`] has queued a sync's volumes for a remote source, from the
 //! download cache, checked on arrival (see `source::cache`). Either way a compressed or
 //! encrypted volume is checked against its manifest SHA1 before any of it is decoded, so a
-//! forged one (a gzip bomb) writes nothing to staging.
+//! forged one (a gzip bomb) writes nothing to staging; and what is decoded is what was
+//! checked: a cached file is private, a local one is pinned by a read lease
+//! (`source::lease`) or, when it cannot be, hashed again as it is decoded.
 //!
 //! A set's volumes are read in order into one record sink ([`Repository::read_set`]), or,
 //! for a first sync, apart ([`Repository::read_set_apart`]):
