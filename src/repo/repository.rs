@@ -276,7 +276,12 @@ impl Repository {
         sha1: String,
     ) -> Result<(Box<dyn Read + Send>, Option<String>)> {
         if let Some(in_place) = self.backend.open_in_place(&file.name) {
-            if let Ok(mut leased) = lease::pin(in_place?) {
+            // A file that is not the size listed is read capped, as any other source's.
+            let pinned = lease::pin(in_place?).ok().filter(|leased| {
+                file.size
+                    .is_none_or(|size| leased.size().ok() == Some(size))
+            });
+            if let Some(mut leased) = pinned {
                 check_hash(&mut leased, &file.name, &sha1)?;
                 leased
                     .rewind()

@@ -103,6 +103,11 @@ impl LeasedFile {
         lease == libc::F_RDLCK
     }
 
+    /// The file's size now (it cannot change while the lease holds).
+    pub fn size(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
     /// Back to the first byte, for the decode after the hash pass.
     pub fn rewind(&mut self) -> io::Result<()> {
         self.file.seek(SeekFrom::Start(0)).map(|_| ())
