@@ -4,10 +4,11 @@
 //! checked before, from the download cache or pinned by a read lease, is not hashed again)
 //! and the decoder on a helper thread and hands decoded buffers to the caller over a small
 //! bounded channel, so inflating one volume overlaps with writing the previous buffers to
-//! disk while memory stays fixed (a few buffers, whatever the volume size). The hash covers the file exactly as stored
-//! (docs/format.md §4.1): the thread reads to the end of the raw file even when the tar
-//! stream inside stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply
-//! nothing from a set before every volume of it has finished cleanly.
+//! disk while memory stays fixed (a few buffers, whatever the volume size). The hash
+//! covers the file exactly as stored (docs/format.md §4.1): the thread reads to the end of
+//! the raw file even when the tar stream inside stops early, and [`DecodedFile::finish`]
+//! reports a mismatch. Callers apply nothing from a set before every volume of it has
+//! finished cleanly.
 //!
 //! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
 //! gzip is inflated straight from the read buffer, and consumed buffers travel back to it
