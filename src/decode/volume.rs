@@ -1,12 +1,14 @@
 //! Reading one repository file: hash check, then decryption or decompression.
 //!
-//! A [`DecodedFile`] runs the raw bytes through SHA1 and the decoder on a helper thread
-//! and hands decoded buffers to the caller over a small bounded channel, so inflating one
-//! volume overlaps with writing the previous buffers to disk while memory stays fixed
-//! (a few buffers, whatever the volume size). The hash covers the file exactly as stored
-//! (docs/format.md §4.1): the thread reads to the end of the raw file even when the tar
-//! stream inside stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply
-//! nothing from a set before every volume of it has finished cleanly.
+//! A [`DecodedFile`] runs the raw bytes through SHA1 (when a hash is expected: a file
+//! checked before, from the download cache or pinned by a read lease, is not hashed again)
+//! and the decoder on a helper thread and hands decoded buffers to the caller over a small
+//! bounded channel, so inflating one volume overlaps with writing the previous buffers to
+//! disk while memory stays fixed (a few buffers, whatever the volume size). The hash
+//! covers the file exactly as stored (docs/format.md §4.1): the thread reads to the end of
+//! the raw file even when the tar stream inside stops early, and [`DecodedFile::finish`]
+//! reports a mismatch. Callers apply nothing from a set before every volume of it has
+//! finished cleanly.
 //!
 //! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
 //! gzip is inflated straight from the read buffer, and consumed buffers travel back to it
@@ -64,26 +66,41 @@ pub struct VolumeSource {
     pub raw: Box<dyn Read + Send>,
 }
 
-/// Hashes the stored bytes as they are read. When dropped it reads the rest of the file
-/// (the tar inside may end before the file does) and reports the digest, so the hash always
-/// covers the whole stored file whatever the decoder above it did.
+/// Reads the stored bytes for the decoder, hashing them when a hash is expected, and
+/// remembers the first read error (a broken read explains a decode error best). When
+/// dropped it reports the digest, after reading the rest of the file when hashing (the tar
+/// inside may end before the file does), so the hash always covers the whole stored file
+/// whatever the decoder above it did. A file already checked (from the download cache, or
+/// pinned by a read lease) is not hashed again.
 struct HashingReader {
     inner: Box<dyn Read + Send>,
-    hasher: Sha1,
+    hasher: Option<Sha1>,
     bytes: u64,
+    read_error: Option<io::Error>,
     report: Sender<HashReport>,
 }
 
 struct HashReport {
-    sha1: String,
+    /// None when not hashed.
+    sha1: Option<String>,
     bytes: u64,
     read_error: Option<io::Error>,
 }
 
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted && self.read_error.is_none() {
+                    self.read_error = Some(io::Error::new(e.kind(), e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -91,20 +108,21 @@ impl Read for HashingReader {
 
 impl Drop for HashingReader {
     fn drop(&mut self) {
-        let mut buf = vec![0u8; BUF_SIZE];
-        let read_error = loop {
-            match self.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
+        if self.hasher.is_some() {
+            let mut buf = vec![0u8; BUF_SIZE];
+            loop {
+                match self.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-        };
-        let sha1 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        }
         let _ = self.report.send(HashReport {
-            sha1,
+            sha1: self.hasher.take().map(|h| hex::encode(h.finalize())),
             bytes: self.bytes,
-            read_error,
+            read_error: self.read_error.take(),
         });
     }
 }
@@ -196,8 +214,9 @@ fn decode(
     let (report_tx, report_rx) = channel();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
         inner: src.raw,
-        hasher: Sha1::new(),
+        hasher: src.expected_sha1.as_ref().map(|_| Sha1::new()),
         bytes: 0,
+        read_error: None,
         report: report_tx,
     });
     let name = &src.name;
@@ -239,12 +258,12 @@ fn decode(
     let report = report_rx
         .recv()
         .map_err(|_| anyhow!("{name}: hashing stopped unexpectedly"))?;
-    if let Some(expected) = &src.expected_sha1 {
-        if *expected != report.sha1 {
+    if let (Some(expected), Some(actual)) = (src.expected_sha1, report.sha1) {
+        if expected != actual {
             return Err(Error::HashMismatch {
                 name: name.clone(),
-                expected: expected.clone(),
-                actual: report.sha1,
+                expected,
+                actual,
             }
             .into());
         }
@@ -286,5 +305,71 @@ fn pump(
         if tx.send(Msg::Data(buf)).is_err() {
             return Ok(()); // the reader went away; finish() is not waiting for data
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::lease;
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Whether the kernel lists a lease on inode `ino` as being broken.
+    fn lease_breaking(ino: u64) -> bool {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().any(|l| {
+            l.contains("LEASE") && l.contains("BREAKING") && l.contains(&format!(":{ino} "))
+        })
+    }
+
+    /// A volume pinned by a lease and decoded without a second hash: a writer that opens
+    /// it mid-decode stops the decode at the next read, with the reason.
+    #[test]
+    fn a_writer_opening_a_leased_volume_mid_decode_stops_it() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("volume.gz");
+        // Incompressible, and far more than the buffers in flight: the decoder is still
+        // reading when the writer comes.
+        let mut rng = fastrand::Rng::with_seed(15);
+        let data: Vec<u8> = (0..8 * BUF_SIZE).map(|_| rng.u8(..)).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+
+        let leased = lease::pin(File::open(&path).unwrap())
+            .map_err(|_| ())
+            .unwrap();
+        let mut decoded = DecodedFile::spawn(
+            VolumeSource {
+                name: "volume.gz".into(),
+                encoding: Encoding::Gzip,
+                expected_sha1: None,
+                named_time: None,
+                raw: Box::new(leased),
+            },
+            None,
+        );
+        let mut first = [0u8; 1];
+        decoded.read_exact(&mut first).unwrap();
+        let writing = {
+            let path = path.clone();
+            std::thread::spawn(move || OpenOptions::new().write(true).open(path))
+        };
+        while !lease_breaking(ino) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut rest = Vec::new();
+        let err = decoded.read_to_end(&mut rest).unwrap_err();
+        assert!(err.to_string().contains("opened for writing"), "{err}");
+        assert!(rest.len() < data.len() - 1, "the whole volume was decoded");
+        let verdict = decoded.finish().unwrap_err();
+        assert!(
+            format!("{verdict:#}").contains("lease broke"),
+            "{verdict:#}"
+        );
+        writing.join().unwrap().unwrap();
     }
 }

@@ -5,7 +5,9 @@
 //! [`Repository::prefetch`] has queued a sync's volumes for a remote source, from the
 //! download cache, checked on arrival (see `source::cache`). Either way a compressed or
 //! encrypted volume is checked against its manifest SHA1 before any of it is decoded, so a
-//! forged one (a gzip bomb) writes nothing to staging.
+//! forged one (a gzip bomb) writes nothing to staging; and what is decoded is what was
+//! checked: a cached file is private, a local one is pinned by a read lease
+//! (`source::lease`) or, when it cannot be, hashed again as it is decoded.
 //!
 //! A set's volumes are read in order into one record sink ([`Repository::read_set`]), or,
 //! for a first sync, apart ([`Repository::read_set_apart`]):
@@ -32,7 +34,7 @@ use crate::repo::collection::{BackupSet, Collection};
 use crate::repo::filename::{Encoding, NameParser, Prefixes, RemoteFile};
 use crate::repo::manifest::{Manifest, ManifestError};
 use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
-use crate::source::{Backend, SourceOptions};
+use crate::source::{lease, Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
@@ -92,12 +94,7 @@ impl Repository {
     }
 
     fn reader(&self, file: &RemoteFile, sha1: Option<String>) -> Result<DecodedFile> {
-        let raw = self
-            .backend
-            .open(&file.name, 0)
-            .with_context(|| format!("cannot read {}", file.name))?
-            .reader;
-        Ok(self.decode(file, sha1, raw))
+        Ok(self.decode(file, sha1, self.open_raw(file)?))
     }
 
     fn decode(
@@ -248,20 +245,9 @@ impl Repository {
     ) -> Result<DecodedFile> {
         let (raw, sha1) = match cached {
             Some(cached) => (cached?, None),
-            None => {
-                // A compressed or encrypted volume can inflate to a thousand times its
-                // size: it must be the one the manifest names before any of it is decoded
-                // into staging (a plain one cannot grow, and is hashed as it is read).
-                if file.encoding != Encoding::Plain {
-                    self.check_stored_hash(file, &sha1)?;
-                }
-                let raw = self
-                    .backend
-                    .open(&file.name, 0)
-                    .with_context(|| format!("cannot read {}", file.name))?
-                    .reader;
-                (raw, Some(sha1))
-            }
+            // A plain volume cannot grow: it is hashed as it is read.
+            None if file.encoding == Encoding::Plain => (self.open_raw(file)?, Some(sha1)),
+            None => self.checked_volume(file, sha1)?,
         };
         let counted = Box::new(AppliedVolume {
             inner: raw,
@@ -270,34 +256,41 @@ impl Repository {
         Ok(self.decode(file, sha1, counted))
     }
 
-    /// Reads a stored file once through SHA1 and compares it with the manifest's.
-    fn check_stored_hash(&self, file: &RemoteFile, expected: &str) -> Result<()> {
-        let mut raw = self
+    fn open_raw(&self, file: &RemoteFile) -> Result<Box<dyn Read + Send>> {
+        Ok(self
             .backend
             .open(&file.name, 0)
             .with_context(|| format!("cannot read {}", file.name))?
-            .reader;
-        let mut hasher = Sha1::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match raw.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.name)),
-            };
-            hasher.update(&buf[..n]);
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(Error::HashMismatch {
-                name: file.name.clone(),
-                expected: expected.to_string(),
-                actual,
+            .reader)
+    }
+
+    /// A compressed or encrypted volume can inflate to a thousand times its size: it must
+    /// be the one the manifest names before any of it is decoded into staging. Returns it
+    /// checked, to be read from the start, with the SHA1 still to check as it is decoded:
+    /// none when the file is pinned by a read lease (a local folder that allows one, see
+    /// `source::lease`: it cannot change between the check and the decode), else the
+    /// manifest's (it could).
+    fn checked_volume(
+        &self,
+        file: &RemoteFile,
+        sha1: String,
+    ) -> Result<(Box<dyn Read + Send>, Option<String>)> {
+        if let Some(in_place) = self.backend.open_in_place(&file.name) {
+            // A file that is not the size listed is read capped, as any other source's.
+            let pinned = lease::pin(in_place?).ok().filter(|leased| {
+                file.size
+                    .is_none_or(|size| leased.size().ok() == Some(size))
+            });
+            if let Some(mut leased) = pinned {
+                check_hash(&mut leased, &file.name, &sha1)?;
+                leased
+                    .rewind()
+                    .with_context(|| format!("cannot read {}", file.name))?;
+                return Ok((Box::new(leased), None));
             }
-            .into());
         }
-        Ok(())
+        check_hash(&mut self.open_raw(file)?, &file.name, &sha1)?;
+        Ok((self.open_raw(file)?, Some(sha1)))
     }
 
     /// Streams the given volumes of a set, in order, into `sink`. Each volume's SHA1 is
@@ -458,6 +451,31 @@ impl Repository {
         parsed.with_context(|| format!("volume {}", file.name))?;
         Ok((sink, stream.into_edges()))
     }
+}
+
+/// Reads a stored file once through SHA1 and compares it with the manifest's.
+fn check_hash(raw: &mut dyn Read, name: &str, expected: &str) -> Result<()> {
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
+        };
+        hasher.update(&buf[..n]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != expected {
+        return Err(Error::HashMismatch {
+            name: name.to_string(),
+            expected: expected.to_string(),
+            actual,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Counts the volume bytes the applier reads, for its progress bar.

@@ -70,11 +70,7 @@ impl Backend for CheckedBackend {
     }
 
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
-        if let Err(fault) = names::check(name) {
-            return Err(
-                Error::corrupt(format!("refusing to open {} ({fault})", shown(name))).into(),
-            );
-        }
+        refuse_hostile(name)?;
         let listed = self.sizes.get(name);
         let opened = self.inner.open(name, offset)?;
         Ok(Opened {
@@ -96,6 +92,15 @@ impl Backend for CheckedBackend {
         self.inner.is_local()
     }
 
+    /// Not capped at the listed size: the caller reads it under a lease (it cannot grow)
+    /// and checks its SHA1 before decoding any of it.
+    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
+        if let Err(e) = refuse_hostile(name) {
+            return Some(Err(e));
+        }
+        self.inner.open_in_place(name)
+    }
+
     fn distrust(&self, name: &str) -> bool {
         self.inner.distrust(name)
     }
@@ -103,6 +108,13 @@ impl Backend for CheckedBackend {
     fn verify_copies(&self, name: &str) -> Result<()> {
         self.inner.verify_copies(name)
     }
+}
+
+/// An error for a name no real repository file can have (the listing never hands one out).
+fn refuse_hostile(name: &str) -> Result<()> {
+    names::check(name).map_err(|fault| {
+        Error::corrupt(format!("refusing to open {} ({fault})", shown(name))).into()
+    })
 }
 
 /// A reader that fails once its file goes past `limit` bytes (the caller names the file).

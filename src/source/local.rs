@@ -21,6 +21,11 @@ impl LocalBackend {
         }
         Ok(LocalBackend { root })
     }
+
+    fn open_file(&self, name: &str) -> Result<File> {
+        let path = self.root.join(name);
+        File::open(&path).with_context(|| format!("cannot open {}", path.display()))
+    }
 }
 
 impl Backend for LocalBackend {
@@ -48,8 +53,7 @@ impl Backend for LocalBackend {
     }
 
     fn open(&self, name: &str, offset: u64) -> Result<Opened> {
-        let path = self.root.join(name);
-        let mut f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut f = self.open_file(name)?;
         if offset > 0 {
             f.seek(SeekFrom::Start(offset))?;
         }
@@ -65,5 +69,9 @@ impl Backend for LocalBackend {
 
     fn is_local(&self) -> bool {
         true
+    }
+
+    fn open_in_place(&self, name: &str) -> Option<Result<File>> {
+        Some(self.open_file(name))
     }
 }

@@ -116,6 +116,18 @@ impl Inner {
         }
     }
 
+    /// Source `i` serves `name` (the last one to, should its copy fail its check).
+    fn serves(&self, name: &str, i: usize) {
+        if let Ok(mut served) = self.mirrors[i].served.lock() {
+            if !served.files.iter().any(|f| f == name) {
+                served.files.push(name.to_string());
+            }
+        }
+        if let Ok(mut last) = self.last.lock() {
+            last.insert(name.to_string(), i);
+        }
+    }
+
     /// Opens `name` at `offset` from the first source that can serve it.
     fn open_any(self: &Arc<Self>, name: &str, offset: u64) -> Result<(usize, Opened)> {
         let holders = self.holders(name);
@@ -123,14 +135,7 @@ impl Inner {
         for (k, &i) in holders.iter().enumerate() {
             match self.mirrors[i].backend.open(name, offset) {
                 Ok(opened) => {
-                    if let Ok(mut served) = self.mirrors[i].served.lock() {
-                        if !served.files.iter().any(|f| f == name) {
-                            served.files.push(name.to_string());
-                        }
-                    }
-                    if let Ok(mut last) = self.last.lock() {
-                        last.insert(name.to_string(), i);
-                    }
+                    self.serves(name, i);
                     return Ok((i, opened));
                 }
                 Err(e) => {
@@ -182,6 +187,19 @@ impl Backend for Mirrors {
 
     fn is_local(&self) -> bool {
         self.0.mirrors.first().is_some_and(|m| m.backend.is_local())
+    }
+
+    /// From the first source that can serve `name`, when that one is a local folder and
+    /// opens it (else `None`: [`Backend::open`] tries the others). Its bytes count as
+    /// delivered once, whoever reads them how often.
+    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
+        let first = *self.0.holders(name).first()?;
+        let file = self.0.mirrors[first].backend.open_in_place(name)?.ok()?;
+        self.0.serves(name, first);
+        if let (Ok(mut served), Ok(meta)) = (self.0.mirrors[first].served.lock(), file.metadata()) {
+            served.bytes += meta.len();
+        }
+        Some(Ok(file))
     }
 
     fn distrust(&self, name: &str) -> bool {

@@ -27,6 +27,7 @@ pub mod checked;
 pub mod faulty;
 mod ftp;
 mod http;
+pub mod lease;
 mod local;
 mod memory;
 pub mod meter;
@@ -123,6 +124,12 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// The file itself, opened read-only, when the source is a local folder read in place
+    /// (for a caller that pins it with [`lease::pin`]); `None` for any other source.
+    fn open_in_place(&self, _name: &str) -> Option<Result<std::fs::File>> {
+        None
+    }
+
     /// The copy of `name` last opened failed its check: open it elsewhere next time.
     /// Whether another copy remains to try (several sources only; see [`mirrors`]).
     fn distrust(&self, _name: &str) -> bool {
@@ -149,6 +156,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn is_local(&self) -> bool {
         (**self).is_local()
+    }
+    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
+        (**self).open_in_place(name)
     }
     fn distrust(&self, name: &str) -> bool {
         (**self).distrust(name)
