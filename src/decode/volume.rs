@@ -35,8 +35,33 @@ pub enum Encoding {
     P7m,
 }
 
-const BUF_SIZE: usize = 256 * 1024;
-const BUFS_IN_FLIGHT: usize = 4;
+/// How far a file is decoded ahead of its reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAhead {
+    /// A volume: 4 buffers of 256 KiB, so that inflating overlaps writing the files out.
+    Volume,
+    /// A manifest or a signature file, read a little at a time and many at once (`verify`
+    /// merges one signature file per set of the chain): 2 buffers of 64 KiB.
+    Small,
+}
+
+impl ReadAhead {
+    /// The size of each buffer (and of the read buffer beneath the inflater).
+    fn buf_size(self) -> usize {
+        match self {
+            ReadAhead::Volume => 256 * 1024,
+            ReadAhead::Small => 64 * 1024,
+        }
+    }
+
+    /// Buffers decoded and not yet read, at most.
+    fn in_flight(self) -> usize {
+        match self {
+            ReadAhead::Volume => 4,
+            ReadAhead::Small => 2,
+        }
+    }
+}
 
 enum Msg {
     Data(Vec<u8>),
@@ -64,6 +89,7 @@ pub struct VolumeSource {
     /// The time the file's name gives (a set's session time), for the signature check.
     pub named_time: Option<i64>,
     pub raw: Box<dyn Read + Send>,
+    pub read_ahead: ReadAhead,
 }
 
 /// Reads the stored bytes for the decoder, hashing them when a hash is expected, and
@@ -78,6 +104,8 @@ struct HashingReader {
     bytes: u64,
     read_error: Option<io::Error>,
     report: Sender<HashReport>,
+    /// For reading the rest when dropped.
+    buf_size: usize,
 }
 
 struct HashReport {
@@ -109,7 +137,7 @@ impl Read for HashingReader {
 impl Drop for HashingReader {
     fn drop(&mut self) {
         if self.hasher.is_some() {
-            let mut buf = vec![0u8; BUF_SIZE];
+            let mut buf = vec![0u8; self.buf_size];
             loop {
                 match self.read(&mut buf) {
                     Ok(0) => break,
@@ -129,7 +157,7 @@ impl Drop for HashingReader {
 
 impl DecodedFile {
     pub fn spawn(src: VolumeSource, decryptor: Option<std::sync::Arc<dyn Decryptor>>) -> Self {
-        let (tx, rx) = sync_channel(BUFS_IN_FLIGHT);
+        let (tx, rx) = sync_channel(src.read_ahead.in_flight());
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let (recycle, recycled) = channel();
@@ -212,12 +240,14 @@ fn decode(
     recycled: &Receiver<Vec<u8>>,
 ) -> Result<()> {
     let (report_tx, report_rx) = channel();
+    let buf_size = src.read_ahead.buf_size();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
         inner: src.raw,
         hasher: src.expected_sha1.as_ref().map(|_| Sha1::new()),
         bytes: 0,
         read_error: None,
         report: report_tx,
+        buf_size,
     });
     let name = &src.name;
     let decoded = (|| -> Result<()> {
@@ -229,7 +259,7 @@ fn decode(
         let mut plain: Box<dyn Read + Send> = match src.encoding {
             Encoding::Plain => raw,
             Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-                io::BufReader::with_capacity(BUF_SIZE, raw),
+                io::BufReader::with_capacity(buf_size, raw),
             )),
             Encoding::Gpg => decryptor
                 .ok_or_else(|| anyhow!("{name} is encrypted, but no decryption is set up"))?
@@ -240,7 +270,7 @@ fn decode(
                 ))
             }
         };
-        pump(&mut plain, tx, stop, recycled).map_err(|e| match src.encoding {
+        pump(&mut plain, buf_size, tx, stop, recycled).map_err(|e| match src.encoding {
             Encoding::Gzip => {
                 let io_kind = e.downcast_ref::<io::Error>().map(|e| e.kind());
                 if io_kind == Some(io::ErrorKind::UnexpectedEof)
@@ -280,6 +310,7 @@ fn decode(
 
 fn pump(
     r: &mut dyn Read,
+    buf_size: usize,
     tx: &SyncSender<Msg>,
     stop: &AtomicBool,
     recycled: &Receiver<Vec<u8>>,
@@ -289,9 +320,9 @@ fn pump(
             return Ok(());
         }
         let mut buf = recycled.try_recv().unwrap_or_default();
-        buf.resize(BUF_SIZE, 0);
+        buf.resize(buf_size, 0);
         let mut filled = 0;
-        while filled < BUF_SIZE {
+        while filled < buf_size {
             let n = r.read(&mut buf[filled..])?;
             if n == 0 {
                 break;
@@ -333,7 +364,9 @@ mod tests {
         // Incompressible, and far more than the buffers in flight: the decoder is still
         // reading when the writer comes.
         let mut rng = fastrand::Rng::with_seed(15);
-        let data: Vec<u8> = (0..8 * BUF_SIZE).map(|_| rng.u8(..)).collect();
+        let data: Vec<u8> = (0..8 * ReadAhead::Volume.buf_size())
+            .map(|_| rng.u8(..))
+            .collect();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&data).unwrap();
         std::fs::write(&path, gz.finish().unwrap()).unwrap();
@@ -349,6 +382,7 @@ mod tests {
                 expected_sha1: None,
                 named_time: None,
                 raw: Box::new(leased),
+                read_ahead: ReadAhead::Volume,
             },
             None,
         );

@@ -27,7 +27,7 @@
 
 use crate::decode::crypto::Decryptor;
 use crate::decode::records::{RecordSink, RecordStream, VolumeEdges, VolumeSink, VolumeSinks};
-use crate::decode::volume::{DecodedFile, VolumeSource};
+use crate::decode::volume::{DecodedFile, ReadAhead, VolumeSource};
 use crate::error::Error;
 use crate::progress::Reporter;
 use crate::repo::collection::{BackupSet, Collection};
@@ -93,8 +93,9 @@ impl Repository {
         self.backend.display()
     }
 
+    /// A manifest or a signature file, decoded a little ahead of its reader.
     fn reader(&self, file: &RemoteFile, sha1: Option<String>) -> Result<DecodedFile> {
-        Ok(self.decode(file, sha1, self.open_raw(file)?))
+        Ok(self.decode(file, sha1, self.open_raw(file)?, ReadAhead::Small))
     }
 
     fn decode(
@@ -102,6 +103,7 @@ impl Repository {
         file: &RemoteFile,
         sha1: Option<String>,
         raw: Box<dyn Read + Send>,
+        read_ahead: ReadAhead,
     ) -> DecodedFile {
         DecodedFile::spawn(
             VolumeSource {
@@ -110,6 +112,7 @@ impl Repository {
                 expected_sha1: sha1,
                 named_time: Some(file.end_time),
                 raw,
+                read_ahead,
             },
             self.decryptor.clone(),
         )
@@ -253,7 +256,7 @@ impl Repository {
             inner: raw,
             reporter: self.reporter.clone(),
         });
-        Ok(self.decode(file, sha1, counted))
+        Ok(self.decode(file, sha1, counted, ReadAhead::Volume))
     }
 
     fn open_raw(&self, file: &RemoteFile) -> Result<Box<dyn Read + Send>> {

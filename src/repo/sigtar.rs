@@ -242,7 +242,7 @@ impl SetSignatures {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::volume::{Encoding, VolumeSource};
+    use crate::decode::volume::{Encoding, ReadAhead, VolumeSource};
 
     /// A plain signature file holding `entries` (name, typeflag, data), decoded.
     fn signature_file(entries: &[(&str, u8, &[u8])]) -> DecodedFile {
@@ -265,6 +265,7 @@ mod tests {
             expected_sha1: None,
             named_time: None,
             raw: Box::new(std::io::Cursor::new(builder.into_inner().unwrap())),
+            read_ahead: ReadAhead::Small,
         };
         DecodedFile::spawn(source, None)
     }
