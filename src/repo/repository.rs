@@ -34,7 +34,7 @@ use crate::repo::collection::{BackupSet, Collection};
 use crate::repo::filename::{Encoding, NameParser, Prefixes, RemoteFile};
 use crate::repo::manifest::{Manifest, ManifestError};
 use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
-use crate::source::{lease, Backend, SourceOptions};
+use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
 use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
@@ -278,19 +278,13 @@ impl Repository {
         file: &RemoteFile,
         sha1: String,
     ) -> Result<(Box<dyn Read + Send>, Option<String>)> {
-        if let Some(in_place) = self.backend.open_in_place(&file.name) {
-            // A file that is not the size listed is read capped, as any other source's.
-            let pinned = lease::pin(in_place?).ok().filter(|leased| {
-                file.size
-                    .is_none_or(|size| leased.size().ok() == Some(size))
-            });
-            if let Some(mut leased) = pinned {
-                check_hash(&mut leased, &file.name, &sha1)?;
-                leased
-                    .rewind()
-                    .with_context(|| format!("cannot read {}", file.name))?;
-                return Ok((Box::new(leased), None));
-            }
+        if let Some(pinned) = self.backend.open_pinned(&file.name) {
+            let mut leased = pinned?;
+            check_hash(&mut leased, &file.name, &sha1)?;
+            leased
+                .rewind()
+                .with_context(|| format!("cannot read {}", file.name))?;
+            return Ok((Box::new(leased), None));
         }
         check_hash(&mut self.open_raw(file)?, &file.name, &sha1)?;
         Ok((self.open_raw(file)?, Some(sha1)))

@@ -17,6 +17,7 @@
 //! size is the server's own word; it bounds a download, it does not make it honest (the
 //! manifest's SHA1 does that).
 
+use super::lease::LeasedFile;
 use super::names::{self, shown};
 use super::{Backend, ListEntry, ListedSizes, Opened};
 use crate::error::Error;
@@ -92,13 +93,17 @@ impl Backend for CheckedBackend {
         self.inner.is_local()
     }
 
-    /// Not capped at the listed size: the caller reads it under a lease (it cannot grow)
-    /// and checks its SHA1 before decoding any of it.
-    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
+    /// Not capped: under its lease the file cannot grow, and it is handed out only when it
+    /// is the size listed (else `None`, and [`Backend::open`] reads it capped).
+    fn open_pinned(&self, name: &str) -> Option<Result<LeasedFile>> {
         if let Err(e) = refuse_hostile(name) {
             return Some(Err(e));
         }
-        self.inner.open_in_place(name)
+        let listed = self.sizes.get(name);
+        match self.inner.open_pinned(name)? {
+            Ok(leased) if listed.is_some_and(|size| leased.size().ok() != Some(size)) => None,
+            pinned => Some(pinned),
+        }
     }
 
     fn distrust(&self, name: &str) -> bool {
@@ -220,5 +225,27 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out.len(), 11);
+    }
+
+    /// A local file pinned by a read lease is handed out only at the size listed: one that
+    /// grew after the listing is left to `open`, which reads it capped.
+    #[test]
+    fn a_pinned_file_is_handed_out_only_at_the_size_listed() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            return; // leases are taken on tmpfs; no /dev/shm here
+        };
+        std::fs::write(dir.path().join("vol"), b"1234").unwrap();
+        let local = super::super::local::LocalBackend::new(dir.path().to_str().unwrap());
+        let b = CheckedBackend::new(Box::new(local.unwrap()));
+        b.list().unwrap();
+        let leased = b
+            .open_pinned("vol")
+            .expect("a local file is pinned")
+            .unwrap();
+        assert_eq!(leased.size().unwrap(), 4);
+        drop(leased);
+        std::fs::write(dir.path().join("vol"), b"123456").unwrap();
+        assert!(b.open_pinned("vol").is_none(), "a file longer than listed");
+        assert!(b.open_pinned("../vol").unwrap().is_err(), "a hostile name");
     }
 }

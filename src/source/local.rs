@@ -1,6 +1,7 @@
 //! A repository in a local folder (or any mounted file system): listed and read in place,
 //! with no copy, cache or retry.
 
+use super::lease::{self, LeasedFile};
 use super::{Backend, ListEntry, Opened};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -71,7 +72,10 @@ impl Backend for LocalBackend {
         true
     }
 
-    fn open_in_place(&self, name: &str) -> Option<Result<File>> {
-        Some(self.open_file(name))
+    fn open_pinned(&self, name: &str) -> Option<Result<LeasedFile>> {
+        match self.open_file(name) {
+            Ok(file) => lease::pin(file).ok().map(Ok),
+            Err(e) => Some(Err(e)),
+        }
     }
 }

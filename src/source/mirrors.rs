@@ -17,6 +17,7 @@
 //! the manifest (the trust anchor), and the manifests themselves are checked to agree across
 //! the sources before a set is applied. Which source served what is counted for the report.
 
+use super::lease::LeasedFile;
 use super::{Backend, ListEntry, Opened, SourceError};
 use crate::progress::Reporter;
 use anyhow::{anyhow, Result};
@@ -189,17 +190,17 @@ impl Backend for Mirrors {
         self.0.mirrors.first().is_some_and(|m| m.backend.is_local())
     }
 
-    /// From the first source that can serve `name`, when that one is a local folder and
-    /// opens it (else `None`: [`Backend::open`] tries the others). Its bytes count as
-    /// delivered once, whoever reads them how often.
-    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
+    /// From the first source that can serve `name`, when that one pins it (else `None`:
+    /// [`Backend::open`] tries the others). Its bytes count as delivered once, whoever
+    /// reads them how often; a file not pinned is counted as it is read.
+    fn open_pinned(&self, name: &str) -> Option<Result<LeasedFile>> {
         let first = *self.0.holders(name).first()?;
-        let file = self.0.mirrors[first].backend.open_in_place(name)?.ok()?;
+        let leased = self.0.mirrors[first].backend.open_pinned(name)?.ok()?;
         self.0.serves(name, first);
-        if let (Ok(mut served), Ok(meta)) = (self.0.mirrors[first].served.lock(), file.metadata()) {
-            served.bytes += meta.len();
+        if let (Ok(mut served), Ok(size)) = (self.0.mirrors[first].served.lock(), leased.size()) {
+            served.bytes += size;
         }
-        Some(Ok(file))
+        Some(Ok(leased))
     }
 
     fn distrust(&self, name: &str) -> bool {

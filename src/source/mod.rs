@@ -124,9 +124,10 @@ pub trait Backend: Send + Sync {
         false
     }
 
-    /// The file itself, opened read-only, when the source is a local folder read in place
-    /// (for a caller that pins it with [`lease::pin`]); `None` for any other source.
-    fn open_in_place(&self, _name: &str) -> Option<Result<std::fs::File>> {
+    /// The file itself, read in place and pinned by a read lease ([`lease::pin`]), when the
+    /// source is a local folder and the kernel grants the lease; `None` otherwise (then
+    /// [`Backend::open`] reads it).
+    fn open_pinned(&self, _name: &str) -> Option<Result<lease::LeasedFile>> {
         None
     }
 
@@ -157,8 +158,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn is_local(&self) -> bool {
         (**self).is_local()
     }
-    fn open_in_place(&self, name: &str) -> Option<Result<std::fs::File>> {
-        (**self).open_in_place(name)
+    fn open_pinned(&self, name: &str) -> Option<Result<lease::LeasedFile>> {
+        (**self).open_pinned(name)
     }
     fn distrust(&self, name: &str) -> bool {
         (**self).distrust(name)
