@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libgpgme-dev >/dev/null 2>&1 || missing+=(libgpgme-dev)
+dpkg -s libisal-dev >/dev/null 2>&1 || missing+=(libisal-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

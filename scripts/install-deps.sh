@@ -5,11 +5,12 @@
 #
 #   apt: duplicity (upstream 0.8.22, the oracle; brings python3 and rsync), strace (the crash and
 #        I/O-error tests kill or fail dupmirror at chosen syscalls), libgpgme-dev (for
-#        the gpgme crate), gnupg, rsync, nginx-light (HTTP tests), python3-pyftpdlib (FTP
-#        tests), python3-openssl (pyftpdlib's FTPS), openssl (test certificates, htpasswd),
-#        pigz, openssh-server (SFTP tests: sshd with its own config on 127.0.0.1); for the
-#        fleet tests: prometheus (promtool checks the metrics file), systemd
-#        (systemd-analyze verifies the units), man-db and groff (the man page renders without
+#        the gpgme crate), libisal-dev (ISA-L, which inflates gzip), gnupg, rsync,
+#        nginx-light (HTTP tests), python3-pyftpdlib (FTP tests), python3-openssl
+#        (pyftpdlib's FTPS), openssl (test certificates, htpasswd), pigz, openssh-server
+#        (SFTP tests: sshd with its own config on 127.0.0.1); for the fleet tests:
+#        prometheus (promtool checks the metrics file), systemd (systemd-analyze verifies
+#        the units), man-db and groff (the man page renders without
 #        warnings), zsh and fish (the completion scripts parse), dpkg-dev (the .deb is built
 #        and inspected), util-linux (flock holds a lock in the exit-status test); time (GNU
 #        time: the peak memory of a run, for the memory-bound tests)
@@ -21,7 +22,7 @@ set -euo pipefail
 VENV="${DUPMIRROR_DUP3_VENV:-/opt/dup3}"
 MOTO_VENV="${DUPMIRROR_MOTO_VENV:-/opt/moto}"
 DUP3_VERSION=3.2.1
-APT_PACKAGES=(duplicity strace libgpgme-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz
+APT_PACKAGES=(duplicity strace libgpgme-dev libisal-dev pkg-config gnupg rsync nginx-light python3-pyftpdlib python3-openssl openssl pigz
               openssh-server prometheus systemd man-db groff zsh fish dpkg-dev util-linux time)
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

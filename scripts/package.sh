@@ -56,7 +56,7 @@ Package: dupmirror
 Version: $version
 Architecture: $arch
 Maintainer: dupmirror developers <dupmirror@localhost>
-Depends: libc6, libgpgme11 (>= 1.18), gnupg
+Depends: libc6, libgpgme11 (>= 1.18), libisal2 (>= 2.30), gnupg
 Recommends: duplicity
 Section: utils
 Priority: optional

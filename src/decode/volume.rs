@@ -11,10 +11,12 @@
 //! finished cleanly.
 //!
 //! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
-//! gzip is inflated straight from the read buffer, and consumed buffers travel back to it
+//! gzip is inflated (by ISA-L, `decode::gzip`) straight from its read buffer into the
+//! buffers handed on, and consumed buffers travel back to it
 //! for reuse instead of being freed and allocated (and zeroed) again.
 
 use crate::decode::crypto::Decryptor;
+use crate::decode::gzip::GzipReader;
 use crate::error::Error;
 use anyhow::{anyhow, Context, Result};
 use sha1::{Digest, Sha1};
@@ -43,13 +45,18 @@ pub enum ReadAhead {
     /// A manifest or a signature file, read a little at a time and many at once (`verify`
     /// merges one signature file per set of the chain): 2 buffers of 64 KiB.
     Small,
+    /// None: decoded by the reader's own thread as it reads. For a volume read apart
+    /// (several decoder threads already run side by side): no hand-over between threads,
+    /// the inflater writes straight into the reader's buffer, and the bytes stay in the
+    /// core's cache.
+    Inline,
 }
 
 impl ReadAhead {
     /// The size of each buffer (and of the read buffer beneath the inflater).
     fn buf_size(self) -> usize {
         match self {
-            ReadAhead::Volume => 256 * 1024,
+            ReadAhead::Volume | ReadAhead::Inline => 256 * 1024,
             ReadAhead::Small => 64 * 1024,
         }
     }
@@ -59,6 +66,7 @@ impl ReadAhead {
         match self {
             ReadAhead::Volume => 4,
             ReadAhead::Small => 2,
+            ReadAhead::Inline => 0,
         }
     }
 }
@@ -68,8 +76,17 @@ enum Msg {
     Done(Result<()>),
 }
 
-/// Decoded bytes of one repository file, produced on a helper thread.
-pub struct DecodedFile {
+/// Decoded bytes of one repository file, produced on a helper thread or, for
+/// [`ReadAhead::Inline`], as they are read.
+pub struct DecodedFile(Decoding);
+
+enum Decoding {
+    Ahead(DecodedAhead),
+    Inline(DecodedInline),
+}
+
+/// A file decoded ahead of its reader on a helper thread.
+struct DecodedAhead {
     rx: Receiver<Msg>,
     /// Tells the helper thread to stop decoding (the caller gave up on the content).
     stop: Arc<AtomicBool>,
@@ -79,6 +96,15 @@ pub struct DecodedFile {
     pos: usize,
     verdict: Option<Result<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A file decoded on its reader's thread.
+struct DecodedInline {
+    /// None once the decoder failed or could not be set up.
+    plain: Option<Box<dyn Read + Send>>,
+    /// The first decode error: the verdict, unless the hash explains it better.
+    error: Option<anyhow::Error>,
+    judge: Judge,
 }
 
 /// What the helper thread needs to open and check a file.
@@ -157,6 +183,18 @@ impl Drop for HashingReader {
 
 impl DecodedFile {
     pub fn spawn(src: VolumeSource, decryptor: Option<std::sync::Arc<dyn Decryptor>>) -> Self {
+        if src.read_ahead == ReadAhead::Inline {
+            let (plain, judge) = open(src, decryptor);
+            let (plain, error) = match plain {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
+            };
+            return DecodedFile(Decoding::Inline(DecodedInline {
+                plain,
+                error,
+                judge,
+            }));
+        }
         let (tx, rx) = sync_channel(src.read_ahead.in_flight());
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
@@ -164,11 +202,16 @@ impl DecodedFile {
         let thread = std::thread::Builder::new()
             .name("volume-decode".into())
             .spawn(move || {
-                let verdict = decode(src, decryptor, &tx, &stop_flag, &recycled);
-                let _ = tx.send(Msg::Done(verdict));
+                let buf_size = src.read_ahead.buf_size();
+                let (plain, judge) = open(src, decryptor);
+                let decoded = plain.and_then(|mut plain| {
+                    pump(&mut plain, buf_size, &tx, &stop_flag, &recycled)
+                    // `plain` drops here, and with it the hashing reader, which reports.
+                });
+                let _ = tx.send(Msg::Done(judge.verdict(decoded)));
             })
             .expect("spawning a thread");
-        DecodedFile {
+        DecodedFile(Decoding::Ahead(DecodedAhead {
             rx,
             stop,
             recycle,
@@ -176,19 +219,46 @@ impl DecodedFile {
             pos: 0,
             verdict: None,
             thread: Some(thread),
-        }
+        }))
     }
 
     /// Gives up on the content after a parse error: stops decoding at once (a hostile volume
     /// may inflate to gigabytes), still hashes the rest of the stored file, and returns the
     /// verdict (a hash mismatch explains a parse error best).
     pub fn abandon(self) -> Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.finish()
+        match self.0 {
+            Decoding::Ahead(ahead) => {
+                ahead.stop.store(true, Ordering::Relaxed);
+                ahead.finish()
+            }
+            Decoding::Inline(mut inline) => {
+                let plain = inline.plain.take();
+                drop(plain); // the hashing reader reads the rest and reports
+                inline.judge.verdict(inline.error.map_or(Ok(()), Err))
+            }
+        }
     }
 
     /// Reads the rest of the file and returns whether it was whole and hashed right.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        match self.0 {
+            Decoding::Ahead(ahead) => ahead.finish(),
+            Decoding::Inline(mut inline) => {
+                if let (Some(plain), None) = (&mut inline.plain, &inline.error) {
+                    // The tar inside may end before the compressed stream (its padding, the
+                    // gzip trailer with the CRC): decode that too.
+                    if let Err(e) = io::copy(plain, &mut io::sink()) {
+                        inline.error = Some(e.into());
+                    }
+                }
+                DecodedFile(Decoding::Inline(inline)).abandon()
+            }
+        }
+    }
+}
+
+impl DecodedAhead {
+    fn finish(mut self) -> Result<()> {
         while self.verdict.is_none() {
             match self.rx.recv() {
                 Ok(Msg::Data(_)) => {}
@@ -204,6 +274,34 @@ impl DecodedFile {
 }
 
 impl Read for DecodedFile {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Decoding::Ahead(ahead) => ahead.read(out),
+            Decoding::Inline(inline) => inline.read(out),
+        }
+    }
+}
+
+impl Read for DecodedInline {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.error {
+            return Err(io::Error::other(format!("{e:#}")));
+        }
+        let Some(plain) = &mut self.plain else {
+            return Ok(0);
+        };
+        match plain.read(out) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                let message = e.to_string();
+                self.error = Some(e.into());
+                Err(io::Error::other(message))
+            }
+            read => read,
+        }
+    }
+}
+
+impl Read for DecodedAhead {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
             if let Some(v) = &self.verdict {
@@ -232,13 +330,48 @@ impl Read for DecodedFile {
     }
 }
 
-fn decode(
+/// What decides a file's verdict once its hashing reader has reported.
+struct Judge {
+    name: String,
+    expected_sha1: Option<String>,
+    report: Receiver<HashReport>,
+}
+
+impl Judge {
+    /// The verdict on a file whose decoding ended with `decoded`, called after the hashing
+    /// reader was dropped: a hash mismatch first, then a failed read, then the decode error.
+    fn verdict(self, decoded: Result<()>) -> Result<()> {
+        let name = &self.name;
+        let report = self
+            .report
+            .recv()
+            .map_err(|_| anyhow!("{name}: hashing stopped unexpectedly"))?;
+        if let (Some(expected), Some(actual)) = (self.expected_sha1, report.sha1) {
+            if expected != actual {
+                return Err(Error::HashMismatch {
+                    name: name.clone(),
+                    expected,
+                    actual,
+                }
+                .into());
+            }
+        }
+        if let Some(e) = report.read_error {
+            return Err(anyhow!(
+                "{name}: reading failed after {} bytes: {e}",
+                report.bytes
+            ));
+        }
+        // Context, not a new message: the typed cause (a CryptoError) stays in the chain.
+        decoded.with_context(|| name.clone())
+    }
+}
+
+/// Sets up the decoding of `src`: its plain bytes (or why not), and the judge of its hash.
+fn open(
     src: VolumeSource,
     decryptor: Option<std::sync::Arc<dyn Decryptor>>,
-    tx: &SyncSender<Msg>,
-    stop: &AtomicBool,
-    recycled: &Receiver<Vec<u8>>,
-) -> Result<()> {
+) -> (Result<Box<dyn Read + Send>>, Judge) {
     let (report_tx, report_rx) = channel();
     let buf_size = src.read_ahead.buf_size();
     let raw: Box<dyn Read + Send> = Box::new(HashingReader {
@@ -250,17 +383,15 @@ fn decode(
         buf_size,
     });
     let name = &src.name;
-    let decoded = (|| -> Result<()> {
+    let plain = (|| -> Result<Box<dyn Read + Send>> {
         if matches!(src.encoding, Encoding::Plain | Encoding::Gzip) {
             if let Some(d) = &decryptor {
                 d.check_unencrypted()?;
             }
         }
-        let mut plain: Box<dyn Read + Send> = match src.encoding {
+        Ok(match src.encoding {
             Encoding::Plain => raw,
-            Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-                io::BufReader::with_capacity(buf_size, raw),
-            )),
+            Encoding::Gzip => Box::new(GzipReader::new(raw, buf_size)?),
             Encoding::Gpg => decryptor
                 .ok_or_else(|| anyhow!("{name} is encrypted, but no decryption is set up"))?
                 .decrypt(raw, src.named_time)?,
@@ -269,43 +400,14 @@ fn decode(
                     "{name} is encrypted with gpgsm (CMS), which dupmirror does not read"
                 ))
             }
-        };
-        pump(&mut plain, buf_size, tx, stop, recycled).map_err(|e| match src.encoding {
-            Encoding::Gzip => {
-                let io_kind = e.downcast_ref::<io::Error>().map(|e| e.kind());
-                if io_kind == Some(io::ErrorKind::UnexpectedEof)
-                    || e.to_string().contains("incomplete")
-                {
-                    anyhow!("the gzip stream is truncated (the file ends early)")
-                } else {
-                    anyhow!("gzip data is corrupt: {e}")
-                }
-            }
-            _ => e,
         })
-        // `plain` drops here, and with it the hashing reader, which sends its report.
     })();
-    let report = report_rx
-        .recv()
-        .map_err(|_| anyhow!("{name}: hashing stopped unexpectedly"))?;
-    if let (Some(expected), Some(actual)) = (src.expected_sha1, report.sha1) {
-        if expected != actual {
-            return Err(Error::HashMismatch {
-                name: name.clone(),
-                expected,
-                actual,
-            }
-            .into());
-        }
-    }
-    if let Some(e) = report.read_error {
-        return Err(anyhow!(
-            "{name}: reading failed after {} bytes: {e}",
-            report.bytes
-        ));
-    }
-    // Context, not a new message: the typed cause (a CryptoError) stays in the chain.
-    decoded.with_context(|| name.clone())
+    let judge = Judge {
+        name: src.name,
+        expected_sha1: src.expected_sha1,
+        report: report_rx,
+    };
+    (plain, judge)
 }
 
 fn pump(

@@ -236,7 +236,7 @@ impl Repository {
     /// (hashed on arrival), else straight from the source (hashed before and as it is read).
     fn volume_reader(&self, file: &RemoteFile, sha1: String) -> Result<DecodedFile> {
         let cached = self.fetcher.get().and_then(|f| f.take(&file.name));
-        self.volume_reader_from(file, sha1, cached)
+        self.volume_reader_from(file, sha1, cached, ReadAhead::Volume)
     }
 
     /// The same, `cached` being what the download cache held for it (taken in order).
@@ -245,6 +245,7 @@ impl Repository {
         file: &RemoteFile,
         sha1: String,
         cached: Option<Result<Box<dyn Read + Send>>>,
+        read_ahead: ReadAhead,
     ) -> Result<DecodedFile> {
         let (raw, sha1) = match cached {
             Some(cached) => (cached?, None),
@@ -256,7 +257,7 @@ impl Repository {
             inner: raw,
             reporter: self.reporter.clone(),
         });
-        Ok(self.decode(file, sha1, counted, ReadAhead::Volume))
+        Ok(self.decode(file, sha1, counted, read_ahead))
     }
 
     fn open_raw(&self, file: &RemoteFile) -> Result<Box<dyn Read + Send>> {
@@ -439,7 +440,8 @@ impl Repository {
     ) -> ReadApart {
         let mut sink = sinks.volume(follows)?;
         let mut stream = RecordStream::new();
-        let mut reader = self.volume_reader_from(file, sha1, cached)?;
+        // Decoded on this decoder's thread: the decoders already run side by side.
+        let mut reader = self.volume_reader_from(file, sha1, cached, ReadAhead::Inline)?;
         let parsed = stream.read_volume(&mut reader, &mut *sink);
         match parsed {
             Ok(()) => reader.finish()?,
