@@ -4,7 +4,10 @@
 //! checked before, from the download cache or pinned by a read lease, is not hashed again)
 //! and the decoder on a helper thread and hands decoded buffers to the caller over a small
 //! bounded channel, so inflating one volume overlaps with writing the previous buffers to
-//! disk while memory stays fixed (a few buffers, whatever the volume size). The hash
+//! disk while memory stays fixed (a few buffers, whatever the volume size). A volume of a
+//! full read apart, by one of several decoder threads that already keep the cores busy, is
+//! decoded on the reader's thread instead ([`ReadAhead::Inline`]): the same checks, without
+//! a thread and a copy per byte between two cores. The hash
 //! covers the file exactly as stored (docs/format.md §4.1): the thread reads to the end of
 //! the raw file even when the tar stream inside stops early, and [`DecodedFile::finish`]
 //! reports a mismatch. Callers apply nothing from a set before every volume of it has
@@ -448,6 +451,95 @@ mod tests {
     use std::fs::{File, OpenOptions};
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn sha1_hex(data: &[u8]) -> String {
+        hex::encode(Sha1::digest(data))
+    }
+
+    /// `stored` decoded both ways (ahead on a helper thread, inline), read `reading` bytes
+    /// far: what was read and the verdict of `finish`.
+    fn decoded_both_ways(
+        stored: &[u8],
+        sha1: Option<String>,
+        reading: usize,
+    ) -> Vec<(ReadAhead, Vec<u8>, Result<()>)> {
+        [ReadAhead::Volume, ReadAhead::Inline]
+            .into_iter()
+            .map(|read_ahead| {
+                let mut decoded = DecodedFile::spawn(
+                    VolumeSource {
+                        name: "volume.gz".into(),
+                        encoding: Encoding::Gzip,
+                        expected_sha1: sha1.clone(),
+                        named_time: None,
+                        raw: Box::new(io::Cursor::new(stored.to_vec())),
+                        read_ahead,
+                    },
+                    None,
+                );
+                let mut read = Vec::new();
+                let got = (&mut decoded).take(reading as u64).read_to_end(&mut read);
+                let verdict = match got {
+                    Ok(_) => decoded.finish(),
+                    Err(_) => decoded.abandon(),
+                };
+                (read_ahead, read, verdict)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_ways_give_the_same_bytes_and_check_the_hash_of_the_whole_file() {
+        let data: Vec<u8> = (0..3 * ReadAhead::Volume.buf_size())
+            .map(|i| i as u8)
+            .collect();
+        let stored = gzip(&data);
+        for (way, read, verdict) in decoded_both_ways(&stored, Some(sha1_hex(&stored)), 1 << 30) {
+            assert_eq!(read, data, "{way:?}");
+            verdict.unwrap();
+        }
+        // Only a part read (a tar that ends early): the rest is still hashed.
+        for (way, _, verdict) in decoded_both_ways(&stored, Some("0".repeat(40)), 1000) {
+            let e = verdict.unwrap_err();
+            assert!(format!("{e:#}").contains("SHA1 mismatch"), "{way:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn both_ways_check_the_gzip_trailer_after_the_part_read() {
+        let data = vec![7u8; 100_000];
+        let mut stored = gzip(&data);
+        let crc_at = stored.len() - 8;
+        stored[crc_at] ^= 1;
+        for (way, _, verdict) in decoded_both_ways(&stored, None, 1000) {
+            let e = verdict.unwrap_err();
+            assert!(
+                format!("{e:#}").contains("corrupt gzip data"),
+                "{way:?}: {e:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_ways_name_the_hash_rather_than_the_corruption_it_explains() {
+        let mut stored = gzip(&[1u8; 100_000]);
+        let good = sha1_hex(&stored);
+        stored.truncate(stored.len() / 2);
+        for (way, _, verdict) in decoded_both_ways(&stored, Some(good), 1 << 30) {
+            let e = verdict.unwrap_err();
+            assert!(format!("{e:#}").contains("SHA1 mismatch"), "{way:?}: {e:#}");
+        }
+        for (way, _, verdict) in decoded_both_ways(&stored, None, 1 << 30) {
+            let e = verdict.unwrap_err();
+            assert!(format!("{e:#}").contains("truncated"), "{way:?}: {e:#}");
+        }
+    }
 
     /// Whether the kernel lists a lease on inode `ino` as being broken.
     fn lease_breaking(ino: u64) -> bool {

@@ -635,6 +635,28 @@ fn a_gzip_bomb_with_a_wrong_hash_writes_nothing() {
     }
 }
 
+/// The same bomb as the full's only volume, on a first sync: a full's volumes are read
+/// apart, each decoded on its decoder's own thread as it is read, and the hash is still
+/// checked before any of the volume is inflated, lease or not.
+#[test]
+fn a_gzip_bomb_in_a_full_with_a_wrong_hash_writes_nothing_on_a_first_sync() {
+    for held_open_for_writing in [false, true] {
+        let bed = Bed::new();
+        let full = bed.forge.full(t(0), vec![Entry::file("a/x", b"x\n")]);
+        fs::write(&full.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
+        let _writer = held_open_for_writing.then(|| {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&full.volumes[0])
+                .unwrap()
+        });
+        let ctx = format!("first sync, gzip bomb, held open for writing: {held_open_for_writing}");
+        bed.refused(&ctx, &["SHA1 mismatch"], 7, || {
+            run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
+        });
+    }
+}
+
 /// A compressed volume held open for writing by another program cannot be pinned by a read
 /// lease: it is hashed twice, and the set still applies.
 #[test]
