@@ -86,6 +86,48 @@ impl Read for Counted<'_> {
     }
 }
 
+/// A tar stream that the `tar` crate may "seek" forward in, to skip an entry's padding: it
+/// reads into a buffer of its own, kept between skips, instead of the 32 KiB the crate
+/// zeroes for every skip without a seek (1% of a bootstrap's CPU time). The crate seeks
+/// only forward from where it is, and takes the position returned as the stream's.
+struct ForwardSkip<R> {
+    inner: R,
+    scratch: Vec<u8>,
+    /// Bytes read or skipped so far.
+    pos: u64,
+}
+
+impl<R: Read> Read for ForwardSkip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> std::io::Seek for ForwardSkip<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let std::io::SeekFrom::Current(skip) = pos else {
+            return Err(std::io::Error::other("a tar stream is read forward only"));
+        };
+        let mut left = u64::try_from(skip)
+            .map_err(|_| std::io::Error::other("a tar stream is read forward only"))?;
+        if self.scratch.is_empty() {
+            self.scratch.resize(4096, 0);
+        }
+        while left > 0 {
+            let want = left.min(self.scratch.len() as u64) as usize;
+            let n = self.inner.read(&mut self.scratch[..want])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n as u64;
+            self.pos += n as u64;
+        }
+        Ok(self.pos)
+    }
+}
+
 /// Hands an entry's data to the sink and checks that all of it was there.
 fn pass_data<R: Read>(
     entry: &mut tar::Entry<'_, R>,
@@ -223,9 +265,13 @@ impl RecordStream {
         tar_stream: &mut dyn Read,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
-        let mut archive = tar::Archive::new(tar_stream);
+        let mut archive = tar::Archive::new(ForwardSkip {
+            inner: tar_stream,
+            scratch: Vec::new(),
+            pos: 0,
+        });
         let mut entries = archive
-            .entries()
+            .entries_with_seek()
             .context("reading the tar stream")?
             .raw(true);
         while let Some((mut entry, ext)) = next_entry(&mut entries)? {
@@ -319,6 +365,27 @@ impl RecordStream {
 mod tests {
     use super::*;
     use crate::meta::FileType;
+
+    #[test]
+    fn the_tar_stream_skips_forward_only_and_tells_where_it_is() {
+        use std::io::{Seek, SeekFrom};
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut s = ForwardSkip {
+            inner: &data[..],
+            scratch: Vec::new(),
+            pos: 0,
+        };
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).unwrap();
+        assert_eq!(s.seek(SeekFrom::Current(5000)).unwrap(), 5002);
+        s.read_exact(&mut two).unwrap();
+        assert_eq!(two, [(5002 % 256) as u8, (5003 % 256) as u8]);
+        for refused in [SeekFrom::Current(-1), SeekFrom::Start(0), SeekFrom::End(0)] {
+            assert!(s.seek(refused).is_err(), "{refused:?}");
+        }
+        let past_the_end = s.seek(SeekFrom::Current(10_000)).unwrap_err();
+        assert_eq!(past_the_end.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     /// A ustar header block (name, typeflag, size), checksum filled in.
     fn header(name: &[u8], typeflag: u8, size: u64) -> Vec<u8> {
