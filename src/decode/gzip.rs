@@ -3,7 +3,7 @@
 //!
 //! Inflating was 40% of a bootstrap's CPU time with zlib-rs; ISA-L's inflate, which decodes
 //! several Huffman symbols per table lookup, takes about a third less time for the same
-//! volume (docs/bench.md, "Inflate with ISA-L"). The library is reached through four small
+//! volumes (docs/design.md §10.3). The library is reached through four small
 //! C functions (`isal_gzip.c`, built by build.rs), so that no Rust code depends on the
 //! layout of its decoder state, which changes between ISA-L releases.
 //!
