@@ -207,12 +207,13 @@ impl<R: Read> Read for GzipReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    /// `data` as a gzip file (written by zlib-rs, through flate2).
+    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(data).unwrap();
         gz.finish().unwrap()
     }

@@ -447,16 +447,10 @@ fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::gzip::tests::gzip;
     use crate::source::lease;
     use std::fs::{File, OpenOptions};
-    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(data).unwrap();
-        gz.finish().unwrap()
-    }
 
     fn sha1_hex(data: &[u8]) -> String {
         hex::encode(Sha1::digest(data))
@@ -561,9 +555,7 @@ mod tests {
         let data: Vec<u8> = (0..8 * ReadAhead::Volume.buf_size())
             .map(|_| rng.u8(..))
             .collect();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&data).unwrap();
-        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        std::fs::write(&path, gzip(&data)).unwrap();
         let ino = std::fs::metadata(&path).unwrap().ino();
 
         let leased = lease::pin(File::open(&path).unwrap())

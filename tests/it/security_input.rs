@@ -614,46 +614,35 @@ const STAGING_BOUND: u64 = 32 * MIB;
 /// A 200 KB gzip volume that inflates to 200 MiB, with a SHA1 that is not the manifest's:
 /// nothing of it may reach staging (before, 181 MB did before the hash verdict). Checked
 /// both ways a local volume is read: pinned by a read lease and hashed once, and, when
-/// something holds it open for writing (no lease), hashed before and again as it is read.
+/// something holds it open for writing (no lease), hashed before and again as it is read;
+/// and both ways a set is decoded: an incremental in order, and a full on a first sync
+/// (its volumes read apart, each decoded on its decoder's own thread).
 #[test]
 fn a_gzip_bomb_with_a_wrong_hash_writes_nothing() {
-    for held_open_for_writing in [false, true] {
-        let bed = Bed::new();
-        bed.baseline_with(vec![]);
-        let inc = bed.forge.inc(t(0), t(1), vec![Entry::file("a/x", b"x\n")]);
-        fs::write(&inc.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
-        let _writer = held_open_for_writing.then(|| {
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&inc.volumes[0])
-                .unwrap()
-        });
-        let ctx = format!("gzip bomb, wrong SHA1, held open for writing: {held_open_for_writing}");
-        bed.refused(&ctx, &["SHA1 mismatch"], 7, || {
-            run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
-        });
-    }
-}
-
-/// The same bomb as the full's only volume, on a first sync: a full's volumes are read
-/// apart, each decoded on its decoder's own thread as it is read, and the hash is still
-/// checked before any of the volume is inflated, lease or not.
-#[test]
-fn a_gzip_bomb_in_a_full_with_a_wrong_hash_writes_nothing_on_a_first_sync() {
-    for held_open_for_writing in [false, true] {
-        let bed = Bed::new();
-        let full = bed.forge.full(t(0), vec![Entry::file("a/x", b"x\n")]);
-        fs::write(&full.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
-        let _writer = held_open_for_writing.then(|| {
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&full.volumes[0])
-                .unwrap()
-        });
-        let ctx = format!("first sync, gzip bomb, held open for writing: {held_open_for_writing}");
-        bed.refused(&ctx, &["SHA1 mismatch"], 7, || {
-            run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
-        });
+    for first_sync in [false, true] {
+        for held_open_for_writing in [false, true] {
+            let bed = Bed::new();
+            let set = if first_sync {
+                bed.forge.full(t(0), vec![Entry::file("a/x", b"x\n")])
+            } else {
+                bed.baseline_with(vec![]);
+                bed.forge.inc(t(0), t(1), vec![Entry::file("a/x", b"x\n")])
+            };
+            fs::write(&set.volumes[0], zero_entry_gz(b"snapshot/a/big", 200)).unwrap();
+            let _writer = held_open_for_writing.then(|| {
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&set.volumes[0])
+                    .unwrap()
+            });
+            let ctx = format!(
+                "gzip bomb, wrong SHA1, first sync: {first_sync}, held open for writing: \
+                 {held_open_for_writing}"
+            );
+            bed.refused(&ctx, &["SHA1 mismatch"], 7, || {
+                run_file_capped(bed.args(bed.forge.repo.clone(), &[]), STAGING_BOUND)
+            });
+        }
     }
 }
 
