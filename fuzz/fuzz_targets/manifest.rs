@@ -1,9 +1,9 @@
-//! Fuzz target: manifest parsing (manifest.rs) and the quoting it uses (index.rs). A manifest
+//! Fuzz target: manifest parsing (repo/manifest.rs) and the quoting it uses (index.rs). A manifest
 //! is the first file read from a set; any bytes must give a manifest or an error.
 #![no_main]
 
 use dupmirror::index::{quote, unquote, PathIndex};
-use dupmirror::manifest::Manifest;
+use dupmirror::repo::manifest::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,10 @@
-//! Fuzz target: repository file names (naming.rs) and the time forms they and `--time` use
-//! (timefmt.rs). A name comes from a listing of an untrusted folder or server; parsing it
+//! Fuzz target: repository file names (repo/filename.rs) and the time forms they and `--time`
+//! use (repo/time.rs). A name comes from a listing of an untrusted folder or server; parsing it
 //! must never panic, and whatever it accepts must be self-consistent.
 #![no_main]
 
-use dupmirror::naming::{NameParser, Prefixes, SetKind};
-use dupmirror::timefmt;
+use dupmirror::repo::filename::{NameParser, Prefixes, SetKind};
+use dupmirror::repo::time;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = timefmt::parse_name_time(name, ':');
-    let _ = timefmt::parse_base36(name);
-    let _ = timefmt::parse_user_time(name, 1_700_000_000);
+    let _ = time::parse_name_time(name, ':');
+    let _ = time::parse_base36(name);
+    let _ = time::parse_user_time(name, 1_700_000_000);
 });

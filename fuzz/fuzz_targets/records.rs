@@ -1,15 +1,17 @@
-//! Fuzz target: a volume's bytes through the decoding thread (volume.rs: gzip or plain) and
-//! the tar reader (archive.rs: entry names, extension headers, metadata, multivol runs) into
-//! a record sink that reads every byte and checks the stream's promises: records come in
-//! strictly increasing index order, every begin has its end, and no name is unsafe.
-//! The first input byte picks the encoding; the rest is the stored volume.
+//! Fuzz target: a volume's bytes through the decoding (decode/volume.rs: gzip or plain, on
+//! a helper thread or inline) and the tar reader (decode/tar.rs, decode/records.rs: entry
+//! names, extension headers, metadata, multivol runs) into a record sink that reads every
+//! byte and checks the stream's promises: records come in strictly increasing index order,
+//! every begin has its end, and no name is unsafe.
+//! The first input byte picks the encoding (bit 0: plain or gzip) and the read-ahead (bit 1:
+//! a helper thread as for a set read in order, or inline as for a volume read apart); the
+//! rest is the stored volume.
 #![no_main]
 
 use anyhow::Result;
-use dupmirror::archive::{Record, RecordSink, RecordStream};
+use dupmirror::decode::records::{Record, RecordSink, RecordStream};
+use dupmirror::decode::volume::{DecodedFile, Encoding, ReadAhead, VolumeSource};
 use dupmirror::index::PathIndex;
-use dupmirror::naming::Encoding;
-use dupmirror::volume::{VolumeReader, VolumeSource};
 use libfuzzer_sys::fuzz_target;
 use std::io::Read;
 
@@ -54,12 +56,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Encoding::Gzip
     };
-    let mut reader = VolumeReader::spawn(
+    let read_ahead = if sel & 2 == 0 {
+        ReadAhead::Volume
+    } else {
+        ReadAhead::Inline
+    };
+    let mut reader = DecodedFile::spawn(
         VolumeSource {
             name: "fuzz".into(),
             encoding,
             expected_sha1: None,
+            named_time: None,
             raw: Box::new(std::io::Cursor::new(body.to_vec())),
+            read_ahead,
         },
         None,
     );
