@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(f.name, name);
             assert_eq!(f.set == SetKind::Inc, f.start_time.is_some(), "{name:?}");
             if let Some(start) = f.start_time {
-                assert!(start < f.end_time, "{name:?}: an incremental ends after it starts");
+                assert!(
+                    start < f.end_time,
+                    "{name:?}: an incremental ends after it starts"
+                );
             }
         }
     }

@@ -25,7 +25,11 @@ struct Checker {
 impl RecordSink for Checker {
     fn begin(&mut self, record: &Record) -> Result<()> {
         assert!(!self.open, "begin inside a record");
-        assert!(record.index.check_safe().is_ok(), "unsafe index {:?}", record.index);
+        assert!(
+            record.index.check_safe().is_ok(),
+            "unsafe index {:?}",
+            record.index
+        );
         if let Some(last) = &self.last {
             assert!(record.index > *last, "{:?} after {:?}", record.index, last);
         }
