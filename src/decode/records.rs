@@ -87,14 +87,24 @@ impl Read for Counted<'_> {
 }
 
 /// A tar stream that the `tar` crate may "seek" forward in, to skip an entry's padding: it
-/// reads into a buffer of its own, kept between skips, instead of the 32 KiB the crate
-/// zeroes for every skip without a seek (1% of a bootstrap's CPU time). The crate seeks
-/// only forward from where it is, and takes the position returned as the stream's.
+/// reads into a buffer of its own instead of the 32 KiB the crate zeroes for every skip
+/// without a seek (1% of a bootstrap's CPU time). The crate seeks only forward from where
+/// it is, and takes the position returned as the stream's.
 struct ForwardSkip<R> {
     inner: R,
-    scratch: Vec<u8>,
+    scratch: [u8; 4096],
     /// Bytes read or skipped so far.
     pos: u64,
+}
+
+impl<R> ForwardSkip<R> {
+    fn new(inner: R) -> Self {
+        ForwardSkip {
+            inner,
+            scratch: [0; 4096],
+            pos: 0,
+        }
+    }
 }
 
 impl<R: Read> Read for ForwardSkip<R> {
@@ -107,14 +117,10 @@ impl<R: Read> Read for ForwardSkip<R> {
 
 impl<R: Read> std::io::Seek for ForwardSkip<R> {
     fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        let std::io::SeekFrom::Current(skip) = pos else {
-            return Err(std::io::Error::other("a tar stream is read forward only"));
+        let mut left = match pos {
+            std::io::SeekFrom::Current(skip) if skip >= 0 => skip.unsigned_abs(),
+            _ => return Err(std::io::Error::other("a tar stream is read forward only")),
         };
-        let mut left = u64::try_from(skip)
-            .map_err(|_| std::io::Error::other("a tar stream is read forward only"))?;
-        if self.scratch.is_empty() {
-            self.scratch.resize(4096, 0);
-        }
         while left > 0 {
             let want = left.min(self.scratch.len() as u64) as usize;
             let n = self.inner.read(&mut self.scratch[..want])?;
@@ -265,11 +271,7 @@ impl RecordStream {
         tar_stream: &mut dyn Read,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
-        let mut archive = tar::Archive::new(ForwardSkip {
-            inner: tar_stream,
-            scratch: Vec::new(),
-            pos: 0,
-        });
+        let mut archive = tar::Archive::new(ForwardSkip::new(tar_stream));
         let mut entries = archive
             .entries_with_seek()
             .context("reading the tar stream")?
@@ -370,11 +372,7 @@ mod tests {
     fn the_tar_stream_skips_forward_only_and_tells_where_it_is() {
         use std::io::{Seek, SeekFrom};
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let mut s = ForwardSkip {
-            inner: &data[..],
-            scratch: Vec::new(),
-            pos: 0,
-        };
+        let mut s = ForwardSkip::new(&data[..]);
         let mut two = [0u8; 2];
         s.read_exact(&mut two).unwrap();
         assert_eq!(s.seek(SeekFrom::Current(5000)).unwrap(), 5002);

@@ -7,16 +7,15 @@
 //! disk while memory stays fixed (a few buffers, whatever the volume size). A volume of a
 //! full read apart, by one of several decoder threads that already keep the cores busy, is
 //! decoded on the reader's thread instead ([`ReadAhead::Inline`]): the same checks, without
-//! a thread and a copy per byte between two cores. The hash
-//! covers the file exactly as stored (docs/format.md §4.1): the thread reads to the end of
-//! the raw file even when the tar stream inside stops early, and [`DecodedFile::finish`]
-//! reports a mismatch. Callers apply nothing from a set before every volume of it has
-//! finished cleanly.
+//! a thread and a copy per byte between two cores. The hash covers the file exactly as
+//! stored (docs/format.md §4.1): the raw file is read to its end even when the tar stream
+//! inside stops early, and [`DecodedFile::finish`] reports a mismatch. Callers apply
+//! nothing from a set before every volume of it has finished cleanly.
 //!
-//! The helper thread is half of a bootstrap's CPU time, so it copies as little as it can:
-//! gzip is inflated (by ISA-L, `decode::gzip`) straight from its read buffer into the
-//! buffers handed on, and consumed buffers travel back to it
-//! for reuse instead of being freed and allocated (and zeroed) again.
+//! Decoding is half of a bootstrap's CPU time, so it copies as little as it can: gzip is
+//! inflated (by ISA-L, `decode::gzip`) straight from its read buffer into the buffers handed
+//! on, and consumed buffers travel back to the helper thread for reuse instead of being
+//! freed and allocated (and zeroed) again.
 
 use crate::decode::crypto::Decryptor;
 use crate::decode::gzip::GzipReader;
@@ -234,11 +233,7 @@ impl DecodedFile {
                 ahead.stop.store(true, Ordering::Relaxed);
                 ahead.finish()
             }
-            Decoding::Inline(mut inline) => {
-                let plain = inline.plain.take();
-                drop(plain); // the hashing reader reads the rest and reports
-                inline.judge.verdict(inline.error.map_or(Ok(()), Err))
-            }
+            Decoding::Inline(inline) => inline.verdict(),
         }
     }
 
@@ -254,7 +249,7 @@ impl DecodedFile {
                         inline.error = Some(e.into());
                     }
                 }
-                DecodedFile(Decoding::Inline(inline)).abandon()
+                inline.verdict()
             }
         }
     }
@@ -282,6 +277,15 @@ impl Read for DecodedFile {
             Decoding::Ahead(ahead) => ahead.read(out),
             Decoding::Inline(inline) => inline.read(out),
         }
+    }
+}
+
+impl DecodedInline {
+    /// Stops decoding; the hashing reader, dropped with the decoder, hashes the rest of the
+    /// stored file and reports, and the judge weighs that against the first decode error.
+    fn verdict(mut self) -> Result<()> {
+        drop(self.plain.take());
+        self.judge.verdict(self.error.map_or(Ok(()), Err))
     }
 }
 
