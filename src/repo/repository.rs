@@ -36,7 +36,6 @@ use crate::repo::manifest::{Manifest, ManifestError};
 use crate::source::cache::{FetchTimes, Fetcher, WantedVolume};
 use crate::source::{Backend, SourceOptions};
 use anyhow::{anyhow, bail, Context, Result};
-use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
@@ -454,18 +453,7 @@ impl Repository {
 
 /// Reads a stored file once through SHA1 and compares it with the manifest's.
 fn check_hash(raw: &mut dyn Read, name: &str, expected: &str) -> Result<()> {
-    let mut hasher = Sha1::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match raw.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {name}")),
-        };
-        hasher.update(&buf[..n]);
-    }
-    let actual = hex::encode(hasher.finalize());
+    let actual = crate::source::sha1_hex(raw).with_context(|| format!("cannot read {name}"))?;
     if actual != expected {
         return Err(Error::HashMismatch {
             name: name.to_string(),

@@ -22,7 +22,6 @@ use super::{Backend, ListEntry, Opened, SourceError};
 use crate::progress::Reporter;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use sha1::{Digest, Sha1};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
@@ -227,9 +226,7 @@ impl Backend for Mirrors {
             }
             let digest = (|| -> Result<String> {
                 let mut reader = m.backend.open(name, 0)?.reader;
-                let mut hasher = Sha1::new();
-                io::copy(&mut reader, &mut HashWriter(&mut hasher))?;
-                Ok(hex::encode(hasher.finalize()))
+                Ok(super::sha1_hex(&mut reader)?)
             })();
             let digest = match digest {
                 Ok(d) => d,
@@ -257,18 +254,6 @@ impl Backend for Mirrors {
                 Some(_) => {}
             }
         }
-        Ok(())
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha1);
-
-impl io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }

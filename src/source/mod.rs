@@ -45,6 +45,7 @@ pub use memory::MemoryBackend;
 
 use crate::progress::Reporter;
 use anyhow::{anyhow, Result};
+use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -180,6 +181,21 @@ pub enum SourceError {
     /// Trying again will not help: wrong password, a missing file, a refused certificate.
     #[error("{0}")]
     Permanent(String),
+}
+
+/// The SHA1 (hex) of everything `r` yields, read 256 KiB at a time (a leased local file
+/// checks its lease after every read, so few large reads are cheaper than many small).
+pub fn sha1_hex(r: &mut dyn Read) -> io::Result<String> {
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether an I/O error is a network hiccup rather than a lasting condition.
