@@ -251,6 +251,18 @@ const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLL
 /// Names read ahead at most by [`Dir::for_each_name`].
 const NAME_BATCH: usize = 4096;
 
+/// A readable handle on a directory, for calls that act on its whole file system. Write
+/// errors are reported to a handle only when they happen after it was opened: keep one
+/// open across the writes whose errors matter.
+pub struct FileSystem(OwnedFd);
+
+impl FileSystem {
+    /// `syncfs`: writes out everything the file system holds dirty, and waits.
+    pub fn sync(&self) -> io::Result<()> {
+        retry(|| unsafe { libc::syncfs(self.0.as_raw_fd()) }).map(drop)
+    }
+}
+
 /// An open, real directory. Its path is kept for messages only; no call ever uses it.
 #[derive(Debug)]
 pub struct Dir {
@@ -907,11 +919,29 @@ impl Dir {
 
     /// Flushes the whole file system this directory is on.
     pub fn sync_filesystem(&self) -> Result<()> {
-        let ctx = || format!("cannot sync the file system of {}", self.path.display());
-        let fd = self.open_readable().with_context(ctx)?;
-        retry(|| unsafe { libc::syncfs(fd.as_raw_fd()) })
-            .map(drop)
-            .with_context(ctx)
+        self.file_system()?
+            .sync()
+            .with_context(|| format!("cannot sync the file system of {}", self.path.display()))
+    }
+
+    /// A handle for calls on the whole file system this directory is on.
+    pub fn file_system(&self) -> Result<FileSystem> {
+        let fd = self
+            .open_readable()
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
+        Ok(FileSystem(fd))
+    }
+
+    /// Whether this directory is on a file system kept in memory (tmpfs, ramfs): one that
+    /// no disk is behind. False when it cannot be told.
+    pub fn in_memory(&self) -> bool {
+        let mut st = MaybeUninit::<libc::statfs>::uninit();
+        if unsafe { libc::fstatfs(self.fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        const RAMFS_MAGIC: libc::c_long = 0x8584_58f6; // linux/magic.h; not in libc
+        let kind = unsafe { st.assume_init() }.f_type;
+        [libc::TMPFS_MAGIC, RAMFS_MAGIC].contains(&kind)
     }
 
     /// Takes an exclusive `flock` on this directory (a handle from [`Dir::open_path`]),
@@ -959,6 +989,12 @@ pub fn set_file_mtime(file: &File, mtime: i64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_memory_tells_tmpfs_from_other_file_systems() {
+        assert!(Dir::open_path(Path::new("/dev/shm")).unwrap().in_memory());
+        assert!(!Dir::open_path(Path::new("/proc")).unwrap().in_memory());
+    }
     use std::io::{Seek, Write};
     use std::os::unix::fs::symlink;
 

@@ -4,7 +4,7 @@
 //! changed paths small), the guard that keeps records inside it, the journal that
 //! makes a set atomic, the state that remembers which backup DEST holds, and the order in
 //! which a command opens them (`session`), and the two-tree layout of `sync --atomic`
-//! (`atomic`). Nothing here knows about repositories or
+//! (`atomic`), and the early writeback of a tree being built (`writeback`). Nothing here knows about repositories or
 //! backends.
 
 pub mod atomic;
@@ -18,3 +18,4 @@ pub mod sorted;
 pub mod state;
 pub mod tree;
 pub mod walk;
+pub mod writeback;

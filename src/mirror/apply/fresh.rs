@@ -44,12 +44,13 @@
 //! kept chain is as deep as the tree, never as wide.
 
 use super::gate::Gate;
-use super::writers::{Folder, Job, Made, Writers, INLINE};
+use super::writers::{Creations, Folder, Job, Made, Writers, INLINE};
 use super::{copy_into, skip, ApplyStats, COPY_BUF};
 use crate::decode::records::{Record, RecordKind, RecordSink, VolumeSink, VolumeSinks};
 use crate::dest::dir::Dir;
 use crate::dest::fsops::{Attrs, NewFiles, OwnerMap};
 use crate::dest::journal::{JournalWriter, Op};
+use crate::dest::writeback::EarlyWriteback;
 use crate::error::Error;
 use crate::index::PathIndex;
 use crate::meta::FileType;
@@ -105,6 +106,8 @@ struct Staged {
     /// The attributes of the backup's root, given to DEST after the move.
     root_attrs: Mutex<Option<Attrs>>,
     joined: Mutex<Joined>,
+    /// Told of the bytes written; none when the tree is in memory.
+    writeback: Option<EarlyWriteback>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,6 +132,8 @@ struct VolumeBuild {
     current: Option<Current>,
     copy_buf: Vec<u8>,
     stats: ApplyStats,
+    /// `stats.bytes_written` as last told to the early writeback.
+    reported: u64,
     /// Joined when the build is finished or dropped (before a failed set's staging is
     /// removed); the writers hold the handles they use. None for a volume read apart.
     writers: Writers,
@@ -144,13 +149,18 @@ impl FreshBuild {
         filter: PathFilter,
     ) -> Result<Self> {
         let new_files = NewFiles::probe(&staging);
+        let writeback = match staging.in_memory() {
+            true => None,
+            false => Some(EarlyWriteback::start(&staging)?),
+        };
         Ok(FreshBuild {
             staged: Arc::new(Staged {
-                root: Folder::new(tree, None),
+                root: Folder::root(tree, Creations::for_tree(&staging)),
                 filter,
                 new_files,
                 root_attrs: Mutex::new(None),
                 joined: Mutex::new(Joined::default()),
+                writeback,
             }),
             staging,
             journal,
@@ -196,6 +206,9 @@ impl FreshBuild {
             folder.close()?;
         }
         add_stats(&mut stats, &joined.stats);
+        if let Some(writeback) = &staged.writeback {
+            writeback.finish()?;
+        }
         journal.push(&Op::MoveTree)?;
         if let Some(attrs) = lock(&staged.root_attrs).take() {
             journal.push(&Op::Attrs {
@@ -249,17 +262,25 @@ impl VolumeBuild {
             current: None,
             copy_buf: vec![0; COPY_BUF],
             stats: ApplyStats::default(),
+            reported: 0,
             writers,
             apart,
         }
     }
 
     /// Makes folder `name` in `parent`; read apart, another decoder may have made it.
-    fn make_dir(&self, parent: &Dir, name: &[u8], mode: u32) -> Result<Dir> {
-        match self.apart {
-            Some(_) => parent.create_or_open_dir(name, mode),
-            None => parent.create_dir(name, mode),
-        }
+    fn make_dir(
+        &self,
+        parent: &Folder,
+        name: &[u8],
+        mode: u32,
+        attrs: Option<Attrs>,
+    ) -> Result<Arc<Folder>> {
+        let made = parent.create(|dir| match self.apart {
+            Some(_) => dir.create_or_open_dir(name, mode),
+            None => dir.create_dir(name, mode),
+        })?;
+        Ok(parent.subfolder(made, attrs))
     }
 
     /// Closes the top directory of the stack: it gets its attributes after its last entry.
@@ -285,8 +306,8 @@ impl VolumeBuild {
                 break;
             }
             let next = index.truncated(top.len() + 1);
-            let made = self.make_dir(&folder.dir, &index.components()[top.len()], 0o755)?;
-            self.open_dirs.push((next, Folder::new(made, None)));
+            let made = self.make_dir(folder, &index.components()[top.len()], 0o755, None)?;
+            self.open_dirs.push((next, made));
         }
         match self.open_dirs.last() {
             Some((_, folder)) => Ok(Arc::clone(folder)),
@@ -320,9 +341,8 @@ impl VolumeBuild {
             }
             (RecordKind::Snapshot, FileType::Dir) => {
                 let holder = self.holder(index)?;
-                let dir = self.make_dir(&holder.dir, name, 0o700)?;
-                self.open_dirs
-                    .push((index.clone(), Folder::new(dir, Some(attrs))));
+                let made = self.make_dir(&holder, name, 0o700, Some(attrs))?;
+                self.open_dirs.push((index.clone(), made));
                 self.stats.dirs += 1;
             }
             (RecordKind::Snapshot, FileType::Regular) => {
@@ -337,7 +357,7 @@ impl VolumeBuild {
                     }
                 } else {
                     Current::Streaming {
-                        file: folder.dir.create_file(name)?,
+                        file: folder.create(|d| d.create_file(name))?,
                         shown: folder.dir.show(name),
                         attrs,
                     }
@@ -380,7 +400,7 @@ impl VolumeBuild {
             bail!("the backup's root is a file"); // the gate refuses it first
         };
         let folder = self.holder(index)?;
-        let mut file = folder.dir.create_or_join_file(name)?;
+        let mut file = folder.create(|d| d.create_or_join_file(name))?;
         let shown = folder.dir.show(name);
         file.seek(SeekFrom::Start(offset))
             .with_context(|| format!("cannot write {}", shown.display()))?;
@@ -431,7 +451,7 @@ impl VolumeBuild {
             ..
         }) = self.current.take()
         {
-            let mut file = folder.dir.create_file(&name)?;
+            let mut file = folder.create(|d| d.create_file(&name))?;
             let shown = folder.dir.show(&name);
             file.write_all(&bytes)
                 .with_context(|| format!("cannot write {}", shown.display()))?;
@@ -462,10 +482,22 @@ impl VolumeBuild {
                 attrs.apply_to_new(&file, &shown, &self.staged.new_files)?;
             }
             // Its head's volume gives the attributes once every volume up to here is in.
-            Some(Current::Continued { .. }) | None => return Ok(()),
+            Some(Current::Continued { .. }) | None => {
+                self.report_written();
+                return Ok(());
+            }
         }
         self.stats.files_written += 1;
+        self.report_written();
         Ok(())
+    }
+
+    /// Tells the early writeback what was written since the last call.
+    fn report_written(&mut self) {
+        if let Some(writeback) = &self.staged.writeback {
+            writeback.wrote(self.stats.bytes_written - self.reported);
+            self.reported = self.stats.bytes_written;
+        }
     }
 
     /// The records read in order are all in: closes every directory, waits for the writers.

@@ -1,0 +1,197 @@
+//! Early writeback: a tree being built on a disk starts going to the disk while the build
+//! goes on, not only at the final sync.
+//!
+//! A first sync writes the whole backup (a gigabyte is ordinary) into staging faster than
+//! a disk takes it. With the kernel's default dirty limits (a tenth of memory before
+//! background writeback starts) all of it stays in the page cache until the `syncfs` that
+//! comes before the commit (or the admin's `sync` after `--no-fsync`), and the disk then
+//! works alone while the CPU waits. Here a thread of its own asks for the file system's
+//! writeback each time the build has written another `STEP` bytes, so the disk writes
+//! what the build made while it goes on.
+//!
+//! ```text
+//! start(dir):  a thread with its own handle on dir's file system, asleep
+//! wrote(n):    add n to the bytes written; past a multiple of STEP, wake the thread
+//!              (wakes while it works are merged into one)
+//! thread:      when woken, syncfs(handle); the first error is kept and ends the thread
+//! finish():    stop the thread after its current syncfs, and return that first error
+//! ```
+//!
+//! Limits: `syncfs` also commits the file system's journal, and on a memory file system
+//! it does nothing, so callers start it only where a disk is behind (`Dir::in_memory`).
+//! A write error found here fails the build: the data would be lost on the disk, whatever
+//! the final sync then says (a handle opened after the error is not told of it).
+
+use super::dir::Dir;
+use anyhow::{anyhow, Context, Result};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+/// Bytes written between two writebacks: large enough that a `syncfs` (which also
+/// commits the journal) is rare, small enough that the disk starts early (a duplicity
+/// volume is 200 MB by default).
+const STEP: u64 = 64 << 20;
+
+#[derive(Default)]
+struct Wanted {
+    /// Woken since the last syncfs began.
+    kicked: bool,
+    stop: bool,
+    error: Option<io::Error>,
+    /// Writebacks done.
+    done: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    wanted: Mutex<Wanted>,
+    woken: Condvar,
+}
+
+impl Shared {
+    fn wanted(&self) -> MutexGuard<'_, Wanted> {
+        self.wanted.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The writeback thread of one build; stopped (without its error) when dropped.
+pub struct EarlyWriteback {
+    shared: Arc<Shared>,
+    written: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Named in the error of a failed writeback.
+    shown: std::path::PathBuf,
+}
+
+impl EarlyWriteback {
+    /// Starts the thread for the file system that `dir` is on.
+    pub fn start(dir: &Dir) -> Result<EarlyWriteback> {
+        // One handle for the whole build: it is told of every write error after it opened.
+        let fs = dir.file_system()?;
+        let shared = Arc::new(Shared::default());
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || loop {
+                let mut wanted = theirs.wanted();
+                while !wanted.kicked && !wanted.stop {
+                    wanted = theirs
+                        .woken
+                        .wait(wanted)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                if wanted.stop {
+                    return;
+                }
+                wanted.kicked = false;
+                drop(wanted);
+                let synced = fs.sync();
+                let mut wanted = theirs.wanted();
+                wanted.done += 1;
+                if let Err(e) = synced {
+                    wanted.error = Some(e);
+                    return;
+                }
+            })
+            .context("cannot start the writeback thread")?;
+        Ok(EarlyWriteback {
+            shared,
+            written: AtomicU64::new(0),
+            thread: Mutex::new(Some(thread)),
+            shown: dir.path().to_path_buf(),
+        })
+    }
+
+    /// The build wrote `bytes` more.
+    pub fn wrote(&self, bytes: u64) {
+        let before = self.written.fetch_add(bytes, Ordering::Relaxed);
+        if (before + bytes) / STEP > before / STEP {
+            self.kick();
+        }
+    }
+
+    fn kick(&self) {
+        self.shared.wanted().kicked = true;
+        self.shared.woken.notify_one();
+    }
+
+    /// Stops the thread: how many writebacks it ran, or the first one's error.
+    pub fn finish(&self) -> Result<u64> {
+        self.stop();
+        let mut wanted = self.shared.wanted();
+        match wanted.error.take() {
+            Some(e) => Err(anyhow!(e).context(format!(
+                "cannot write the staged tree {} to its disk",
+                self.shown.display()
+            ))),
+            None => Ok(wanted.done),
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.wanted().stop = true;
+        self.shared.woken.notify_one();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EarlyWriteback {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn done(wb: &EarlyWriteback) -> u64 {
+        wb.shared.wanted().done
+    }
+
+    fn wait_for(wb: &EarlyWriteback, n: u64) {
+        let start = Instant::now();
+        while done(wb) < n {
+            assert!(start.elapsed() < Duration::from_secs(30), "no writeback");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn one_writeback_per_step_written() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(t.path()).unwrap();
+        let wb = EarlyWriteback::start(&dir).unwrap();
+        wb.wrote(STEP - 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(done(&wb), 0);
+        wb.wrote(1);
+        wait_for(&wb, 1);
+        wb.wrote(STEP / 2);
+        wb.wrote(STEP / 2 - 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(done(&wb), 1);
+        wb.wrote(3 * STEP); // past three steps at once: one wake
+        wait_for(&wb, 2);
+        assert!(wb.finish().unwrap() >= 2);
+    }
+
+    #[test]
+    fn a_dropped_writeback_stops_its_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(t.path()).unwrap();
+        let wb = EarlyWriteback::start(&dir).unwrap();
+        wb.wrote(STEP);
+        drop(wb); // joins: a thread left waiting would hang here
+    }
+}
