@@ -17,8 +17,10 @@
 //! finish():    stop the thread after its current syncfs, and return that first error
 //! ```
 //!
-//! Limits: `syncfs` also commits the file system's journal, and on a memory file system
-//! it does nothing, so callers start it only where a disk is behind (`Dir::in_memory`).
+//! Limits: `syncfs` also commits the file system's journal and writes what other programs
+//! left dirty on the same file system, and `finish` waits for the one in flight, so a
+//! `--no-fsync` run takes longer by up to one writeback; on a memory file system it does
+//! nothing, so callers start it only where a disk is behind (`Dir::in_memory`).
 //! A write error found here fails the build: the data would be lost on the disk, whatever
 //! the final sync then says (a handle opened after the error is not told of it).
 

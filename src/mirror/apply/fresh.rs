@@ -31,8 +31,10 @@
 //!     the folders still open (with records) here and kept from before: those that do not
 //!         hold L are complete (every later record comes after L): their attributes now;
 //!         the rest (ancestors of L: one chain) are kept
-//! finish: close every directory, wait for the writers; journal MoveTree and DEST's own
-//!         attributes
+//! every file written: its bytes told to the early writeback (none on tmpfs), which runs
+//!         syncfs(staging) every 64 MiB (dest::writeback)
+//! finish: close every directory, wait for the writers; stop the writeback (its error
+//!         fails the set); journal MoveTree and DEST's own attributes
 //! ```
 //!
 //! No lookup by path and no look at DEST at all: every object is made relative to the
@@ -40,8 +42,9 @@
 //! a folder or a split file may be made by two decoders (each volume's records are
 //! checked, names included, by its own stream; the joins check the order across): folders
 //! are made-or-opened without following a symlink, a split file made-or-joined only if
-//! what is there is a regular file. Memory: per decoder one folder stack and one file; the
-//! kept chain is as deep as the tree, never as wide.
+//! what is there is a regular file. Every entry is made through [`Folder::create`], one at a
+//! time on a disk (see `Creations` for why). Memory: per decoder one folder stack and one
+//! file; the kept chain is as deep as the tree, never as wide.
 
 use super::gate::Gate;
 use super::writers::{Creations, Folder, Job, Made, Writers, INLINE};

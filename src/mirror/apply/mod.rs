@@ -17,6 +17,8 @@
 //!     volumes read in order: files and special objects made by a small pool of writer
 //!     threads (writers.rs); read apart (a first sync): each volume's by its decoder, what
 //!     crosses a volume boundary finished in volume order (fresh.rs)
+//!     on a disk (not tmpfs): entries created one at a time (writers.rs, Creations), and
+//!     syncfs(staging) on a thread every 64 MiB written (dest::writeback)
 //!     a deletion or a delta in a full set is refused
 //!     journal: MoveTree (one rename when DEST is missing), then DEST's own attributes
 //! journaled update (update.rs, overlay.rs) -- incrementals, a full over an existing DEST
