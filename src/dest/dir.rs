@@ -989,14 +989,14 @@ pub fn set_file_mtime(file: &File, mtime: i64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::symlink;
 
     #[test]
     fn in_memory_tells_tmpfs_from_other_file_systems() {
         assert!(Dir::open_path(Path::new("/dev/shm")).unwrap().in_memory());
         assert!(!Dir::open_path(Path::new("/proc")).unwrap().in_memory());
     }
-    use std::io::{Seek, Write};
-    use std::os::unix::fs::symlink;
 
     fn idx(s: &str) -> Vec<Vec<u8>> {
         s.split('/').map(|c| c.as_bytes().to_vec()).collect()

@@ -3,9 +3,9 @@
 //! walker that reads a tree (and the external sort that keeps its listings and the list of
 //! changed paths small), the guard that keeps records inside it, the journal that
 //! makes a set atomic, the state that remembers which backup DEST holds, and the order in
-//! which a command opens them (`session`), and the two-tree layout of `sync --atomic`
-//! (`atomic`), and the early writeback of a tree being built (`writeback`). Nothing here knows about repositories or
-//! backends.
+//! which a command opens them (`session`), the two-tree layout of `sync --atomic`
+//! (`atomic`), and the early writeback of a tree being built (`writeback`). Nothing here
+//! knows about repositories or backends.
 
 pub mod atomic;
 pub mod changes;
