@@ -251,9 +251,10 @@ const DIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLL
 /// Names read ahead at most by [`Dir::for_each_name`].
 const NAME_BATCH: usize = 4096;
 
-/// A readable handle on a directory, for calls that act on its whole file system. Write
-/// errors are reported to a handle only when they happen after it was opened: keep one
-/// open across the writes whose errors matter.
+/// A readable handle on a directory, for calls that act on its whole file system. A
+/// `sync` through it reports the write errors since it was opened, and older ones that no
+/// handle has reported yet: once one handle has reported an error, handles opened after
+/// it are not told of it.
 pub struct FileSystem(OwnedFd);
 
 impl FileSystem {
@@ -939,9 +940,11 @@ impl Dir {
         if unsafe { libc::fstatfs(self.fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
             return false;
         }
-        const RAMFS_MAGIC: libc::c_long = 0x8584_58f6; // linux/magic.h; not in libc
-        let kind = unsafe { st.assume_init() }.f_type;
-        [libc::TMPFS_MAGIC, RAMFS_MAGIC].contains(&kind)
+        // linux/magic.h; f_type's width differs between targets, the magic numbers do not.
+        const TMPFS_MAGIC: u32 = 0x0102_1994;
+        const RAMFS_MAGIC: u32 = 0x8584_58f6;
+        let kind = unsafe { st.assume_init() }.f_type as u32;
+        [TMPFS_MAGIC, RAMFS_MAGIC].contains(&kind)
     }
 
     /// Takes an exclusive `flock` on this directory (a handle from [`Dir::open_path`]),

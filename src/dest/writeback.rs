@@ -21,11 +21,12 @@
 //! left dirty on the same file system, and `finish` waits for the one in flight, so a
 //! `--no-fsync` run takes longer by up to one writeback; on a memory file system it does
 //! nothing, so callers start it only where a disk is behind (`Dir::in_memory`).
-//! A write error found here fails the build: the data would be lost on the disk, whatever
-//! the final sync then says (a handle opened after the error is not told of it).
+//! A write error found here fails the build (at the next record, and in `finish`): the
+//! data would be lost on the disk, and once this handle has reported the error, the
+//! commit's `syncfs` (through a handle opened later) is not told of it.
 
 use super::dir::Dir;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -119,20 +120,35 @@ impl EarlyWriteback {
         self.shared.woken.notify_one();
     }
 
+    /// The error of a writeback so far, if one failed (it stays for `finish`).
+    pub fn check(&self) -> Result<()> {
+        match &self.shared.wanted().error {
+            Some(e) => Err(anyhow!("{e}").context(self.failed())),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the thread: how many writebacks it ran, or the first one's error.
     pub fn finish(&self) -> Result<u64> {
-        self.stop();
+        if !self.stop() {
+            bail!("the writeback thread of {} panicked", self.shown.display());
+        }
         let mut wanted = self.shared.wanted();
         match wanted.error.take() {
-            Some(e) => Err(anyhow!(e).context(format!(
-                "cannot write the staged tree {} to its disk",
-                self.shown.display()
-            ))),
+            Some(e) => Err(anyhow!(e).context(self.failed())),
             None => Ok(wanted.done),
         }
     }
 
-    fn stop(&self) {
+    fn failed(&self) -> String {
+        format!(
+            "cannot write the staged tree {} to its disk",
+            self.shown.display()
+        )
+    }
+
+    /// Stops and joins the thread; false if it panicked.
+    fn stop(&self) -> bool {
         self.shared.wanted().stop = true;
         self.shared.woken.notify_one();
         let thread = self
@@ -140,15 +156,14 @@ impl EarlyWriteback {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
+        thread.is_none_or(|t| t.join().is_ok())
     }
 }
 
 impl Drop for EarlyWriteback {
     fn drop(&mut self) {
-        self.stop();
+        // A failed build is being unwound; its own error is the one to report.
+        let _ = self.stop();
     }
 }
 
@@ -185,7 +200,8 @@ mod tests {
         assert_eq!(done(&wb), 1);
         wb.wrote(3 * STEP); // past three steps at once: one wake
         wait_for(&wb, 2);
-        assert!(wb.finish().unwrap() >= 2);
+        wb.check().unwrap();
+        assert_eq!(wb.finish().unwrap(), 2);
     }
 
     #[test]
@@ -194,6 +210,14 @@ mod tests {
         let dir = Dir::open_path(t.path()).unwrap();
         let wb = EarlyWriteback::start(&dir).unwrap();
         wb.wrote(STEP);
-        drop(wb); // joins: a thread left waiting would hang here
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(wb); // joins the writeback thread
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "dropping the writeback did not stop its thread"
+        );
     }
 }

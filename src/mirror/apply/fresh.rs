@@ -152,13 +152,14 @@ impl FreshBuild {
         filter: PathFilter,
     ) -> Result<Self> {
         let new_files = NewFiles::probe(&staging);
-        let writeback = match staging.in_memory() {
-            true => None,
-            false => Some(EarlyWriteback::start(&staging)?),
+        let on_disk = !staging.in_memory();
+        let writeback = match on_disk {
+            true => Some(EarlyWriteback::start(&staging)?),
+            false => None,
         };
         Ok(FreshBuild {
             staged: Arc::new(Staged {
-                root: Folder::root(tree, Creations::for_tree(&staging)),
+                root: Folder::root(tree, Creations::new(on_disk)),
                 filter,
                 new_files,
                 root_attrs: Mutex::new(None),
@@ -320,6 +321,9 @@ impl VolumeBuild {
 
     fn begin(&mut self, record: &Record) -> Result<()> {
         self.writers.check()?;
+        if let Some(writeback) = &self.staged.writeback {
+            writeback.check()?;
+        }
         if !self.gate.admit(record)? {
             return Ok(()); // `current` stays empty: the data is skipped
         }
@@ -438,6 +442,7 @@ impl VolumeBuild {
         match &mut self.current {
             Some(Current::Streaming { file, shown, .. } | Current::Continued { file, shown }) => {
                 self.stats.bytes_written += copy_into(file, bytes, &mut self.copy_buf, shown)?;
+                self.report_written();
                 Ok(())
             }
             _ => skip(bytes),
@@ -485,17 +490,15 @@ impl VolumeBuild {
                 attrs.apply_to_new(&file, &shown, &self.staged.new_files)?;
             }
             // Its head's volume gives the attributes once every volume up to here is in.
-            Some(Current::Continued { .. }) | None => {
-                self.report_written();
-                return Ok(());
-            }
+            Some(Current::Continued { .. }) | None => return Ok(()),
         }
         self.stats.files_written += 1;
         self.report_written();
         Ok(())
     }
 
-    /// Tells the early writeback what was written since the last call.
+    /// Tells the early writeback what was written (or queued for a writer) since the last
+    /// call: as a big file streams by, and as each file ends.
     fn report_written(&mut self) {
         if let Some(writeback) = &self.staged.writeback {
             writeback.wrote(self.stats.bytes_written - self.reported);

@@ -53,16 +53,15 @@ const MAX_DEFAULT_WRITERS: usize = 4;
 /// from the disk only while no other inode of that block is in use. Two threads creating
 /// at once in one block group take neighbouring inodes, and one of them must then read the
 /// block; behind the early writeback (`dest::writeback`) that read waits for the data
-/// queued before it. A bootstrap on a fresh ext4 waited so 270 times and, with the
-/// writeback, kept the two cores idle a fifth of the time (docs/bench.md). On tmpfs the
-/// lock would only cost (8%), so none is taken there.
-#[derive(Default)]
+/// queued before it: a bootstrap on a fresh ext4 waited so 274 times (docs/bench.md). On
+/// tmpfs the lock would only cost (8%), so none is taken there. The lock is the build's:
+/// two builds at once (a fleet run) do not share it.
 pub struct Creations(Option<Mutex<()>>);
 
 impl Creations {
-    /// For a tree made in `staging`.
-    pub fn for_tree(staging: &Dir) -> Creations {
-        Creations((!staging.in_memory()).then(|| Mutex::new(())))
+    /// One at a time when `on_disk`, else freely.
+    pub fn new(on_disk: bool) -> Creations {
+        Creations(on_disk.then(|| Mutex::new(())))
     }
 
     fn make<T>(&self, create: impl FnOnce() -> T) -> T {
@@ -378,11 +377,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Dir::open_path(t.path()).unwrap();
         let staging = NewFiles::probe(&root);
-        for size in [0, 1, 3] {
+        for (size, on_disk) in [(0, false), (1, true), (3, false), (3, true)] {
             let made = root
-                .create_dir(format!("w{size}").as_bytes(), 0o700)
+                .create_dir(format!("w{size}{on_disk}").as_bytes(), 0o700)
                 .unwrap();
-            let folder = Folder::root(root.try_clone().unwrap(), Creations::for_tree(&root))
+            let folder = Folder::root(root.try_clone().unwrap(), Creations::new(on_disk))
                 .subfolder(made, Some(attrs(0o555, 12_345)));
             let pool = Writers::start(size, staging).unwrap();
             for i in 0..300 {
@@ -391,7 +390,7 @@ mod tests {
             }
             pool.close(&folder).unwrap();
             pool.finish().unwrap();
-            let dir = t.path().join(format!("w{size}"));
+            let dir = t.path().join(format!("w{size}{on_disk}"));
             let meta = std::fs::metadata(&dir).unwrap();
             assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o555, 12_345));
             for i in 0..300 {
@@ -409,7 +408,7 @@ mod tests {
         let root = Dir::open_path(t.path()).unwrap();
         let made = root.create_dir(b"w", 0o700).unwrap();
         std::fs::write(t.path().join("w/taken"), b"x").unwrap();
-        let folder = Folder::root(root.try_clone().unwrap(), Creations::for_tree(&root))
+        let folder = Folder::root(root.try_clone().unwrap(), Creations::new(true))
             .subfolder(made, Some(attrs(0o555, 12_345)));
         let pool = Writers::start(2, NewFiles::probe(&root)).unwrap();
         let mut refused = None;
