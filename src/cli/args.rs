@@ -225,7 +225,8 @@ pub struct SyncArgs {
     /// Wait for another sync of the same DEST instead of failing
     #[arg(long)]
     pub wait: bool,
-    /// Skip the file system sync before each commit (faster; unsafe on power loss)
+    /// Skip the file system sync before each commit (faster; unsafe on power loss; a first
+    /// sync on a disk still starts writing its data out as it goes)
     #[arg(long)]
     pub no_fsync: bool,
     /// Print one JSON summary on stdout

@@ -456,8 +456,8 @@ mod tests {
     use std::fs::{File, OpenOptions};
     use std::os::unix::fs::MetadataExt;
 
-    fn sha1_hex(data: &[u8]) -> String {
-        hex::encode(Sha1::digest(data))
+    fn sha1_hex(mut data: &[u8]) -> String {
+        crate::source::sha1_hex(&mut data).unwrap()
     }
 
     /// `stored` decoded both ways (ahead on a helper thread, inline), read `reading` bytes
