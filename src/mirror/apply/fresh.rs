@@ -18,9 +18,7 @@
 //!     regular file   -> in order: small: its bytes read here, then created 0600, filled
 //!                       and given owner, mode, mtime by a writer thread (writers.rs);
 //!                       bigger or split across volumes: the same, here, as its bytes
-//!                       stream by. Apart: here, as its bytes stream by; but on a disk,
-//!                       while the other decoder is creating, a small one is read whole
-//!                       and made at a later record (put off, writers.rs)
+//!                       stream by. Apart: always here, as its bytes stream by
 //!     chunk run, apart -> the file is created, or joined if the decoder of a neighbouring
 //!                       volume made it first; the volume's first chunk k is written at
 //!                       (k-1) x 65536 (records.rs checks that offset when the volumes join)
@@ -45,9 +43,8 @@
 //! checked, names included, by its own stream; the joins check the order across): folders
 //! are made-or-opened without following a symlink, a split file made-or-joined only if
 //! what is there is a regular file. Every entry is made through [`Folder::create`], one at a
-//! time on a disk (see `Creations` for why). Memory: per decoder one folder stack, one file
-//! and at most 4 MiB of small files put off; the kept chain is as deep as the tree, never
-//! as wide.
+//! time on a disk (see `Creations` for why). Memory: per decoder one folder stack and one
+//! file; the kept chain is as deep as the tree, never as wide.
 
 use super::gate::Gate;
 use super::writers::{Creations, Folder, Job, Made, Writers, INLINE};
@@ -357,25 +354,20 @@ impl VolumeBuild {
             }
             (RecordKind::Snapshot, FileType::Regular) => {
                 let folder = self.holder(index)?;
-                // Streamed if it can be made now; else read whole and made by a job: on a
-                // writer thread, or later on this one (when another thread is creating).
-                let made_now = match self.writers.is_parallel() {
-                    true => None,
-                    false => folder.try_create(|d| d.create_file(name)),
-                };
-                self.current = Some(match made_now {
-                    Some(file) => Current::Streaming {
-                        file: file?,
-                        shown: folder.dir.show(name),
-                        attrs,
-                    },
-                    None => Current::Buffered {
+                self.current = Some(if self.writers.is_parallel() {
+                    Current::Buffered {
                         folder,
                         name: name.clone(),
                         attrs,
                         bytes: Vec::new(),
                         fed: false,
-                    },
+                    }
+                } else {
+                    Current::Streaming {
+                        file: folder.create(|d| d.create_file(name))?,
+                        shown: folder.dir.show(name),
+                        attrs,
+                    }
                 });
             }
             (RecordKind::Snapshot, _) => {
@@ -548,7 +540,6 @@ impl RecordSink for VolumeBuild {
 
 impl VolumeSink for VolumeBuild {
     fn done(mut self: Box<Self>, last: Option<&PathIndex>) -> Result<()> {
-        self.writers.flush()?; // the folders below may get their attributes now
         let staged = Arc::clone(&self.staged);
         let mut joined = lock(&staged.joined);
         add_stats(&mut joined.stats, &self.stats);

@@ -4,13 +4,6 @@
 //! apart makes its files on its decoders' threads instead: an empty pool, jobs run inline;
 //! see fresh.rs.)
 //!
-//! On a disk the threads of one build create one at a time (`Creations`). An empty pool
-//! never waits for that turn while it has other work: a job that would wait is put off,
-//! and the jobs put off are made, in order, at the apply thread's next record whose turn
-//! is free, or when `BUDGET` bytes or `QUEUE` jobs are put off (then waiting), and at the
-//! end. The decoders of a first sync thus keep inflating while the other one creates,
-//! instead of sleeping on the lock 7,000 times per 50,000 files (docs/bench.md).
-//!
 //! ```text
 //! apply thread (fresh.rs), records in index order:
 //!     directory        -> mkdirat itself, before anything is queued in it (parents first)
@@ -38,12 +31,10 @@ use crate::dest::dir::Dir;
 use crate::dest::fsops::{self, Attrs, NewFiles};
 use crate::meta::Metadata;
 use anyhow::{anyhow, Result};
-use std::collections::VecDeque;
-use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 /// Files up to this size are queued whole; bigger ones stream on the apply thread.
@@ -79,17 +70,6 @@ impl Creations {
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
         create()
-    }
-
-    /// [`Creations::make`] if it need not wait for another thread's creation, else None.
-    fn try_make<T>(&self, create: impl FnOnce() -> T) -> Option<T> {
-        let _one = match self.0.as_ref().map(Mutex::try_lock) {
-            None => None,
-            Some(Ok(one)) => Some(one),
-            Some(Err(TryLockError::Poisoned(p))) => Some(p.into_inner()),
-            Some(Err(TryLockError::WouldBlock)) => return None,
-        };
-        Some(create())
     }
 }
 
@@ -130,11 +110,6 @@ impl Folder {
     /// tree's [`Creations`] say.
     pub fn create<T>(&self, create: impl FnOnce(&Dir) -> T) -> T {
         self.creations.make(|| create(&self.dir))
-    }
-
-    /// [`Folder::create`] if it need not wait for its turn, else None (nothing done).
-    pub fn try_create<T>(&self, create: impl FnOnce(&Dir) -> T) -> Option<T> {
-        self.creations.try_make(|| create(&self.dir))
     }
 
     /// Whether it has attributes of its own to get (it was made from its record).
@@ -183,36 +158,21 @@ impl Job {
         }
     }
 
-    /// Makes the object, waiting for its turn to create.
     fn run(&self, new_files: &NewFiles) -> Result<()> {
-        self.fill(self.folder.create(|d| self.make(d)), new_files)
-    }
-
-    /// [`Job::run`] if its turn is free now, else None (nothing done).
-    fn try_run(&self, new_files: &NewFiles) -> Option<Result<()>> {
-        let made = self.folder.try_create(|d| self.make(d))?;
-        Some(self.fill(made, new_files))
-    }
-
-    /// The object itself, private: for a file, the file to fill.
-    fn make(&self, dir: &Dir) -> Result<Option<File>> {
-        match &self.what {
-            Made::File(_) => dir.create_file(&self.name).map(Some),
-            Made::Special(meta) => fsops::create_special(dir, &self.name, meta).map(|()| None),
-        }
-    }
-
-    /// The bytes of what [`Job::make`] made, then its attributes.
-    fn fill(&self, made: Result<Option<File>>, new_files: &NewFiles) -> Result<()> {
         let dir = &self.folder.dir;
-        match (made?, &self.what) {
-            (Some(mut file), Made::File(bytes)) => {
+        match &self.what {
+            Made::File(bytes) => {
+                let mut file = self.folder.create(|d| d.create_file(&self.name))?;
                 let shown = dir.show(&self.name);
                 file.write_all(bytes)
                     .map_err(|e| anyhow!("cannot write {}: {e}", shown.display()))?;
                 self.attrs.apply_to_new(&file, &shown, new_files)
             }
-            _ => self.attrs.apply(dir, &self.name),
+            Made::Special(meta) => {
+                self.folder
+                    .create(|d| fsops::create_special(d, &self.name, meta))?;
+                self.attrs.apply(dir, &self.name)
+            }
         }
     }
 }
@@ -254,18 +214,9 @@ impl Shared {
     }
 }
 
-/// Jobs of an empty pool that would have waited for their turn to create.
-#[derive(Default)]
-struct PutOff {
-    jobs: VecDeque<Job>,
-    bytes: usize,
-}
-
 /// The pool; with no threads, every job runs on the calling thread.
 pub struct Writers {
     queue: Option<SyncSender<Job>>,
-    /// Empty unless the pool is.
-    put_off: Mutex<PutOff>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     new_files: NewFiles,
@@ -286,7 +237,6 @@ impl Writers {
         });
         let mut pool = Writers {
             queue: None,
-            put_off: Mutex::default(),
             threads: Vec::new(),
             shared,
             new_files,
@@ -315,49 +265,21 @@ impl Writers {
         self.queue.is_some()
     }
 
-    /// The first error of any writer, as soon as there is one. Without a pool: makes the
-    /// jobs put off, as far as their turn is free.
+    /// The first error of any writer, as soon as there is one.
     pub fn check(&self) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(self.shared.take_error());
         }
-        self.run_put_off(false)
-    }
-
-    /// Makes the jobs put off, in order, until one would wait for its turn; with `all`,
-    /// or past `BUDGET` bytes or `QUEUE` jobs, waiting for it.
-    fn run_put_off(&self, all: bool) -> Result<()> {
-        let mut put_off = self.put_off.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(job) = put_off.jobs.pop_front() {
-            let done = if all || put_off.bytes > BUDGET || put_off.jobs.len() >= QUEUE {
-                job.run(&self.new_files)
-            } else {
-                match job.try_run(&self.new_files) {
-                    Some(done) => done,
-                    None => {
-                        put_off.jobs.push_front(job);
-                        return Ok(());
-                    }
-                }
-            };
-            put_off.bytes -= job.bytes();
-            job.folder.release(done.is_ok())?;
-            done?;
-        }
         Ok(())
     }
 
-    /// Queues a job (waiting for room); without a pool, makes it here, or puts it off
-    /// when its turn is not free.
+    /// Queues a job (waiting for room), or runs it here without a pool.
     pub fn submit(&self, job: Job) -> Result<()> {
         job.folder.pending.fetch_add(1, Ordering::AcqRel);
         let Some(queue) = &self.queue else {
-            {
-                let mut put_off = self.put_off.lock().unwrap_or_else(PoisonError::into_inner);
-                put_off.bytes += job.bytes();
-                put_off.jobs.push_back(job);
-            }
-            return self.run_put_off(false);
+            let done = job.run(&self.new_files);
+            job.folder.release(done.is_ok())?;
+            return done;
         };
         let need = job.bytes();
         {
@@ -383,14 +305,8 @@ impl Writers {
         folder.release(!self.shared.failed.load(Ordering::Acquire))
     }
 
-    /// Makes every job put off, waiting for their turns; the first error.
-    pub fn flush(&self) -> Result<()> {
-        self.run_put_off(true)
-    }
-
     /// Waits for every job; the first error of any writer.
     pub fn finish(mut self) -> Result<()> {
-        self.flush()?;
         self.stop();
         self.check()
     }
@@ -461,7 +377,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = Dir::open_path(t.path()).unwrap();
         let staging = NewFiles::probe(&root);
-        for (size, on_disk) in [(0, false), (0, true), (1, true), (3, false), (3, true)] {
+        for (size, on_disk) in [(0, false), (1, true), (3, false), (3, true)] {
             let made = root
                 .create_dir(format!("w{size}{on_disk}").as_bytes(), 0o700)
                 .unwrap();
@@ -483,74 +399,6 @@ mod tests {
                 let m = std::fs::metadata(&f).unwrap();
                 assert_eq!((m.mode() & 0o7777, m.mtime()), (0o644, 1_000));
             }
-        }
-    }
-
-    /// A folder on a "disk" (creations one at a time) for `attrs(0o555, 12_345)`.
-    fn folder_on_disk(root: &Dir, name: &str) -> Arc<Folder> {
-        let made = root.create_dir(name.as_bytes(), 0o700).unwrap();
-        Folder::root(root.try_clone().unwrap(), Creations::new(true))
-            .subfolder(made, Some(attrs(0o555, 12_345)))
-    }
-
-    #[test]
-    fn an_empty_pool_puts_off_what_would_wait_for_its_turn() {
-        let t = tempfile::tempdir().unwrap();
-        let root = Dir::open_path(t.path()).unwrap();
-        let folder = folder_on_disk(&root, "w");
-        let pool = Writers::start(0, NewFiles::probe(&root)).unwrap();
-        let dir = t.path().join("w");
-        let mode = || std::fs::metadata(&dir).unwrap().mode() & 0o7777;
-        {
-            let _another_thread_creating = folder.creations.0.as_ref().unwrap().lock();
-            for i in 0..3 {
-                pool.submit(file(&folder, &format!("f{i}"), b"data"))
-                    .unwrap();
-            }
-            pool.check().unwrap();
-            pool.close(&folder).unwrap();
-            assert!(!dir.join("f0").exists());
-            assert_eq!(
-                mode(),
-                0o700,
-                "the folder's attributes wait for its entries"
-            );
-        }
-        pool.check().unwrap(); // the turn is free: all are made now
-        for i in 0..3 {
-            assert_eq!(std::fs::read(dir.join(format!("f{i}"))).unwrap(), b"data");
-        }
-        assert_eq!(mode(), 0o555);
-        pool.finish().unwrap();
-    }
-
-    #[test]
-    fn what_an_empty_pool_puts_off_stays_within_the_budget() {
-        let t = tempfile::tempdir().unwrap();
-        let root = Dir::open_path(t.path()).unwrap();
-        let folder = folder_on_disk(&root, "w");
-        let pool = Writers::start(0, NewFiles::probe(&root)).unwrap();
-        let creations = Arc::clone(&folder.creations);
-        let (held, is_held) = std::sync::mpsc::channel();
-        let another = std::thread::spawn(move || {
-            let _creating = creations.0.as_ref().unwrap().lock();
-            held.send(()).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        });
-        is_held.recv().unwrap();
-        let size = 1 << 20;
-        for i in 0..(2 * BUDGET / size) {
-            pool.submit(file(&folder, &format!("f{i}"), &vec![i as u8; size]))
-                .unwrap();
-            let put_off = pool.put_off.lock().unwrap().bytes;
-            assert!(put_off <= BUDGET, "{put_off} bytes put off");
-        }
-        another.join().unwrap();
-        pool.close(&folder).unwrap();
-        pool.finish().unwrap();
-        for i in 0..(2 * BUDGET / size) {
-            let bytes = std::fs::read(t.path().join(format!("w/f{i}"))).unwrap();
-            assert_eq!(bytes, vec![i as u8; size]);
         }
     }
 
