@@ -131,7 +131,7 @@ fn run_mirrors(r: RunArgs, log: &Logger, interactive: bool) -> Result<Exit> {
 fn verify_dest(a: VerifyArgs, log: &Logger) -> Result<Exit> {
     let options = verify::VerifyOptions {
         repo: a.repo.options()?,
-        source: a.source,
+        sources: std::iter::once(a.source).chain(a.sources).collect(),
         dest: a.dest,
         state_dir: a.state_dir,
         repair: a.repair,

@@ -306,7 +306,7 @@ impl Run<'_> {
     fn repair_tree(&self, tree: &DestPaths) -> Result<()> {
         let checked = verify(
             &VerifyOptions {
-                source: self.opts.sources.first().cloned().unwrap_or_default(),
+                sources: self.opts.sources.clone(),
                 dest: tree.dest.clone(),
                 state_dir: Some(tree.state_root.clone()),
                 repair: true,
@@ -340,7 +340,7 @@ pub fn verify_atomic(
 ) -> Result<VerifyReport> {
     let names = Layout::new(paths);
     let on_tree = |tree: &DestPaths, repair: bool| VerifyOptions {
-        source: opts.source.clone(),
+        sources: opts.sources.clone(),
         dest: tree.dest.clone(),
         state_dir: Some(tree.state_root.clone()),
         repair,
@@ -388,7 +388,7 @@ pub fn verify_atomic(
             dest.recheck()?;
             sync(
                 &SyncOptions {
-                    sources: vec![opts.source.clone()],
+                    sources: opts.sources.clone(),
                     dest: tree.dest.clone(),
                     time: Some(state.end_time.to_string()),
                     state_dir: Some(tree.state_root.clone()),

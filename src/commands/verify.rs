@@ -5,7 +5,6 @@
 //! (`commands::atomic`).
 
 use super::atomic::{verify_atomic, AtomicOutcome};
-use super::open_repository;
 use crate::dest::atomic::Layout;
 use crate::dest::session::Session;
 use crate::dest::state::DestPaths;
@@ -15,6 +14,7 @@ use crate::mirror::decide::{decide, Decision, Restart};
 use crate::mirror::filter::PathFilter;
 use crate::mirror::repair::{self, RepairStats};
 use crate::progress::Reporter;
+use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::time::{format_compact, format_iso};
 use crate::repo::RepoOptions;
 use anyhow::{bail, Result};
@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct VerifyOptions {
-    pub source: String,
+    /// The sources of the repository, in order of preference (see `repo::select`).
+    pub sources: Vec<String>,
     pub dest: PathBuf,
     pub state_dir: Option<PathBuf>,
     pub repair: bool,
@@ -49,6 +50,8 @@ pub struct VerifyReport {
     /// After a repair: what still differs (nothing, normally).
     pub remaining: Option<Vec<DifferenceReport>>,
     pub seconds: f64,
+    /// What each source was to this run, and what it served (as in a sync's report).
+    pub sources: Vec<SourceStatus>,
     /// The atomic layout: the live tree checked, the standby, a repair's switch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub atomic: Option<AtomicOutcome>,
@@ -90,7 +93,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
             dest.display()
         ),
     };
-    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
+    let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
     let filter = PathFilter::from_args(&state.paths);
     // The sets DEST holds are those a sync to its own state would find it up to date with.
     let decision = decide(
@@ -128,6 +131,7 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         repaired: None,
         remaining: None,
         seconds: 0.0,
+        sources: Vec::new(),
         atomic: None,
     };
     if opts.repair && !diffs.is_empty() {
@@ -156,5 +160,6 @@ pub fn verify(opts: &VerifyOptions, reporter: &Arc<Reporter>) -> Result<VerifyRe
         report.remaining = Some(after.iter().map(Difference::report).collect());
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.sources = selection.report();
     Ok(report)
 }

@@ -1,12 +1,12 @@
 //! Several sources for one mirror (`sync SOURCE --source URL ...`), served by nginx on
 //! 127.0.0.1 as folders of one site: a stale first source is skipped with one notice, an
-//! unreachable one too; a volume whose copy is damaged on the first source comes from the
+//! unreachable one too (by `verify --repair` as by `sync`); a volume whose copy is damaged on the first source comes from the
 //! second (the manifest's SHA1 decides) and the JSON report says who served what; two
 //! sources that disagree about a manifest are refused as a split brain, whether their
 //! listings already show it (sizes) or only the bytes do.
 
 use crate::support::remote::*;
-use crate::support::report::{SourceStatus, SyncReport};
+use crate::support::report::{self, SourceStatus, VerifyReport};
 use crate::support::*;
 use std::fs;
 use std::path::Path;
@@ -19,12 +19,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The `sources` entry of a sync report for `url`.
-fn source_entry<'a>(r: &'a SyncReport, url: &str) -> &'a SourceStatus {
-    r.sources
+/// The entry for `url` among a report's `sources`.
+fn source_entry<'a>(sources: &'a [SourceStatus], url: &str) -> &'a SourceStatus {
+    sources
         .iter()
         .find(|s| s.source == url)
-        .unwrap_or_else(|| panic!("{url} not in the report's sources: {:?}", r.sources))
+        .unwrap_or_else(|| panic!("{url} not in the report's sources: {sources:?}"))
 }
 
 /// nginx publishing a site whose `repo/` upstream duplicity `v` writes into.
@@ -73,10 +73,34 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(lines.len(), 2, "{}", run.stderr);
     assert!(lines[0].contains("skipping stale source") && lines[0].contains("/stale/"));
     assert!(lines[1].contains("skipping source") && lines[1].contains("refused"));
-    assert_eq!(source_entry(&r, &stale).role, "stale");
-    assert_eq!(source_entry(&r, &gone).role, "unreachable");
-    assert_eq!(source_entry(&r, &good).role, "primary");
+    assert_eq!(source_entry(&r.sources, &stale).role, "stale");
+    assert_eq!(source_entry(&r.sources, &gone).role, "unreachable");
+    assert_eq!(source_entry(&r.sources, &good).role, "primary");
     assert_eq!(r.source, good);
+
+    // verify --repair follows the sources in the same way: the unreachable first one is
+    // skipped with a notice, and the volume that restores an edited file comes from the
+    // next one.
+    fs::write(host.dest.join("big.bin"), b"edited on the host\n").unwrap();
+    let run = host.run(
+        "verify",
+        &gone,
+        &["--repair", "--json", "--retries", "0", "--source", &good],
+        &[],
+    );
+    let v: VerifyReport = report::of(run.assert_ok("verify --repair past an unreachable source"));
+    oracle.assert_same(
+        &host.tree(),
+        Compare::default(),
+        "repaired through --source",
+    );
+    assert!(run.stderr.contains("skipping source"), "{}", run.stderr);
+    let differ: Vec<&str> = v.differences.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(differ, ["big.bin"]);
+    assert!(v.remaining.is_some_and(|r| r.is_empty()));
+    assert_eq!(source_entry(&v.sources, &gone).role, "unreachable");
+    assert_eq!(source_entry(&v.sources, &good).role, "primary");
+    assert!(!source_entry(&v.sources, &good).served.files.is_empty());
 
     // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
     // and the copy on the second source is used; the report says which served it.
@@ -92,13 +116,16 @@ fn stale_unreachable_and_damaged_sources() {
     let r = sync_report(run.assert_ok("damaged volume on the first source"));
     oracle.assert_same(&host.tree(), Compare::default(), "damaged first source");
     assert!(run.stderr.contains("from another source"), "{}", run.stderr);
-    assert_eq!(source_entry(&r, &damaged).role, "primary");
-    assert_eq!(source_entry(&r, &good).role, "spare");
+    assert_eq!(source_entry(&r.sources, &damaged).role, "primary");
+    assert_eq!(source_entry(&r.sources, &good).role, "spare");
     assert_eq!(
-        source_entry(&r, &good).served.files,
+        source_entry(&r.sources, &good).served.files,
         std::slice::from_ref(&vol1)
     );
-    assert!(source_entry(&r, &damaged).served.files.contains(&vol1));
+    assert!(source_entry(&r.sources, &damaged)
+        .served
+        .files
+        .contains(&vol1));
 }
 
 #[test]

@@ -136,6 +136,8 @@ pub struct Signatures {
 pub struct VerifyReport {
     pub differences: Vec<Difference>,
     pub repaired: Option<RepairStats>,
+    pub remaining: Option<Vec<Difference>>,
+    pub sources: Vec<SourceStatus>,
 }
 
 #[derive(Debug, Deserialize)]
