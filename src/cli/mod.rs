@@ -130,8 +130,8 @@ pub struct VerifyArgs {
     pub source: String,
     pub dest: PathBuf,
     /// Another source of the same repository (repeatable), in order of preference after
-    /// SOURCE, as for sync: the signatures and a repair's volumes come from the first that
-    /// answers and is not stale, volumes from any of them
+    /// SOURCE, as for sync: verify follows the first that answers and is not stale, and a
+    /// repair takes volumes from any of them
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
     #[arg(long, value_name = "DIR")]
