@@ -167,18 +167,12 @@ fn mirrors_status(a: StatusArgs) -> Result<Exit> {
     let mut lines = Vec::new();
     for m in config.select(&a.mirrors)? {
         let s = sync_args(&m.matches)?;
-        // The mirror's status is its first source's (the one it prefers).
+        // The newest of its sources, as its sync would follow (repo::select).
         let (sources, dest) = s.sources_and_dest()?;
         let paths = DestPaths::resolve(&dest, s.state_dir.as_deref())?;
         let repo = s.repo.options()?;
         let reporter = Arc::new(Reporter::default());
-        lines.push(mirror_status(
-            &m.name,
-            &sources[0],
-            &paths,
-            &repo,
-            &reporter,
-        ));
+        lines.push(mirror_status(&m.name, &sources, &paths, &repo, &reporter));
     }
     if a.json {
         print_json(&lines)?;

@@ -1,12 +1,12 @@
 //! `dupmirror status --config`: one line per mirror: the backup DEST holds, the newest in
-//! the source (listed now; the last run's figure when the source cannot be listed), the
-//! lag, and the last run's outcome from its record.
+//! its sources (listed now, as a sync would choose among them; the last run's figure when
+//! none can be listed), the lag, and the last run's outcome from its record.
 
 use super::record::RunRecord;
 use crate::commands::atomic::held_state;
-use crate::commands::open_repository;
 use crate::dest::state::DestPaths;
 use crate::progress::Reporter;
+use crate::repo::select::open_sources;
 use crate::repo::time::format_iso;
 use crate::repo::RepoOptions;
 use serde::Serialize;
@@ -17,10 +17,10 @@ pub struct MirrorStatus {
     pub mirror: String,
     /// The backup time DEST holds.
     pub holds: Option<String>,
-    /// The newest backup time in the source.
+    /// The newest backup time in its sources.
     pub latest: Option<String>,
     pub lag_seconds: Option<i64>,
-    /// Why the source could not be listed now (then `latest` is the last run's).
+    /// Why no source could be listed now (then `latest` is the last run's).
     pub source_error: Option<String>,
     pub last_run: Option<String>,
     pub last_run_ok: Option<bool>,
@@ -30,15 +30,15 @@ pub struct MirrorStatus {
 
 pub fn mirror_status(
     mirror: &str,
-    source: &str,
+    sources: &[String],
     paths: &DestPaths,
     repo: &RepoOptions,
     reporter: &Arc<Reporter>,
 ) -> MirrorStatus {
     let record = RunRecord::load(&paths.state_root).unwrap_or_default();
     let held = held_state(paths).map(|s| s.end_time);
-    let (latest, source_error) = match open_repository(source, repo, reporter) {
-        Ok(r) => (r.collection.latest_time(), None),
+    let (latest, source_error) = match open_sources(sources, repo, reporter) {
+        Ok((r, _)) => (r.collection.latest_time(), None),
         Err(e) => (record.latest, Some(format!("{e:#}").replace('\n', " "))),
     };
     let lag = RunRecord {

@@ -1,6 +1,6 @@
 //! Several sources for one mirror (`sync SOURCE --source URL ...`), served by nginx on
 //! 127.0.0.1 as folders of one site: a stale first source is skipped with one notice, an
-//! unreachable one too (by `verify --repair` as by `sync`); a volume whose copy is damaged on the first source comes from the
+//! unreachable one too (by `verify --repair` and `status --config` as by `sync`); a volume whose copy is damaged on the first source comes from the
 //! second (the manifest's SHA1 decides) and the JSON report says who served what; two
 //! sources that disagree about a manifest are refused as a split brain, whether their
 //! listings already show it (sizes) or only the bytes do.
@@ -101,6 +101,28 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(source_entry(&v.sources, &gone).role, "unreachable");
     assert_eq!(source_entry(&v.sources, &good).role, "primary");
     assert!(!source_entry(&v.sources, &good).served.files.is_empty());
+
+    // status --config shows the newest backup among a mirror's sources, as its sync
+    // follows them, not an error from the first one.
+    let config = host.dir.join("dupmirror.toml");
+    let toml = format!(
+        "[mirror.m]\nsource = [{gone:?}, {good:?}]\ndest = {:?}\nstate-dir = {:?}\n\
+         retries = 0\n",
+        host.dest.display().to_string(),
+        host.state.display().to_string(),
+    );
+    fs::write(&config, toml).unwrap();
+    let status = dupmirror([
+        "status".as_ref(),
+        "--json".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    let lines: serde_json::Value = report::of(status.assert_ok("status --config"));
+    let iso1 = iso_time(t(1));
+    assert_eq!(lines[0]["latest"], iso1.as_str(), "{lines}");
+    assert_eq!(lines[0]["holds"], iso1.as_str(), "{lines}");
+    assert!(lines[0]["source_error"].is_null(), "{lines}");
 
     // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
     // and the copy on the second source is used; the report says which served it.
