@@ -186,7 +186,8 @@ fn mirrors_status(a: StatusArgs) -> Result<Exit> {
 fn repo_status(a: StatusArgs, log: &Logger) -> Result<Exit> {
     let options = status::StatusOptions {
         repo: a.names.repo_options(None, a.remote.source_options()?)?,
-        source: a.source.unwrap_or_default(), // clap requires it without --config
+        // clap requires SOURCE without --config
+        sources: a.source.into_iter().chain(a.sources).collect(),
         dest: a.dest,
         state_dir: a.state_dir,
         time: a.time,

@@ -99,6 +99,10 @@ pub struct StatusArgs {
     /// The repository (not with --config)
     #[arg(required_unless_present = "config", conflicts_with = "config")]
     pub source: Option<String>,
+    /// Another source of the same repository (repeatable), in order of preference after
+    /// SOURCE, as for sync: the status is that of the one a sync would follow
+    #[arg(long = "source", value_name = "URL", conflicts_with = "config")]
+    pub sources: Vec<String>,
     /// Show the mirrors of this configuration file instead (see `run`)
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
     pub config: Option<PathBuf>,

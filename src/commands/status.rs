@@ -5,7 +5,7 @@
 //! In the atomic layout DEST's state is its live tree's.
 
 use super::atomic::reading_paths;
-use super::{open_repository, resolve_time};
+use super::resolve_time;
 use crate::dest::atomic::{Layout, LayoutView};
 use crate::dest::state::DestPaths;
 use crate::mirror::decide::decide;
@@ -14,6 +14,7 @@ use crate::mirror::rollback;
 use crate::progress::Reporter;
 use crate::repo::collection::{BackupSet, Collection};
 use crate::repo::filename::SetKind;
+use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::time::format_iso;
 use crate::repo::RepoOptions;
 use anyhow::Result;
@@ -58,7 +59,9 @@ pub struct ChainStatus {
 }
 
 pub struct StatusOptions {
-    pub source: String,
+    /// The sources of the repository, in order of preference (see `repo::select`): the
+    /// status is that of the one a sync would follow.
+    pub sources: Vec<String>,
     /// Also tell what a sync of this DEST would do.
     pub dest: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -111,10 +114,12 @@ pub struct StatusReport {
     pub partial_files: Vec<String>,
     pub latest: Option<String>,
     pub dest: Option<DestStatus>,
+    /// What each source was to this run (as in a sync's report).
+    pub sources: Vec<SourceStatus>,
 }
 
 pub fn status(opts: &StatusOptions, reporter: &Arc<Reporter>) -> Result<StatusReport> {
-    let repo = open_repository(&opts.source, &opts.repo, reporter)?;
+    let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
     let c = &repo.collection;
     let dest = match &opts.dest {
         None => None,
@@ -137,6 +142,7 @@ pub fn status(opts: &StatusOptions, reporter: &Arc<Reporter>) -> Result<StatusRe
         partial_files: c.partial_files.clone(),
         latest: c.latest_time().map(format_iso),
         dest,
+        sources: selection.report(),
     })
 }
 
@@ -201,7 +207,7 @@ mod tests {
 
     fn status_of(dest: &Path, time: Option<String>, paths: &[&str]) -> Result<DestStatus> {
         let opts = StatusOptions {
-            source: repo(),
+            sources: vec![repo()],
             dest: Some(dest.to_path_buf()),
             state_dir: None,
             time,

@@ -1,5 +1,6 @@
 //! Choosing among several sources of one repository (`sync SOURCE --source URL ...`, and
-//! `verify` likewise): the first, in order of preference, that answers and is not stale.
+//! `verify`, `status` likewise): the first, in order of preference, that answers and is
+//! not stale.
 //!
 //! ```text
 //! list every source, all at once                  (one listing request each, as usual)

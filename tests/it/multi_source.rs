@@ -1,6 +1,6 @@
 //! Several sources for one mirror (`sync SOURCE --source URL ...`), served by nginx on
 //! 127.0.0.1 as folders of one site: a stale first source is skipped with one notice, an
-//! unreachable one too (by `verify --repair` and `status --config` as by `sync`); a volume whose copy is damaged on the first source comes from the
+//! unreachable one too (by `verify --repair` and `status` as by `sync`); a volume whose copy is damaged on the first source comes from the
 //! second (the manifest's SHA1 decides) and the JSON report says who served what; two
 //! sources that disagree about a manifest are refused as a split brain, whether their
 //! listings already show it (sizes) or only the bytes do.
@@ -123,6 +123,33 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(lines[0]["latest"], iso1.as_str(), "{lines}");
     assert_eq!(lines[0]["holds"], iso1.as_str(), "{lines}");
     assert!(lines[0]["source_error"].is_null(), "{lines}");
+
+    // status SOURCE --source URL: the repository a sync would follow.
+    let status = dupmirror([
+        "status".as_ref(),
+        gone.as_ref(),
+        "--json".as_ref(),
+        "--retries=0".as_ref(),
+        "--source".as_ref(),
+        good.as_ref(),
+        "--dest".as_ref(),
+        host.dest.as_os_str(),
+        "--state-dir".as_ref(),
+        host.state.as_os_str(),
+    ]);
+    let s: serde_json::Value = report::of(status.assert_ok("status past an unreachable source"));
+    assert_eq!(s["latest"], iso1.as_str(), "{s}");
+    assert_eq!(s["dest"]["holds"], iso1.as_str(), "{s}");
+    assert_eq!(s["dest"]["pending_sets"], 0, "{s}");
+    let listed = s["sources"].as_array().unwrap();
+    let role = |url: &str| {
+        listed
+            .iter()
+            .find(|e| e["source"] == url)
+            .map(|e| e["role"].clone())
+    };
+    assert_eq!(role(&gone), Some("unreachable".into()), "{s}");
+    assert_eq!(role(&good), Some("primary".into()), "{s}");
 
     // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
     // and the copy on the second source is used; the report says which served it.
