@@ -483,8 +483,12 @@ pub fn print_mirror_status(s: &MirrorStatus) {
         ),
         (None, _) => "never run".into(),
     };
+    let skipped: String = s
+        .skipped()
+        .map(|(source, why)| format!("; source {source} {why}"))
+        .collect();
     println!(
-        "{}: holds {}, source has {}{}, lag {lag}; last run {last}",
+        "{}: holds {}, source has {}{}, lag {lag}{skipped}; last run {last}",
         s.mirror,
         s.holds.as_deref().unwrap_or("nothing"),
         s.latest.as_deref().unwrap_or("?"),

@@ -123,6 +123,21 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(lines[0]["latest"], iso1.as_str(), "{lines}");
     assert_eq!(lines[0]["holds"], iso1.as_str(), "{lines}");
     assert!(lines[0]["source_error"].is_null(), "{lines}");
+    // The source passed over still shows: in the report, and on the line.
+    let roles: Vec<(&str, &str)> = lines[0]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == gone.as_str())
+        .map(|e| (e["source"].as_str().unwrap(), e["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [(gone.as_str(), "unreachable")], "{lines}");
+    let text = dupmirror(["status".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let line = text.assert_ok("status --config, as text").stdout_text();
+    assert!(
+        line.contains(&format!("lag 0s; source {gone} unreachable; last run")),
+        "{line}"
+    );
 
     // status SOURCE --source URL: the repository a sync would follow.
     let status = dupmirror([
