@@ -42,7 +42,10 @@ fn sftp_cut_mid_volume_and_refused_host_keys() {
     let Some((site, sshd, mut lab)) = sftp_site() else {
         return;
     };
-    lab.fs.write("big.bin", &random_bytes(11, 2_200_000));
+    // One volume, so that the cut below lands well inside it (1 MiB volumes put it near
+    // a volume's start, where nothing of the new volume may have arrived yet).
+    lab.backup_opts = ["--volsize", "10"].iter().map(OsString::from).collect();
+    lab.fs.write("big.bin", &random_bytes(11, 4_000_000));
     lab.fs.write("small", b"small\n");
     lab.full(t(0));
     let oracle = lab.restore(t(0));
@@ -57,9 +60,12 @@ fn sftp_cut_mid_volume_and_refused_host_keys() {
     );
     let clean_bytes = r.transfer.bytes_downloaded;
 
-    // The connection dies 600 kB into the transfer: ssh exits, a new session opens the
-    // volume again at the byte reached. The proxy's port needs its own known_hosts line.
-    let proxy = FaultProxy::start(sshd.server.port, Fault::CutAfter(600_000), 1);
+    // The connection dies 2 MB into the transfer, halfway through the volume: ssh exits, a
+    // new session opens the volume again at the byte reached. (Up to 1 MiB of reads is in
+    // flight, and ssh drops what it holds: cut 600 kB into 1 MiB volumes, the cut once
+    // met a volume of which nothing had arrived, on a loaded CI machine.) The proxy's
+    // port needs its own known_hosts line.
+    let proxy = FaultProxy::start(sshd.server.port, Fault::CutAfter(2_000_000), 1);
     let mut known = fs::read_to_string(&sshd.known_hosts).unwrap();
     known.push_str(&sshd.known_hosts_line(proxy.port));
     fs::write(&sshd.known_hosts, known).unwrap();
