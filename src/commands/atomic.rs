@@ -15,7 +15,8 @@
 //!                            standby is removed; then the in-place sync
 //!     DEST atomic, otherwise:
 //!         no live tree (bootstrap): build tree a (engine, fresh), switch to it
-//!         look = engine dry run on the live tree (lists the source, decides)
+//!         list the sources (once for the look and the standby's run)
+//!         look = engine dry run on the live tree (decides)
 //!         up to date: done, nothing written
 //!         standby served less than --grace ago: "deferred", exit 0, nothing written
 //!         engine on the standby, to the target: it applies the sets it lacks (it is one
@@ -28,8 +29,11 @@
 //!     the standby to the live tree's backup, repair the standby, switch, verify again
 //! ```
 //!
+//! The look and the standby's run share one listing of the sources, so the standby goes to
+//! the backup the look decided on even when a new one lands between them.
+//!
 //! Limits: the live tree is never written, but it is read twice per run (a dry run for the
-//! decision, then the standby's run lists the source again). The first build of the
+//! decision, then the standby's run reads the manifests again). The first build of the
 //! standby after a bootstrap or a conversion reads the whole chain (there is no second
 //! tree to start from). A reader that keeps a file or folder of the old tree open past
 //! --grace sees that tree change under it; one that resolves DEST once per pass and is
@@ -37,12 +41,13 @@
 //! standby's changes: every path that differs between the previous live tree and the new
 //! one is in it, with some that changed one generation earlier.
 
-use super::sync::{sync, SyncOptions, SyncReport};
+use super::sync::{sync, sync_listed, SyncOptions, SyncReport};
 use super::verify::{verify, VerifyOptions, VerifyReport};
 use crate::dest::atomic::{AtomicDest, Layout, LayoutView, Slot};
 use crate::dest::session::Session;
 use crate::dest::state::{DestPaths, MirrorState};
 use crate::progress::Reporter;
+use crate::repo::select::open_sources;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -276,8 +281,14 @@ impl Run<'_> {
             return self.finish(report, Action::Switched, Some(Slot::A));
         };
         let record = dest.record()?;
+        // One listing for the look and the standby's run: both decide on the same backups.
+        let listed = open_sources(&opts.sources, &opts.repo, self.reporter)?;
         dest.recheck()?;
-        let mut look = sync(&self.on_tree(&names.tree(live), true), self.reporter)?;
+        let mut look = sync_listed(
+            &self.on_tree(&names.tree(live), true),
+            self.reporter,
+            &listed,
+        )?;
         look.dry_run = opts.dry_run;
         if look.up_to_date {
             return self.finish(look, Action::UpToDate, Some(live));
@@ -288,7 +299,7 @@ impl Run<'_> {
         let standby = live.other();
         let tree = names.tree(standby);
         dest.recheck()?;
-        let mut report = sync(&self.on_tree(&tree, opts.dry_run), self.reporter)?;
+        let mut report = sync_listed(&self.on_tree(&tree, opts.dry_run), self.reporter, &listed)?;
         report.from = look.from.clone();
         report.times.from = look.times.from;
         if opts.dry_run {

@@ -26,7 +26,7 @@ use crate::mirror::repair::{self, RepairStats};
 use crate::mirror::rollback;
 use crate::progress::{Reporter, Transfer};
 use crate::repo::collection::BackupSet;
-use crate::repo::select::{open_sources, SourceStatus};
+use crate::repo::select::{open_sources, Selection, SourceStatus};
 use crate::repo::sigtar::SetSignatures;
 use crate::repo::time::{format_iso, Epoch};
 use crate::repo::{RepoOptions, Repository};
@@ -141,6 +141,24 @@ pub struct Phases {
 }
 
 pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> {
+    sync_from(opts, reporter, None)
+}
+
+/// The same from `opts.sources` as listed already: an atomic run lists them once for its
+/// look at the live tree and the standby's run, so both decide on one listing.
+pub fn sync_listed(
+    opts: &SyncOptions,
+    reporter: &Arc<Reporter>,
+    listed: &(Repository, Selection),
+) -> Result<SyncReport> {
+    sync_from(opts, reporter, Some(listed))
+}
+
+fn sync_from(
+    opts: &SyncOptions,
+    reporter: &Arc<Reporter>,
+    listed: Option<&(Repository, Selection)>,
+) -> Result<SyncReport> {
     let started = Instant::now();
     let dest_paths = DestPaths::resolve(&opts.dest, opts.state_dir.as_deref())?;
     let dest = &dest_paths.dest;
@@ -165,7 +183,14 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let mut mark = state.as_ref().or(stale.as_ref()).map(rollback::high_water);
     let mut phases = Phases::default();
     let phase = Instant::now();
-    let (repo, selection) = open_sources(&opts.sources, &opts.repo, reporter)?;
+    let opened;
+    let (repo, selection) = match listed {
+        Some((repo, selection)) => (repo, selection),
+        None => {
+            opened = open_sources(&opts.sources, &opts.repo, reporter)?;
+            (&opened.0, &opened.1)
+        }
+    };
     phases.list_seconds = phase.elapsed().as_secs_f64();
     let time = resolve_time(opts.time.as_deref())?;
     let explicit_time = opts.time.is_some();
@@ -187,9 +212,9 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
     let filter = PathFilter::from_args(&opts.paths);
     let phase = Instant::now();
     let decision = decide(state.as_ref(), &repo.collection, time, &filter, dest_empty)?
-        .ok_or_else(|| no_backup(&repo))?;
+        .ok_or_else(|| no_backup(repo))?;
     rollback::check_target(mark, decision.end_time, explicit_time)?;
-    let plan = Plan::build(&repo, decision, dest_dir.tree(), &filter)?;
+    let plan = Plan::build(repo, decision, dest_dir.tree(), &filter)?;
     phases.plan_seconds = phase.elapsed().as_secs_f64();
     let mut report = SyncReport {
         source: repo.display(),
@@ -276,7 +301,7 @@ pub fn sync(opts: &SyncOptions, reporter: &Arc<Reporter>) -> Result<SyncReport> 
         .with_newest(newest);
         let staged = dest_dir
             .recheck()
-            .and_then(|()| stage_commit(&repo, &plan, steps, &dest_dir, &state_dir, &target));
+            .and_then(|()| stage_commit(repo, &plan, steps, &dest_dir, &state_dir, &target));
         let (applier, repaired) = match staged {
             Ok(a) => a,
             Err(e) => {

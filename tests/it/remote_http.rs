@@ -83,6 +83,32 @@ fn nothing_new_costs_one_listing() {
     );
 }
 
+/// An atomic run that builds the standby and switches lists the source once: its look at
+/// the live tree and the standby's run decide on one listing.
+#[test]
+fn an_atomic_switch_costs_one_listing() {
+    let Some(mut published) = served(Version::V08, plain_nginx, |fs| {
+        fs.write("f", &random_bytes(4, 300_000))
+    }) else {
+        return;
+    };
+    let (lab, server) = (&mut published.lab, &published.server);
+    let host = lab.host("a");
+    let atomic = ["--atomic", "--grace", "0", "--json"];
+    host.sync(&server.url, &atomic).assert_ok("bootstrap");
+    lab.fs.write("g", b"new\n");
+    lab.inc(t(1));
+
+    let before = server.requests("GET /repo/ ").len();
+    let run = host.sync(&server.url, &atomic);
+    run.assert_ok("switch");
+    let r: serde_json::Value = report::of(&run);
+    assert_eq!(r["atomic"]["action"], "switched", "{r}");
+    assert_eq!(r["transfer"]["listings"], 1, "{r}");
+    assert_eq!(server.requests("GET /repo/ ").len() - before, 1);
+    assert_eq!(fs::read(host.dest.join("g")).unwrap(), b"new\n");
+}
+
 #[test]
 fn https_with_a_private_ca() {
     let https = |site: &Site, tls| {
