@@ -2,7 +2,9 @@
 //! duplicity 0.8.22 and 3.2.1): every name form, manifest and volume layout read here
 //! without duplicity installed. `tests/it/testdata_repos.rs` checks whole syncs of them.
 
-use crate::decode::records::{Record, RecordKind, RecordSink, RecordStream};
+use crate::decode::records::{
+    Record, RecordKind, RecordSink, RecordStream, VolumeSink, VolumeSinks,
+};
 use crate::index::PathIndex;
 use crate::repo::collection::Collection;
 use crate::repo::filename::{NameParser, Prefixes};
@@ -12,6 +14,7 @@ use crate::source::{Backend, LocalBackend};
 use anyhow::Result;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 fn repo_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -195,6 +198,48 @@ fn a_file_split_across_volumes_is_stitched_in_order() {
         (big, RecordKind::Snapshot, true),
         "a headless run"
     );
+}
+
+/// Volumes read apart into tallies of their own; counts the decoders that ran dry.
+#[derive(Default)]
+struct ApartTallies {
+    volumes: std::sync::atomic::AtomicUsize,
+    ran_dry: std::sync::atomic::AtomicUsize,
+}
+
+impl VolumeSinks for ApartTallies {
+    fn volume(&self, _follows: bool) -> Result<Box<dyn VolumeSink>> {
+        self.volumes.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(Tally::default()))
+    }
+    fn no_volume_left(&self) {
+        self.ran_dry.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl VolumeSink for Tally {
+    fn done(self: Box<Self>, _last: Option<&PathIndex>) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn each_decoder_that_runs_out_of_volumes_says_so() {
+    let repo = Repository::open(
+        Box::new(LocalBackend::new(repo_dir("volsize-08").to_str().unwrap()).unwrap()),
+        &RepoOptions::default(),
+        Default::default(),
+    )
+    .unwrap();
+    let full = &repo.collection.chains[0].full;
+    let manifest = repo.manifest(full).unwrap();
+    let volumes: Vec<u32> = manifest.volumes.keys().copied().collect();
+    assert!(volumes.len() >= 3);
+    let sinks = ApartTallies::default();
+    repo.read_set_apart(full, &manifest, &volumes, 2, &sinks)
+        .unwrap();
+    assert_eq!(sinks.volumes.load(Ordering::Relaxed), volumes.len());
+    assert_eq!(sinks.ran_dry.load(Ordering::Relaxed), 2, "once per decoder");
 }
 
 /// Every set of `repo`, all its volumes, read into one tally per set (prefetching them

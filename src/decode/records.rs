@@ -62,6 +62,10 @@ pub trait VolumeSinks: Sync {
     /// A sink for one volume; `follows`: the volume before it in the set is read too, so a
     /// chunk run may continue from there into this one.
     fn volume(&self, follows: bool) -> Result<Box<dyn VolumeSink>>;
+
+    /// Every volume is with a decoder and one decoder has none left: the others are on
+    /// the set's last volumes, and a core is free until they are done.
+    fn no_volume_left(&self) {}
 }
 
 /// The records of one volume read apart.

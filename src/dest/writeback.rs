@@ -13,6 +13,9 @@
 //! start(dir):  a thread with its own handle on dir's file system, asleep
 //! wrote(n):    add n to the bytes written; past a multiple of STEP, wake the thread
 //!              (wakes while it works are merged into one)
+//! hurry():     the build's tail (a decoder has no volume left, so a core is free): wake
+//!              the thread now, and from then on every TAIL_STEP, so that less is left to
+//!              write when the build ends
 //! thread:      when woken, syncfs(handle); the first error is kept and ends the thread
 //! finish():    stop the thread after its current syncfs, and return that first error
 //! ```
@@ -28,7 +31,7 @@
 use super::dir::Dir;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -36,6 +39,9 @@ use std::thread::JoinHandle;
 /// commits the journal) is rare, small enough that the disk starts early (a duplicity
 /// volume is 200 MB by default).
 const STEP: u64 = 64 << 20;
+
+/// The step once the build is in its tail (see [`EarlyWriteback::hurry`]).
+const TAIL_STEP: u64 = 8 << 20;
 
 #[derive(Default)]
 struct Wanted {
@@ -63,6 +69,8 @@ impl Shared {
 pub struct EarlyWriteback {
     shared: Arc<Shared>,
     written: AtomicU64,
+    /// In the build's tail: written back every TAIL_STEP.
+    hurried: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Named in the error of a failed writeback.
     shown: std::path::PathBuf,
@@ -102,6 +110,7 @@ impl EarlyWriteback {
         Ok(EarlyWriteback {
             shared,
             written: AtomicU64::new(0),
+            hurried: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
             shown: dir.path().to_path_buf(),
         })
@@ -110,7 +119,20 @@ impl EarlyWriteback {
     /// The build wrote `bytes` more.
     pub fn wrote(&self, bytes: u64) {
         let before = self.written.fetch_add(bytes, Ordering::Relaxed);
-        if (before + bytes) / STEP > before / STEP {
+        let step = if self.hurried.load(Ordering::Relaxed) {
+            TAIL_STEP
+        } else {
+            STEP
+        };
+        if (before + bytes) / step > before / step {
+            self.kick();
+        }
+    }
+
+    /// The build is in its tail (a core is idle): write back what is dirty now, then every
+    /// TAIL_STEP, so that little is left for the final sync.
+    pub fn hurry(&self) {
+        if !self.hurried.swap(true, Ordering::Relaxed) {
             self.kick();
         }
     }
@@ -201,6 +223,25 @@ mod tests {
         wb.wrote(3 * STEP); // past three steps at once: one wake
         wait_for(&wb, 2);
         wb.check().unwrap();
+        assert_eq!(wb.finish().unwrap(), 2);
+    }
+
+    #[test]
+    fn in_the_tail_a_writeback_at_once_then_every_tail_step() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = Dir::open_path(t.path()).unwrap();
+        let wb = EarlyWriteback::start(&dir).unwrap();
+        wb.wrote(TAIL_STEP);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(done(&wb), 0, "below STEP before the tail");
+        wb.hurry();
+        wait_for(&wb, 1);
+        wb.hurry(); // once in the tail, again changes nothing
+        wb.wrote(TAIL_STEP - 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(done(&wb), 1);
+        wb.wrote(1);
+        wait_for(&wb, 2);
         assert_eq!(wb.finish().unwrap(), 2);
     }
 

@@ -18,6 +18,8 @@
 //!     thread inflates) into a sink of its own, through a record stream of its own
 //! the calling thread, in volume order as they come in: join the volume's edges to the
 //!     previous ones (order, chunk offsets: decode::records), then the sink is done
+//! a decoder that finds no volume left to take tells the sinks (`no_volume_left`: a fresh
+//!     build then writes back more often, its core being free)
 //! the first failure in volume order (a hash, a parse, a join) stops handing out volumes
 //!     and fails the set once every decoder has stopped
 //! ```
@@ -372,7 +374,12 @@ impl Repository {
                             while !q.2 && q.0 < files.len() && q.0 >= q.1 + window {
                                 q = apart.moved.wait(q).unwrap_or_else(PoisonError::into_inner);
                             }
-                            if q.2 || q.0 == files.len() {
+                            if q.2 {
+                                return;
+                            }
+                            if q.0 == files.len() {
+                                drop(q);
+                                sinks.no_volume_left();
                                 return;
                             }
                             let i = q.0;

@@ -32,7 +32,8 @@
 //!         hold L are complete (every later record comes after L): their attributes now;
 //!         the rest (ancestors of L: one chain) are kept
 //! every file written: its bytes told to the early writeback (none on tmpfs), which runs
-//!         syncfs(staging) every 64 MiB (dest::writeback)
+//!         syncfs(staging) every 64 MiB (dest::writeback); every 8 MiB once a decoder has
+//!         no volume left (the tail: a core is free)
 //! finish: close every directory, wait for the writers; stop the writeback (its error
 //!         fails the set); journal MoveTree and DEST's own attributes
 //! ```
@@ -245,6 +246,12 @@ impl VolumeSinks for FreshVolumes {
     fn volume(&self, follows: bool) -> Result<Box<dyn VolumeSink>> {
         let inline = Writers::start(0, self.0.new_files)?;
         Ok(Box::new(VolumeBuild::new(&self.0, inline, Some(follows))))
+    }
+
+    fn no_volume_left(&self) {
+        if let Some(writeback) = &self.0.writeback {
+            writeback.hurry();
+        }
     }
 }
 
