@@ -13,13 +13,23 @@ use crate::repo::{RepoOptions, Repository};
 use crate::source::{Backend, LocalBackend};
 use anyhow::Result;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 fn repo_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/repos")
         .join(name)
+}
+
+/// A repository read in place from a local folder.
+fn local_repo(dir: &Path) -> Repository {
+    Repository::open(
+        Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
+        &RepoOptions::default(),
+        Default::default(),
+    )
+    .unwrap()
 }
 
 fn collection(name: &str, prefixes: &Prefixes) -> Collection {
@@ -99,12 +109,7 @@ fn every_manifest_parses_and_hashes_match() {
     {
         let dir = entry.unwrap().path();
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let repo = Repository::open(
-            Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
-            &RepoOptions::default(),
-            Default::default(),
-        )
-        .unwrap();
+        let repo = local_repo(&dir);
         for chain in &repo.collection.chains {
             for set in chain.sets() {
                 let m: Manifest = repo
@@ -161,12 +166,7 @@ impl RecordSink for Tally {
 
 #[test]
 fn a_file_split_across_volumes_is_stitched_in_order() {
-    let repo = Repository::open(
-        Box::new(LocalBackend::new(repo_dir("volsize-08").to_str().unwrap()).unwrap()),
-        &RepoOptions::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let repo = local_repo(&repo_dir("volsize-08"));
     let full = &repo.collection.chains[0].full;
     let manifest = repo.manifest(full).unwrap();
     assert!(manifest.volumes.len() >= 3, "big.bin spans volumes");
@@ -225,12 +225,7 @@ impl VolumeSink for Tally {
 
 #[test]
 fn each_decoder_that_runs_out_of_volumes_says_so() {
-    let repo = Repository::open(
-        Box::new(LocalBackend::new(repo_dir("volsize-08").to_str().unwrap()).unwrap()),
-        &RepoOptions::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let repo = local_repo(&repo_dir("volsize-08"));
     let full = &repo.collection.chains[0].full;
     let manifest = repo.manifest(full).unwrap();
     let volumes: Vec<u32> = manifest.volumes.keys().copied().collect();
@@ -287,12 +282,7 @@ fn a_source_that_cuts_fails_and_damages_reads_as_the_folder_does() {
     use std::sync::Arc;
 
     let dir = repo_dir("volsize-08");
-    let local = Repository::open(
-        Box::new(LocalBackend::new(dir.to_str().unwrap()).unwrap()),
-        &RepoOptions::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let local = local_repo(&dir);
     let expected = read_every_set(&local, None);
 
     let vol2 = "duplicity-full.20231114T221320Z.vol2.difftar.gz";

@@ -194,6 +194,13 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
+    /// A writeback for a new folder on the disk (kept while the folder is).
+    fn started() -> (tempfile::TempDir, EarlyWriteback) {
+        let t = tempfile::tempdir().unwrap();
+        let wb = EarlyWriteback::start(&Dir::open_path(t.path()).unwrap()).unwrap();
+        (t, wb)
+    }
+
     fn done(wb: &EarlyWriteback) -> u64 {
         wb.shared.wanted().done
     }
@@ -208,9 +215,7 @@ mod tests {
 
     #[test]
     fn one_writeback_per_step_written() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = Dir::open_path(t.path()).unwrap();
-        let wb = EarlyWriteback::start(&dir).unwrap();
+        let (_t, wb) = started();
         wb.wrote(STEP - 1);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(done(&wb), 0);
@@ -228,9 +233,7 @@ mod tests {
 
     #[test]
     fn in_the_tail_a_writeback_at_once_then_every_tail_step() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = Dir::open_path(t.path()).unwrap();
-        let wb = EarlyWriteback::start(&dir).unwrap();
+        let (_t, wb) = started();
         wb.wrote(TAIL_STEP);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(done(&wb), 0, "below STEP before the tail");
@@ -247,9 +250,7 @@ mod tests {
 
     #[test]
     fn a_dropped_writeback_stops_its_thread() {
-        let t = tempfile::tempdir().unwrap();
-        let dir = Dir::open_path(t.path()).unwrap();
-        let wb = EarlyWriteback::start(&dir).unwrap();
+        let (_t, wb) = started();
         wb.wrote(STEP);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
