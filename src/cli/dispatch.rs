@@ -36,7 +36,15 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Verify(a) => verify_dest(a, &log),
         Command::Status(a) if a.config.is_some() => mirrors_status(a),
         Command::Status(a) => repo_status(a, &log),
-        Command::Ls { source, time, repo } => list(&source, time.as_deref(), &repo, &log),
+        Command::Ls {
+            source,
+            sources,
+            time,
+            repo,
+        } => {
+            let sources: Vec<String> = std::iter::once(source).chain(sources).collect();
+            list(&sources, time.as_deref(), &repo, &log)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -203,10 +211,10 @@ fn repo_status(a: StatusArgs, log: &Logger) -> Result<Exit> {
 }
 
 /// `ls`: one path per line, as duplicity list-current-files prints them.
-fn list(source: &str, time: Option<&str>, repo: &RepoArgs, log: &Logger) -> Result<Exit> {
+fn list(sources: &[String], time: Option<&str>, repo: &RepoArgs, log: &Logger) -> Result<Exit> {
     let repo = repo.options()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    ls::list(source, time, &repo, &notices_only(log), |e| {
+    ls::list(sources, time, &repo, &notices_only(log), |e| {
         out.write_all(&e.index.to_bytes())?;
         out.write_all(b"\n")?;
         Ok(())

@@ -59,6 +59,10 @@ pub enum Command {
     /// List the files of the backup at --time (like duplicity list-current-files)
     Ls {
         source: String,
+        /// Another source of the same repository (repeatable), in order of preference after
+        /// SOURCE, as for sync: the files are those of the one a sync would follow
+        #[arg(long = "source", value_name = "URL")]
+        sources: Vec<String>,
         #[arg(long, short = 't')]
         time: Option<String>,
         #[command(flatten)]

@@ -1,8 +1,10 @@
-//! `dupmirror ls SOURCE [--time T]`: the paths of the backup at T, from the signature
-//! chain (like `duplicity list-current-files`), without reading any volume.
+//! `dupmirror ls SOURCE [--source URL]... [--time T]`: the paths of the backup at T, from
+//! the signature chain (like `duplicity list-current-files`), without reading any volume.
+//! With several sources, those of the one a sync would follow (`repo::select`).
 
-use super::{open_repository, resolve_time};
+use super::resolve_time;
 use crate::progress::Reporter;
+use crate::repo::select::open_sources;
 use crate::repo::sigtar::{merge_chain, SigEntry};
 use crate::repo::RepoOptions;
 use anyhow::{bail, Result};
@@ -10,13 +12,13 @@ use std::sync::Arc;
 
 /// Calls `out` for every path that exists at `time`, in index order.
 pub fn list(
-    source: &str,
+    sources: &[String],
     time: Option<&str>,
     options: &RepoOptions,
     reporter: &Arc<Reporter>,
     mut out: impl FnMut(&SigEntry) -> Result<()>,
 ) -> Result<()> {
-    let repo = open_repository(source, options, reporter)?;
+    let (repo, _) = open_sources(sources, options, reporter)?;
     let t = resolve_time(time)?;
     let Some(chain) = repo.collection.select(t)? else {
         bail!("the source holds no complete duplicity backup");

@@ -166,6 +166,23 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(role(&gone), Some("unreachable".into()), "{s}");
     assert_eq!(role(&good), Some("primary".into()), "{s}");
 
+    // ls SOURCE --source URL: the files of the backup a sync would follow ("new" is not in
+    // the stale first source's).
+    let ls = dupmirror([
+        "ls",
+        &stale,
+        "--retries=0",
+        "--source",
+        &gone,
+        "--source",
+        &good,
+    ]);
+    let files = ls
+        .assert_ok("ls past stale and unreachable sources")
+        .stdout_text();
+    assert_eq!(files.lines().collect::<Vec<_>>(), [".", "big.bin", "new"]);
+    assert!(ls.stderr.contains("skipping stale source"), "{}", ls.stderr);
+
     // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
     // and the copy on the second source is used; the report says which served it.
     let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
