@@ -183,6 +183,41 @@ fn stale_unreachable_and_damaged_sources() {
     assert_eq!(files.lines().collect::<Vec<_>>(), [".", "big.bin", "new"]);
     assert!(ls.stderr.contains("skipping stale source"), "{}", ls.stderr);
 
+    // An atomic DEST: verify --repair past the unreachable first source builds the standby
+    // from the next one, repairs it and switches DEST to it; the live tree is not written.
+    let host = lab.host("atomic");
+    host.sync(&gone, &["--atomic", "--retries", "0", "--source", &good])
+        .assert_ok("atomic bootstrap past an unreachable source");
+    let damaged = host.dir.join(".d.dupmirror-trees/a/big.bin");
+    fs::write(&damaged, b"edited in the live tree\n").unwrap();
+    let run = host.run(
+        "verify",
+        &gone,
+        &[
+            "--repair",
+            "--json",
+            "--grace",
+            "0",
+            "--retries",
+            "0",
+            "--source",
+            &good,
+        ],
+        &[],
+    );
+    let v: serde_json::Value =
+        report::of(run.assert_ok("atomic verify --repair past an unreachable source"));
+    assert_eq!(v["atomic"]["action"], "switched", "{v}");
+    assert_eq!(v["atomic"]["live"], "b", "{v}");
+    assert_eq!(v["remaining"], serde_json::json!([]), "{v}");
+    assert!(run.stderr.contains("skipping source"), "{}", run.stderr);
+    oracle.assert_same(
+        &Tree::capture(&host.dest.join(".")),
+        Compare::default(),
+        "the repaired standby went live",
+    );
+    assert_eq!(fs::read(&damaged).unwrap(), b"edited in the live tree\n");
+
     // A volume damaged on the first source (same size, one byte changed): its SHA1 fails
     // and the copy on the second source is used; the report says which served it.
     let (vol1, _) = volume_sizes(&lab.repo)[0].clone();
