@@ -243,9 +243,9 @@ fn print_transfer(r: &sync::SyncReport) {
             .iter()
             .map(|s| {
                 format!(
-                    "{} ({:?}, served {} file(s), {})",
+                    "{} ({}, served {} file(s), {})",
                     s.source,
-                    s.role,
+                    s.role.name(),
                     s.served.files.len(),
                     human_bytes(s.served.bytes)
                 )

@@ -7,7 +7,7 @@ use super::record::RunRecord;
 use crate::commands::atomic::held_state;
 use crate::dest::state::DestPaths;
 use crate::progress::Reporter;
-use crate::repo::select::{open_sources, Role, SourceStatus};
+use crate::repo::select::{open_sources, SourceStatus};
 use crate::repo::time::format_iso;
 use crate::repo::RepoOptions;
 use serde::Serialize;
@@ -72,10 +72,9 @@ pub fn mirror_status(
 impl MirrorStatus {
     /// The sources passed over now (unreachable or stale), with their roles.
     pub fn skipped(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.sources.iter().filter_map(|s| match s.role {
-            Role::Unreachable => Some((s.source.as_str(), "unreachable")),
-            Role::Stale => Some((s.source.as_str(), "stale")),
-            Role::Primary | Role::Spare => None,
-        })
+        self.sources
+            .iter()
+            .filter(|s| s.role.skipped())
+            .map(|s| (s.source.as_str(), s.role.name()))
     }
 }

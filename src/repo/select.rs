@@ -1,6 +1,6 @@
 //! Choosing among several sources of one repository (`sync SOURCE --source URL ...`, and
-//! `verify`, `status` likewise): the first, in order of preference, that answers and is
-//! not stale.
+//! `verify`, `status`, `ls` likewise): the first, in order of preference, that answers and
+//! is not stale.
 //!
 //! ```text
 //! list every source, all at once                  (one listing request each, as usual)
@@ -33,9 +33,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// How a run used a source, as reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How a run used a source, as reported (by [`Role::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// The source the run followed.
     Primary,
@@ -46,6 +45,29 @@ pub enum Role {
     Stale,
     /// It could not be listed.
     Unreachable,
+}
+
+impl Role {
+    /// Its name in reports, text and JSON alike.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Spare => "spare",
+            Role::Stale => "stale",
+            Role::Unreachable => "unreachable",
+        }
+    }
+
+    /// Whether the run passed the source over (it was not listed, or is behind).
+    pub fn skipped(self) -> bool {
+        matches!(self, Role::Stale | Role::Unreachable)
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 /// One source in a run, as reported.
